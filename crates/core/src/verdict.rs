@@ -1,0 +1,67 @@
+//! What a check says about green.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The outcome of one check run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Green is within bounds.
+    Pass,
+    /// Green is out of bounds.
+    Fail,
+    /// Not enough data to judge (e.g. fewer requests than `min_requests`).
+    Inconclusive,
+    /// The check could not measure (the adapter failed). Never a pass.
+    Error,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Inconclusive => "inconclusive",
+            Verdict::Error => "error",
+        })
+    }
+}
+
+/// One check's verdict with the numbers behind it, in words a person
+/// understands: "green error rate 7.1 % > 1 % over 312 requests".
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    pub check: String,
+    pub verdict: Verdict,
+    pub detail: String,
+}
+
+impl Observation {
+    pub fn new(check: impl Into<String>, verdict: Verdict, detail: impl Into<String>) -> Self {
+        Observation { check: check.into(), verdict, detail: detail.into() }
+    }
+}
+
+impl fmt::Display for Observation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} ({})", self.check, self.verdict, self.detail)
+    }
+}
+
+/// The combined verdict of one analysis run: any fail fails; otherwise any
+/// error or inconclusive makes it inconclusive; all pass passes. An empty
+/// set of checks passes (a plan without checks only waits out its holds).
+pub fn combine(observations: &[Observation]) -> Verdict {
+    if observations.iter().any(|o| o.verdict == Verdict::Fail) {
+        Verdict::Fail
+    } else if observations
+        .iter()
+        .any(|o| matches!(o.verdict, Verdict::Error | Verdict::Inconclusive))
+    {
+        Verdict::Inconclusive
+    } else {
+        Verdict::Pass
+    }
+}

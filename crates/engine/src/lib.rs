@@ -1,0 +1,8 @@
+//! cutover's engine: the only async part. It drives rollouts by feeding the
+//! core's state machine with time and verdicts, performs the machine's
+//! actions through the port traits, and persists every transition before
+//! acting on it.
+#![forbid(unsafe_code)]
+
+pub mod ports;
+pub mod store;

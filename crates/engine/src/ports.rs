@@ -1,0 +1,79 @@
+//! The traits adapters implement: where traffic is split, how green is
+//! judged, and (optionally) how green is put in place.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cutover_core::{Observation, Split};
+
+/// Why an adapter call failed, and whether trying again may help.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdapterError {
+    pub transient: bool,
+    pub message: String,
+}
+
+impl AdapterError {
+    /// A failure worth retrying (timeouts, throttling, connection refused).
+    pub fn transient(message: impl Into<String>) -> Self {
+        AdapterError { transient: true, message: message.into() }
+    }
+
+    /// A failure that retrying will not fix (bad credentials, missing resource).
+    pub fn permanent(message: impl Into<String>) -> Self {
+        AdapterError { transient: false, message: message.into() }
+    }
+}
+
+impl fmt::Display for AdapterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for AdapterError {}
+
+/// Applies splits. Splits are absolute, so applying the same one twice is
+/// harmless: the engine re-applies its last intent after a crash.
+#[async_trait]
+pub trait Router: Send + Sync {
+    /// A short description for logs, e.g. `local proxy at http://127.0.0.1:9901`.
+    fn describe(&self) -> String;
+
+    /// Sets green's share; returns the split actually in force (a router
+    /// with coarse weights may round).
+    async fn apply(&self, split: Split) -> Result<Split, AdapterError>;
+
+    /// Reads the split currently in force.
+    async fn current(&self) -> Result<Split, AdapterError>;
+}
+
+/// One health signal. Never fails: a check that cannot measure answers
+/// with [`cutover_core::Verdict::Error`] and says why.
+#[async_trait]
+pub trait Check: Send + Sync {
+    fn name(&self) -> &str;
+
+    /// Judges green now, over the check's own window.
+    async fn evaluate(&self) -> Observation;
+
+    /// Called once before traffic moves: a check may refuse to start (e.g.
+    /// an alarm already firing). Default: fine.
+    async fn preflight(&self) -> Result<(), AdapterError> {
+        Ok(())
+    }
+}
+
+/// Optionally readies green before traffic moves and retires blue after.
+#[async_trait]
+pub trait Platform: Send + Sync {
+    fn describe(&self) -> String;
+
+    /// Puts the new version on the idle colour and waits until it is ready,
+    /// at most `deadline`.
+    async fn prepare(&self, deadline: Duration) -> Result<(), AdapterError>;
+
+    /// Retires the old colour once green has baked at 100 %.
+    async fn finalize(&self) -> Result<(), AdapterError>;
+}
