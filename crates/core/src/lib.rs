@@ -12,7 +12,7 @@ pub mod split;
 pub mod time;
 pub mod verdict;
 
-pub use machine::Command;
+pub use machine::{Action, Command, Event, Input, Phase, Rollout};
 pub use plan::Plan;
 pub use split::Split;
 pub use time::Timestamp;

@@ -62,7 +62,12 @@ mod tests {
 
     #[test]
     fn percent_round_trips_with_sub_percent_precision() {
-        for (p, shown) in [(0.0, "0 %"), (0.1, "0.1 %"), (12.25, "12.25 %"), (100.0, "100 %")] {
+        for (p, shown) in [
+            (0.0, "0 %"),
+            (0.1, "0.1 %"),
+            (12.25, "12.25 %"),
+            (100.0, "100 %"),
+        ] {
             let s = Split::from_percent(p).unwrap();
             assert_eq!(s.to_string(), shown);
             assert!((s.percent() - p).abs() < 1e-9);
@@ -71,6 +76,9 @@ mod tests {
         assert_eq!(Split::from_percent(-1.0), None);
         assert_eq!(Split::from_percent(f64::NAN), None);
         assert_eq!(Split::from_basis_points(10_001), None);
-        assert_eq!(Split::from_percent(30.0).unwrap().blue_basis_points(), 7_000);
+        assert_eq!(
+            Split::from_percent(30.0).unwrap().blue_basis_points(),
+            7_000
+        );
     }
 }

@@ -24,7 +24,10 @@ impl Timestamp {
 
     /// `self + d`, saturating.
     pub fn after(self, d: Duration) -> Timestamp {
-        Timestamp(self.0.saturating_add(d.as_millis().min(u128::from(u64::MAX)) as u64))
+        Timestamp(
+            self.0
+                .saturating_add(d.as_millis().min(u128::from(u64::MAX)) as u64),
+        )
     }
 
     /// How long from `earlier` to `self`; zero if `earlier` is later.
@@ -43,7 +46,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total: u128 = 0;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(format!("`{text}`: expected a number before `{rest}`; write e.g. \"500ms\", \"90s\", \"5m\", \"1h\""));
         }
@@ -51,7 +56,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .parse()
             .map_err(|_| format!("`{text}`: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         let ms_per = match unit {
             "ms" => 1,
@@ -59,11 +66,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "m" => 60_000,
             "h" => 3_600_000,
             "d" => 86_400_000,
-            "" => return Err(format!("`{text}`: missing unit; use ms, s, m, h or d (e.g. \"{n}s\")")),
-            other => return Err(format!("`{text}`: unknown unit `{other}`; use ms, s, m, h or d")),
+            "" => {
+                return Err(format!(
+                    "`{text}`: missing unit; use ms, s, m, h or d (e.g. \"{n}s\")"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "`{text}`: unknown unit `{other}`; use ms, s, m, h or d"
+                ))
+            }
         };
         total = total
-            .checked_add(n.checked_mul(ms_per).ok_or_else(|| format!("`{text}`: too large"))?)
+            .checked_add(
+                n.checked_mul(ms_per)
+                    .ok_or_else(|| format!("`{text}`: too large"))?,
+            )
             .ok_or_else(|| format!("`{text}`: too large"))?;
         rest = &rest[unit_len..];
     }

@@ -40,7 +40,11 @@ pub struct Observation {
 
 impl Observation {
     pub fn new(check: impl Into<String>, verdict: Verdict, detail: impl Into<String>) -> Self {
-        Observation { check: check.into(), verdict, detail: detail.into() }
+        Observation {
+            check: check.into(),
+            verdict,
+            detail: detail.into(),
+        }
     }
 }
 

@@ -4,8 +4,8 @@
 //! this module holds the resolved, validated plan that the rest of cutover
 //! uses. A `Plan` that exists has passed every check in [`Plan::validate`].
 
-// mod raw;
-// mod timeline;
+mod raw;
+mod timeline;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::Split;
 
-// pub use raw::{parse, PlanError};
-// pub use timeline::{Timeline, TimelineStep};
+pub use raw::{parse, PlanError, CHECKS, PRESETS, ROUTERS, STORES};
+pub use timeline::{Timeline, TimelineStep};
 
 /// A validated plan file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

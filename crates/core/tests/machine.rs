@@ -1,0 +1,341 @@
+//! The state machine in simulated time: scenarios with exact timings.
+
+mod sim;
+
+use cutover_core::{Command, Phase, Split, Verdict};
+use sim::{plan, Run, Seen, World};
+
+fn applied(run: &Run) -> Vec<(u64, f64)> {
+    run.seen
+        .iter()
+        .filter_map(|s| match s {
+            Seen::Applied(t, split) => Some((*t / 1000, split.percent())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn analyses(run: &Run) -> Vec<u64> {
+    run.seen
+        .iter()
+        .filter_map(|s| match s {
+            Seen::Fed(t, cutover_core::Input::Analysis(_)) => Some(*t / 1000),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn seed_walks_the_reference_schedule_and_judges_at_the_end_of_each_hold() {
+    let world = World::healthy();
+    let mut run = Run::start(plan("[strategy]\npreset = \"seed\"\n"), &world);
+    run.finish(&world);
+    assert_eq!(run.rollout.phase, Phase::Succeeded);
+    assert_eq!(applied(&run), [(0, 10.0), (60, 50.0), (120, 100.0)]);
+    assert_eq!(analyses(&run), [60, 120, 180]);
+    assert_eq!(run.rollout.ended_at.unwrap().since(sim::T0).as_secs(), 180);
+}
+
+#[test]
+fn continuous_analysis_runs_every_interval_and_adds_a_judgement_at_an_unaligned_hold_end() {
+    let world = World::healthy();
+    let mut run = Run::start(
+        plan("[strategy]\nsteps = [{ split = 5, hold = \"25s\" }, { split = 100, hold = \"10s\" }]\nbake = \"20s\"\n[analysis]\ninterval = \"10s\"\n"),
+        &world,
+    );
+    run.finish(&world);
+    assert_eq!(run.rollout.phase, Phase::Succeeded);
+    assert_eq!(applied(&run), [(0, 5.0), (25, 100.0)]);
+    assert_eq!(analyses(&run), [10, 20, 25, 35, 45, 55]);
+}
+
+#[test]
+fn a_fail_verdict_rolls_back_at_once_not_at_the_end_of_the_hold() {
+    let world = World {
+        verdict: Box::new(|step, _| {
+            if step == 1 {
+                Verdict::Fail
+            } else {
+                Verdict::Pass
+            }
+        }),
+        ..World::healthy()
+    };
+    let mut run = Run::start(
+        plan("[strategy]\npreset = \"linear\"\nincrement = 25\nhold = \"1m\"\n"),
+        &world,
+    );
+    run.finish(&world);
+    assert!(
+        matches!(run.rollout.phase, Phase::RolledBack { .. }),
+        "{:?}",
+        run.rollout.phase
+    );
+    // Step 2 (50 %) starts at 60 s; its first analysis at 70 s fails and blue gets everything back.
+    assert_eq!(applied(&run), [(0, 25.0), (60, 50.0), (70, 0.0)]);
+    assert_eq!(run.rollout.split, Split::ZERO);
+    let reason = run.rollout.phase.reason().unwrap();
+    assert!(
+        reason.contains("green failed analysis: sim fail: simulated fail"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn failure_limit_tolerates_that_many_fails_and_green_rises_only_after_a_pass() {
+    // One fail at 10 s is tolerated; the step still needs a pass after its hold.
+    let world = World {
+        verdict: Box::new(|_, t| {
+            if t == 10_000 {
+                Verdict::Fail
+            } else {
+                Verdict::Pass
+            }
+        }),
+        ..World::healthy()
+    };
+    let mut run = Run::start(
+        plan("[strategy]\npreset = \"canary\"\nhold = \"20s\"\n[analysis]\nfailure_limit = 1\n"),
+        &world,
+    );
+    run.finish(&world);
+    assert_eq!(run.rollout.phase, Phase::Succeeded);
+    assert_eq!(applied(&run), [(0, 10.0), (20, 100.0)]);
+    assert!(run
+        .rollout
+        .history
+        .iter()
+        .any(|e| e.message.contains("fail verdict 1 of 1 tolerated")));
+
+    let world = World {
+        verdict: Box::new(|_, t| {
+            if t >= 10_000 {
+                Verdict::Fail
+            } else {
+                Verdict::Pass
+            }
+        }),
+        ..World::healthy()
+    };
+    let mut run = Run::start(
+        plan("[strategy]\npreset = \"canary\"\nhold = \"1m\"\n[analysis]\nfailure_limit = 1\n"),
+        &world,
+    );
+    run.finish(&world);
+    assert_eq!(
+        applied(&run),
+        [(0, 10.0), (20, 0.0)],
+        "the second fail rolls back"
+    );
+}
+
+#[test]
+fn inconclusive_verdicts_past_the_limit_roll_back_or_pause() {
+    let world = World {
+        verdict: Box::new(|_, _| Verdict::Inconclusive),
+        ..World::healthy()
+    };
+    let mut run = Run::start(
+        plan(
+            "[strategy]\npreset = \"canary\"\nhold = \"1m\"\n[analysis]\ninconclusive_limit = 2\n",
+        ),
+        &world,
+    );
+    run.finish(&world);
+    assert!(
+        matches!(&run.rollout.phase, Phase::RolledBack { reason } if reason.contains("3 inconclusive verdicts in a row"))
+    );
+    assert_eq!(applied(&run), [(0, 10.0), (30, 0.0)]);
+
+    // Errors count as inconclusive, never as passes; with `pause` the rollout waits at its split.
+    let world = World {
+        verdict: Box::new(|_, t| {
+            if t < 40_000 {
+                Verdict::Error
+            } else {
+                Verdict::Pass
+            }
+        }),
+        commands: vec![(45_000, Command::Resume)],
+        ..World::healthy()
+    };
+    let mut run = Run::start(plan("[strategy]\npreset = \"canary\"\nhold = \"20s\"\n[analysis]\ninconclusive_limit = 1\non_inconclusive = \"pause\"\n"), &world);
+    while run.rollout.phase.name() != "paused" {
+        assert!(run.step(&world));
+    }
+    assert_eq!(run.rollout.split.percent(), 10.0);
+    run.finish(&world);
+    assert_eq!(run.rollout.phase, Phase::Succeeded);
+    // Paused at 20 s; passes from 40 s do not advance while paused; resumed at 45 s and judged at once.
+    assert_eq!(applied(&run), [(0, 10.0), (45, 100.0)]);
+}
+
+#[test]
+fn transient_router_errors_are_retried_with_backoff_until_the_deadline() {
+    let world = World {
+        router_fails: Box::new(|split, t| (split.percent() == 100.0 && t < 61_000).then_some(true)),
+        ..World::healthy()
+    };
+    let mut run = Run::start(
+        plan("[strategy]\npreset = \"canary\"\nhold = \"1m\"\n"),
+        &world,
+    );
+    run.finish(&world);
+    assert_eq!(
+        run.rollout.phase,
+        Phase::Succeeded,
+        "recovered within the 30 s deadline"
+    );
+    assert_eq!(applied(&run), [(0, 10.0), (61, 100.0)]);
+
+    let world = World {
+        router_fails: Box::new(|split, _| (split.percent() == 100.0).then_some(true)),
+        ..World::healthy()
+    };
+    let mut run = Run::start(plan("[strategy]\npreset = \"canary\"\nhold = \"1m\"\n[rollback]\nadapter_deadline = \"5s\"\n"), &world);
+    run.finish(&world);
+    assert!(
+        matches!(&run.rollout.phase, Phase::RolledBack { reason } if reason.contains("router kept failing")),
+        "{:?}",
+        run.rollout.phase
+    );
+    assert_eq!(run.rollout.split, Split::ZERO);
+
+    let world = World {
+        router_fails: Box::new(|split, _| (split.percent() == 100.0).then_some(false)),
+        ..World::healthy()
+    };
+    let mut run = Run::start(plan("[strategy]\npreset = \"canary\"\nhold = \"1m\"\n[rollback]\non_adapter_failure = \"hold\"\n"), &world);
+    run.finish(&world);
+    assert!(
+        matches!(&run.rollout.phase, Phase::Paused { reason, .. } if reason.contains("router refused 100 %")),
+        "{:?}",
+        run.rollout.phase
+    );
+    assert_eq!(run.rollout.split.percent(), 10.0, "held where it was");
+}
+
+#[test]
+fn a_rollback_that_cannot_restore_blue_fails_and_says_where_traffic_is() {
+    let world = World {
+        verdict: Box::new(|_, _| Verdict::Fail),
+        router_fails: Box::new(|split, _| (split == Split::ZERO).then_some(false)),
+        ..World::healthy()
+    };
+    let mut run = Run::start(plan("[strategy]\npreset = \"canary\"\n"), &world);
+    run.finish(&world);
+    let reason = run.rollout.phase.reason().unwrap();
+    assert_eq!(run.rollout.phase.name(), "failed");
+    assert!(
+        reason.contains("blue could not be restored")
+            && reason.contains("traffic may still be at 10 % green"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn operator_commands() {
+    // Promote at 5 s: straight to 100 %, then the bake.
+    let world = World {
+        commands: vec![(5_000, Command::Promote)],
+        ..World::healthy()
+    };
+    let mut run = Run::start(
+        plan("[strategy]\npreset = \"exponential\"\nbake = \"30s\"\n"),
+        &world,
+    );
+    run.finish(&world);
+    assert_eq!(run.rollout.phase, Phase::Succeeded);
+    assert_eq!(applied(&run), [(0, 1.0), (5, 100.0)]);
+    assert_eq!(run.rollout.ended_at.unwrap().since(sim::T0).as_secs(), 35);
+
+    // Abort at 70 s: all traffic to blue, ends aborted; then retry starts over and succeeds.
+    let world = World {
+        commands: vec![(70_000, Command::Abort), (80_000, Command::Retry)],
+        ..World::healthy()
+    };
+    let mut run = Run::start(plan("[strategy]\npreset = \"seed\"\n"), &world);
+    run.finish(&world);
+    assert_eq!(
+        applied(&run),
+        [
+            (0, 10.0),
+            (60, 50.0),
+            (70, 0.0),
+            (80, 10.0),
+            (140, 50.0),
+            (200, 100.0)
+        ]
+    );
+    assert_eq!(run.rollout.phase, Phase::Succeeded);
+    assert!(run.rollout.history.iter().any(|e| e.phase == "aborted"));
+
+    // Pause holds the split past the hold's end; resume lets it advance.
+    let world = World {
+        commands: vec![(10_000, Command::Pause), (100_000, Command::Resume)],
+        ..World::healthy()
+    };
+    let mut run = Run::start(
+        plan("[strategy]\npreset = \"canary\"\nhold = \"30s\"\n"),
+        &world,
+    );
+    run.finish(&world);
+    assert_eq!(applied(&run), [(0, 10.0), (100, 100.0)]);
+
+    // A command that makes no sense is recorded and ignored.
+    let world = World {
+        commands: vec![(10_000, Command::Resume)],
+        ..World::healthy()
+    };
+    let mut run = Run::start(
+        plan("[strategy]\npreset = \"canary\"\nhold = \"30s\"\n"),
+        &world,
+    );
+    run.finish(&world);
+    assert_eq!(run.rollout.phase, Phase::Succeeded);
+    assert!(run.rollout.history.iter().any(|e| e
+        .message
+        .contains("ignored `resume`: not possible while holding")));
+}
+
+#[test]
+fn a_platform_prepares_green_first_and_retires_blue_after_the_bake() {
+    let world = World {
+        has_platform: true,
+        ..World::healthy()
+    };
+    let mut run = Run::start(
+        plan("[strategy]\npreset = \"all-at-once\"\nhold = \"10s\"\nbake = \"10s\"\n"),
+        &world,
+    );
+    let mut phases = vec![run.rollout.phase.name()];
+    while run.step(&world) {
+        if phases.last() != Some(&run.rollout.phase.name()) {
+            phases.push(run.rollout.phase.name());
+        }
+    }
+    assert_eq!(
+        phases,
+        [
+            "preflight",
+            "preparing",
+            "shifting",
+            "holding",
+            "baking",
+            "finalizing",
+            "succeeded"
+        ]
+    );
+}
+
+#[test]
+fn resume_after_a_crash_mid_hold_keeps_the_hold_start() {
+    let world = World::healthy();
+    let mut run = Run::start(plan("[strategy]\npreset = \"seed\"\n"), &world);
+    while run.rollout.phase.name() != "holding" || run.rollout.step != 1 {
+        assert!(run.step(&world));
+    }
+    run.crash_and_resume();
+    run.finish(&world);
+    assert_eq!(run.rollout.ended_at.unwrap().since(sim::T0).as_secs(), 180);
+}

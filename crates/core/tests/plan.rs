@@ -1,0 +1,261 @@
+//! Plan files: what is accepted, what it resolves to, and how bad input is
+//! reported. Data-driven through `ok` and `err`.
+
+use std::time::Duration;
+
+use cutover_core::plan::{self, CheckConfig, Judge, OnInconclusive, Plan};
+use cutover_core::Split;
+
+const HEAD: &str = r#"
+[service]
+name = "checkout"
+
+[router]
+kind = "local"
+admin_url = "http://127.0.0.1:9901"
+"#;
+
+fn ok(body: &str) -> Plan {
+    let text = format!("{HEAD}{body}");
+    plan::parse(&text, "plan.toml")
+        .unwrap_or_else(|e| panic!("expected a valid plan, got: {e}\n{text}"))
+}
+
+/// Expects an error whose text contains `want` and that points at `line`
+/// (counted in `body`, 1-based; 0 = no position expected).
+fn err(body: &str, line: usize, want: &str) {
+    let text = format!("{HEAD}{body}");
+    let e = plan::parse(&text, "plan.toml").expect_err("expected an error");
+    let shown = e.to_string();
+    assert!(
+        shown.contains(want),
+        "error `{shown}` does not contain `{want}`"
+    );
+    assert!(shown.starts_with("plan.toml:"), "{shown}");
+    if line > 0 {
+        let head_lines = HEAD.matches('\n').count();
+        assert_eq!(e.line, head_lines + line, "wrong line in `{shown}`");
+        assert!(e.column >= 1);
+    }
+}
+
+fn splits(plan: &Plan) -> Vec<f64> {
+    plan.strategy
+        .steps
+        .iter()
+        .map(|s| s.split.percent())
+        .collect()
+}
+
+#[test]
+fn seed_is_the_reference_schedule() {
+    let p = ok("[strategy]\npreset = \"seed\"\n");
+    assert_eq!(splits(&p), [10.0, 50.0, 100.0]);
+    assert!(p
+        .strategy
+        .steps
+        .iter()
+        .all(|s| s.hold == Duration::from_secs(60)));
+    assert_eq!(p.analysis.judge, Judge::EndOfHold);
+    assert_eq!(p.strategy.bake, Duration::ZERO);
+    assert_eq!(p.timeline().total, Duration::from_secs(180));
+}
+
+#[test]
+fn presets() {
+    let p = ok("[strategy]\npreset = \"canary\"\nsplit = 5\nhold = \"2m\"\nbake = \"5m\"\n");
+    assert_eq!(splits(&p), [5.0, 100.0]);
+    assert_eq!(p.strategy.steps[0].hold, Duration::from_secs(120));
+    assert_eq!(p.strategy.bake, Duration::from_secs(300));
+    assert_eq!(p.analysis.judge, Judge::Continuous);
+
+    let p = ok("[strategy]\npreset = \"linear\"\nincrement = 30\nhold = \"30s\"\n");
+    assert_eq!(splits(&p), [30.0, 60.0, 90.0, 100.0]);
+
+    let p = ok("[strategy]\npreset = \"exponential\"\n");
+    assert_eq!(splits(&p), [1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0]);
+
+    let p = ok("[strategy]\npreset = \"all-at-once\"\nhold = \"20s\"\n");
+    assert_eq!(splits(&p), [100.0]);
+}
+
+#[test]
+fn explicit_steps_with_sub_percent_precision() {
+    let p = ok(r#"
+[strategy]
+steps = [{ split = 0.1, hold = "30s" }, { split = 12.5, hold = "1m" }, { split = 100, hold = "500ms" }]
+[analysis]
+interval = "500ms"
+"#);
+    assert_eq!(
+        p.strategy.steps[0].split,
+        Split::from_basis_points(10).unwrap()
+    );
+    assert_eq!(
+        p.strategy.steps[1].split,
+        Split::from_basis_points(1250).unwrap()
+    );
+    assert_eq!(p.strategy.steps[2].hold, Duration::from_millis(500));
+    assert_eq!(p.timeline().total, Duration::from_millis(90_500));
+}
+
+#[test]
+fn analysis_and_checks() {
+    let p = ok(r#"
+[strategy]
+preset = "canary"
+[analysis]
+interval = "5s"
+failure_limit = 1
+inconclusive_limit = 2
+on_inconclusive = "pause"
+[[analysis.checks]]
+kind = "error-rate"
+max_percent = 1
+min_requests = 50
+[[analysis.checks]]
+kind = "latency"
+name = "p99"
+max = "250ms"
+max_ratio_to_blue = 1.5
+[[analysis.checks]]
+kind = "http"
+url = "http://127.0.0.1:8080/healthz"
+body_contains = "ok"
+"#);
+    let a = &p.analysis;
+    assert_eq!(
+        (a.interval, a.failure_limit, a.inconclusive_limit),
+        (Duration::from_secs(5), 1, 2)
+    );
+    assert_eq!(a.on_inconclusive, OnInconclusive::Pause);
+    let names: Vec<_> = a.checks.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["error-rate", "p99", "http"]);
+    assert_eq!(
+        a.checks[0].config,
+        CheckConfig::ErrorRate {
+            max_percent: 1.0,
+            min_requests: 50,
+            window: Duration::from_secs(5)
+        }
+    );
+    assert_eq!(
+        p.timeline().worst_case,
+        None,
+        "a pause waits for an operator"
+    );
+}
+
+#[test]
+fn syntax_and_unknown_keys_are_located() {
+    err(
+        "[strategy]\npreset = \"seed\"\ncolour = 3\n",
+        3,
+        "unknown field `colour`",
+    );
+    err(
+        "[strategy]\npreset = \"seed\"\n[analysis]\ninterval = 10\n",
+        4,
+        "invalid type",
+    );
+    err("[strategy\n", 1, "expected");
+    err(
+        "[strategy]\npreset = \"seed\"\n[frobnicate]\nx = 1\n",
+        3,
+        "unknown field `frobnicate`",
+    );
+}
+
+#[test]
+fn semantic_errors_are_caught_before_anything_moves() {
+    err(
+        "[strategy]\npreset = \"fast\"\n",
+        2,
+        "unknown preset `fast`; expected one of: seed, canary",
+    );
+    err(
+        "[strategy]\nsteps = [{ split = 50, hold = \"1m\" }, { split = 20, hold = \"1m\" }, { split = 100, hold = \"1m\" }]\n",
+        2,
+        "splits must strictly increase",
+    );
+    err(
+        "[strategy]\nsteps = [{ split = 50, hold = \"1m\" }]\n",
+        2,
+        "last step must send 100 %",
+    );
+    err(
+        "[strategy]\nsteps = [{ split = 100, hold = \"5s\" }]\n[analysis]\ninterval = \"10s\"\n",
+        2,
+        "shorter than the analysis interval",
+    );
+    err(
+        "[strategy]\npreset = \"canary\"\n[analysis]\ninterval = \"0s\"\n",
+        4,
+        "longer than zero",
+    );
+    err(
+        "[strategy]\npreset = \"canary\"\nsplit = 101\n",
+        3,
+        "from 0 to 100",
+    );
+    err(
+        "[strategy]\npreset = \"canary\"\nsplit = 0.001\n",
+        3,
+        "precision of 0.01 %",
+    );
+    err(
+        "[strategy]\npreset = \"canary\"\nincrement = 5\n",
+        3,
+        "does not apply to preset `canary`",
+    );
+    err(
+        "[strategy]\npreset = \"canary\"\nhold = \"5 minutes\"\n",
+        3,
+        "unknown unit",
+    );
+    err("[strategy]\n", 1, "needs a `preset`");
+    err("[strategy]\npreset = \"canary\"\nsteps = []\n", 3, "either");
+    err(
+        "[strategy]\npreset = \"canary\"\n[[analysis.checks]]\nkind = \"vibes\"\n",
+        3,
+        "unknown check #1 kind `vibes`",
+    );
+    err(
+        "[strategy]\npreset = \"canary\"\n[[analysis.checks]]\nkind = \"latency\"\n",
+        3,
+        "give `max`",
+    );
+    err(
+        "[strategy]\npreset = \"canary\"\n[[analysis.checks]]\nkind = \"health\"\n[[analysis.checks]]\nkind = \"health\"\n",
+        5,
+        "two checks are named `health`",
+    );
+    err("[strategy]\npreset = \"canary\"\n[[analysis.checks]]\nkind = \"error-rate\"\nmax_percnt = 1\n", 3, "unknown field `max_percnt`");
+    err(
+        "[strategy]\npreset = \"canary\"\nbake = \"1s\"\n",
+        3,
+        "shorter than the analysis interval",
+    );
+    err(
+        "[strategy]\npreset = \"canary\"\n[store]\nkind = \"etcd\"\n",
+        3,
+        "unknown store kind `etcd`",
+    );
+}
+
+#[test]
+fn router_errors() {
+    let text =
+        "[service]\nname = \"a\"\n[router]\nkind = \"haproxy\"\n[strategy]\npreset = \"seed\"\n";
+    let e = plan::parse(text, "p.toml").unwrap_err();
+    assert_eq!((e.line, e.column), (3, 1), "{e}");
+    assert!(
+        e.message
+            .contains("unknown router kind `haproxy`; expected one of: local"),
+        "{e}"
+    );
+
+    let text = "[service]\nname = \"a b\"\n[router]\nkind = \"local\"\nadmin_url = \"x\"\n[strategy]\npreset = \"seed\"\n";
+    let e = plan::parse(text, "p.toml").unwrap_err();
+    assert_eq!(e.line, 2, "{e}");
+}
