@@ -4,5 +4,10 @@
 //! acting on it.
 #![forbid(unsafe_code)]
 
+pub mod clock;
+pub mod driver;
 pub mod ports;
 pub mod store;
+
+pub use clock::Clock;
+pub use driver::{Adapters, Engine, EngineError, Observer, Options};

@@ -61,8 +61,9 @@ pub enum StoreError {
 
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Creates a rollout at version 1. Refused with `ActiveExists` while the
-    /// service has an active rollout, and with `DuplicateId` if the id is taken.
+    /// Creates a rollout at version 1. An active one is refused with
+    /// `ActiveExists` while the service has another active rollout (an
+    /// inactive record is always accepted); `DuplicateId` if the id is taken.
     async fn create(
         &self,
         id: &str,
@@ -75,7 +76,9 @@ pub trait Store: Send + Sync {
     async fn load(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError>;
 
     /// Replaces the state if the stored version is `expected_version`;
-    /// returns the new record (version + 1). `Conflict` otherwise.
+    /// returns the new record (version + 1). `Conflict` otherwise, with
+    /// `found: None` when there is no such rollout. Making a rollout active
+    /// again while its service has another active one is `ActiveExists`.
     async fn update(
         &self,
         id: &str,
@@ -114,7 +117,8 @@ pub trait Store: Send + Sync {
     /// Gives the lease up if `holder` holds it; otherwise does nothing.
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 
-    /// Queues an operator command for a rollout; returns its sequence number.
+    /// Queues an operator command for a rollout; returns its sequence number
+    /// (1 or more, so `commands_after(id, 0)` returns them all).
     /// `NotFound` if there is no such rollout.
     async fn post_command(
         &self,

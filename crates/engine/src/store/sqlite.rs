@@ -1,1 +1,657 @@
-pub struct SqliteStore;
+//! The SQLite store: one file, shared safely by several processes (the CLI's
+//! `cutover abort` posts a command while `cutover run` drives the rollout).
+//!
+//! Every write that could race is a single conditional statement, or a
+//! `BEGIN IMMEDIATE` transaction when a failure must be explained by a read
+//! of the same snapshot:
+//! - one active rollout per service: a partial unique index on
+//!   `rollouts(service) WHERE active = 1`;
+//! - trigger claims: `INSERT ... ON CONFLICT DO NOTHING`, won iff a row was
+//!   inserted;
+//! - leases: one `INSERT ... ON CONFLICT DO UPDATE ... WHERE` upsert;
+//! - updates: `UPDATE ... WHERE id = ? AND version = ?`.
+//!
+//! The database runs in WAL mode with a busy timeout, so writers from other
+//! processes wait for each other instead of failing. The blocking SQLite
+//! calls run on tokio's blocking pool, one at a time per `SqliteStore`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cutover_core::{Command, Timestamp};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior};
+
+use super::{PostedCommand, RolloutRecord, Store, StoreError};
+
+/// The schema version this build creates and understands (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// How long a statement waits for another connection's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS rollouts (
+    id          TEXT PRIMARY KEY NOT NULL,
+    service     TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    active      INTEGER NOT NULL CHECK (active IN (0, 1)),
+    state       TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS rollouts_one_active_per_service
+    ON rollouts (service) WHERE active = 1;
+CREATE INDEX IF NOT EXISTS rollouts_by_service ON rollouts (service, created_at);
+CREATE TABLE IF NOT EXISTS triggers (
+    key         TEXT PRIMARY KEY NOT NULL,
+    owner       TEXT NOT NULL,
+    claimed_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    name        TEXT PRIMARY KEY NOT NULL,
+    holder      TEXT NOT NULL,
+    expires_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS commands (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    rollout_id  TEXT NOT NULL,
+    command     TEXT NOT NULL,
+    posted_at   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS commands_by_rollout ON commands (rollout_id, seq);
+";
+
+const ROLLOUT_COLUMNS: &str = "id, service, version, active, state, created_at, updated_at";
+
+/// A [`Store`] in one SQLite file.
+///
+/// Cheap to clone; clones share one connection. Open the same file again
+/// (here or in another process) for an independent connection.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    path: Arc<PathBuf>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, and its parent
+    /// directories. Sets WAL mode, a 5 s busy timeout and
+    /// `synchronous=NORMAL`, and creates or checks the schema.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError::Backend(format!("sqlite database {}: {what}: {e}", path.display()))
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| fail(&format!("cannot create directory {}", parent.display()), &e))?;
+        }
+        let mut conn = Connection::open(path).map_err(|e| fail("cannot open", &e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| fail("cannot set busy_timeout", &e))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(|e| fail("cannot switch to WAL journal mode", &e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(fail(
+                "cannot switch to WAL journal mode",
+                &format!("journal mode is still `{mode}`"),
+            ));
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| fail("cannot set synchronous=NORMAL", &e))?;
+        migrate(&mut conn).map_err(|e| match e {
+            MigrateError::Sql(e) => fail("cannot create the schema", &e),
+            MigrateError::TooNew(v) => fail(
+                "unsupported schema",
+                &format!(
+                    "schema version {v} was written by a newer cutover (this one knows up to {SCHEMA_VERSION}); upgrade cutover"
+                ),
+            ),
+        })?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+            path: Arc::new(path.to_path_buf()),
+        })
+    }
+
+    /// Where the CLI keeps its database: `$XDG_STATE_HOME/cutover/cutover.db`,
+    /// else `$HOME/.local/state/cutover/cutover.db`. `None` if neither
+    /// variable is set to an absolute path.
+    pub fn default_path() -> Option<PathBuf> {
+        default_path_from(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME"))
+    }
+
+    /// The file this store was opened on.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` with the connection on tokio's blocking pool.
+    async fn with_conn<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, Failure> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        let path = Arc::clone(&self.path);
+        let fail = move |e: &dyn std::fmt::Display| {
+            StoreError::Backend(format!("sqlite database {}: {op}: {e}", path.display()))
+        };
+        let fail2 = fail.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn
+                .lock()
+                .map_err(|_| fail(&"connection unusable after a panic in an earlier call"))?;
+            f(&mut conn).map_err(|e| match e {
+                Failure::Store(e) => e,
+                Failure::Sql(e) => fail(&e),
+                Failure::Data(msg) => fail(&msg),
+            })
+        })
+        .await
+        .map_err(|e| fail2(&e))?
+    }
+}
+
+/// `$XDG_STATE_HOME/cutover/cutover.db`, else `$HOME/.local/state/cutover/cutover.db`.
+/// Relative values are ignored, as the XDG spec asks.
+fn default_path_from(
+    xdg_state_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> Option<PathBuf> {
+    let absolute = |v: Option<std::ffi::OsString>| v.map(PathBuf::from).filter(|p| p.is_absolute());
+    let state = absolute(xdg_state_home)
+        .or_else(|| absolute(home).map(|h| h.join(".local").join("state")))?;
+    Some(state.join("cutover").join("cutover.db"))
+}
+
+enum MigrateError {
+    Sql(rusqlite::Error),
+    TooNew(i64),
+}
+
+impl From<rusqlite::Error> for MigrateError {
+    fn from(e: rusqlite::Error) -> Self {
+        MigrateError::Sql(e)
+    }
+}
+
+/// Brings the schema up to `SCHEMA_VERSION`. Runs under `BEGIN IMMEDIATE`,
+/// so two processes opening a new file at once do not both create it.
+fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(MigrateError::TooNew(version));
+    }
+    if version < 1 {
+        tx.execute_batch(SCHEMA_V1)?;
+    }
+    // Later versions: `if version < 2 { ... }`.
+    if version != SCHEMA_VERSION {
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// What a blocking operation can fail with, before the path and operation
+/// are added to the message.
+enum Failure {
+    Store(StoreError),
+    Sql(rusqlite::Error),
+    Data(String),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Self {
+        Failure::Sql(e)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Store(e)
+    }
+}
+
+fn constraint(e: &rusqlite::Error) -> Option<i32> {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation => {
+            Some(f.extended_code)
+        }
+        _ => None,
+    }
+}
+
+/// Timestamps and versions are `u64`; SQLite integers are `i64`.
+fn to_sql(value: u64, what: &str) -> Result<i64, Failure> {
+    i64::try_from(value).map_err(|_| {
+        Failure::Data(format!(
+            "{what} {value} is too large to store (max {})",
+            i64::MAX
+        ))
+    })
+}
+
+/// For values only compared against, never stored: saturate instead of failing.
+fn saturate(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn from_sql(value: i64, what: &str, row: &str) -> Result<u64, Failure> {
+    u64::try_from(value).map_err(|_| {
+        Failure::Data(format!(
+            "{row}: {what} is negative ({value}); the database is corrupt"
+        ))
+    })
+}
+
+/// A row of `rollouts` as SQLite returned it, before checking.
+struct RawRollout {
+    id: String,
+    service: String,
+    version: i64,
+    active: i64,
+    state: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl RawRollout {
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<RawRollout> {
+        Ok(RawRollout {
+            id: row.get(0)?,
+            service: row.get(1)?,
+            version: row.get(2)?,
+            active: row.get(3)?,
+            state: row.get(4)?,
+            created_at: row.get(5)?,
+            updated_at: row.get(6)?,
+        })
+    }
+
+    fn check(self) -> Result<RolloutRecord, Failure> {
+        let row = format!("rollouts row `{}`", self.id);
+        let active = match self.active {
+            0 => false,
+            1 => true,
+            other => {
+                return Err(Failure::Data(format!(
+                    "{row}: active is {other}, expected 0 or 1; the database is corrupt"
+                )))
+            }
+        };
+        Ok(RolloutRecord {
+            version: from_sql(self.version, "version", &row)?,
+            created_at: Timestamp(from_sql(self.created_at, "created_at", &row)?),
+            updated_at: Timestamp(from_sql(self.updated_at, "updated_at", &row)?),
+            id: self.id,
+            service: self.service,
+            active,
+            state: self.state,
+        })
+    }
+}
+
+fn query_rollouts(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<RolloutRecord>, Failure> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let raws = stmt
+        .query_map(params, RawRollout::from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    raws.into_iter().map(RawRollout::check).collect()
+}
+
+fn command_name(command: Command) -> Result<String, Failure> {
+    match serde_json::to_value(command) {
+        Ok(serde_json::Value::String(name)) => Ok(name),
+        Ok(other) => Err(Failure::Data(format!(
+            "command {command:?} serialises as {other}, not a name"
+        ))),
+        Err(e) => Err(Failure::Data(format!(
+            "cannot serialise command {command:?}: {e}"
+        ))),
+    }
+}
+
+fn parse_command(name: &str, seq: i64) -> Result<Command, Failure> {
+    serde_json::from_value(serde_json::Value::String(name.to_owned())).map_err(|e| {
+        Failure::Data(format!(
+            "commands row seq {seq}: unknown command `{name}` ({e})"
+        ))
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create(
+        &self,
+        id: &str,
+        service: &str,
+        state: &str,
+        active: bool,
+        now: Timestamp,
+    ) -> Result<RolloutRecord, StoreError> {
+        let record = RolloutRecord {
+            id: id.to_owned(),
+            service: service.to_owned(),
+            version: 1,
+            active,
+            state: state.to_owned(),
+            created_at: now,
+            updated_at: now,
+        };
+        self.with_conn("create rollout", move |conn| {
+            let at = to_sql(now.as_millis(), "timestamp")?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let inserted = tx.execute(
+                "INSERT INTO rollouts (id, service, version, active, state, created_at, updated_at)
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?5)",
+                params![record.id, record.service, record.active, record.state, at],
+            );
+            match inserted {
+                Ok(_) => {
+                    tx.commit()?;
+                    Ok(record)
+                }
+                Err(e) => match constraint(&e) {
+                    Some(rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
+                        Err(StoreError::DuplicateId(record.id).into())
+                    }
+                    Some(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE) => {
+                        // Same transaction, so the row that blocked us is still there.
+                        let existing: Option<String> = tx
+                            .query_row(
+                                "SELECT id FROM rollouts WHERE service = ?1 AND active = 1",
+                                [&record.service],
+                                |row| row.get(0),
+                            )
+                            .optional()?;
+                        match existing {
+                            Some(id) => Err(StoreError::ActiveExists {
+                                service: record.service,
+                                id,
+                            }
+                            .into()),
+                            None => Err(e.into()),
+                        }
+                    }
+                    _ => Err(e.into()),
+                },
+            }
+        })
+        .await
+    }
+
+    async fn load(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError> {
+        let id = id.to_owned();
+        self.with_conn("load rollout", move |conn| {
+            let sql = format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?1");
+            Ok(query_rollouts(conn, &sql, [&id])?.pop())
+        })
+        .await
+    }
+
+    /// `Conflict` with `found: None` if there is no rollout `id` at all.
+    async fn update(
+        &self,
+        id: &str,
+        expected_version: u64,
+        state: &str,
+        active: bool,
+        now: Timestamp,
+    ) -> Result<RolloutRecord, StoreError> {
+        let (id, state) = (id.to_owned(), state.to_owned());
+        self.with_conn("update rollout", move |conn| {
+            let at = to_sql(now.as_millis(), "timestamp")?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let sql = format!(
+                "UPDATE rollouts SET version = version + 1, state = ?3, active = ?4, updated_at = ?5
+                 WHERE id = ?1 AND version = ?2 RETURNING {ROLLOUT_COLUMNS}"
+            );
+            // A version beyond i64 cannot be stored, so it cannot match.
+            let expected = i64::try_from(expected_version).unwrap_or(-1);
+            let updated = query_rollouts(&tx, &sql, params![id, expected, state, active, at]);
+            match updated {
+                Ok(mut rows) => match rows.pop() {
+                    Some(record) => {
+                        tx.commit()?;
+                        Ok(record)
+                    }
+                    None => {
+                        let found: Option<i64> = tx
+                            .query_row("SELECT version FROM rollouts WHERE id = ?1", [&id], |row| {
+                                row.get(0)
+                            })
+                            .optional()?;
+                        let found = match found {
+                            Some(v) => {
+                                Some(from_sql(v, "version", &format!("rollouts row `{id}`"))?)
+                            }
+                            None => None,
+                        };
+                        Err(StoreError::Conflict {
+                            id,
+                            expected: expected_version,
+                            found,
+                        }
+                        .into())
+                    }
+                },
+                Err(Failure::Sql(e))
+                    if constraint(&e) == Some(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE) =>
+                {
+                    // Re-activating while another rollout of the service is active.
+                    let existing: Option<(String, String)> = tx
+                        .query_row(
+                            "SELECT a.service, a.id FROM rollouts r
+                             JOIN rollouts a ON a.service = r.service AND a.active = 1
+                             WHERE r.id = ?1",
+                            [&id],
+                            |row| Ok((row.get(0)?, row.get(1)?)),
+                        )
+                        .optional()?;
+                    match existing {
+                        Some((service, id)) => Err(StoreError::ActiveExists { service, id }.into()),
+                        None => Err(e.into()),
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    async fn list_active(&self) -> Result<Vec<RolloutRecord>, StoreError> {
+        self.with_conn("list active rollouts", move |conn| {
+            let sql = format!(
+                "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE active = 1 ORDER BY created_at, rowid"
+            );
+            query_rollouts(conn, &sql, [])
+        })
+        .await
+    }
+
+    async fn list_for_service(
+        &self,
+        service: &str,
+        limit: usize,
+    ) -> Result<Vec<RolloutRecord>, StoreError> {
+        let service = service.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_conn("list rollouts of a service", move |conn| {
+            let sql = format!(
+                "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE service = ?1
+                 ORDER BY created_at DESC, rowid DESC LIMIT ?2"
+            );
+            query_rollouts(conn, &sql, params![service, limit])
+        })
+        .await
+    }
+
+    async fn claim_trigger(
+        &self,
+        key: &str,
+        owner: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let (key, owner) = (key.to_owned(), owner.to_owned());
+        self.with_conn("claim trigger", move |conn| {
+            let at = to_sql(now.as_millis(), "timestamp")?;
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO triggers (key, owner, claimed_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (key) DO NOTHING",
+                )?
+                .execute(params![key, owner, at])?;
+            Ok(inserted == 1)
+        })
+        .await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        // Only compared against: an expiry past i64::MAX means "never".
+        let (now, expires_at) = (
+            saturate(now.as_millis()),
+            saturate(now.after(ttl).as_millis()),
+        );
+        self.with_conn("acquire lease", move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (name) DO UPDATE
+                        SET holder = excluded.holder, expires_at = excluded.expires_at
+                        WHERE leases.holder = excluded.holder OR leases.expires_at <= ?4",
+                )?
+                .execute(params![name, holder, expires_at, now])?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.with_conn("release lease", move |conn| {
+            conn.prepare_cached("DELETE FROM leases WHERE name = ?1 AND holder = ?2")?
+                .execute(params![name, holder])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn post_command(
+        &self,
+        rollout_id: &str,
+        command: Command,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let rollout_id = rollout_id.to_owned();
+        self.with_conn("post command", move |conn| {
+            let at = to_sql(now.as_millis(), "timestamp")?;
+            let name = command_name(command)?;
+            // One statement: the rollout cannot vanish between check and insert.
+            let seq: Option<i64> = conn
+                .prepare_cached(
+                    "INSERT INTO commands (rollout_id, command, posted_at)
+                     SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM rollouts WHERE id = ?1)
+                     RETURNING seq",
+                )?
+                .query_row(params![rollout_id, name, at], |row| row.get(0))
+                .optional()?;
+            match seq {
+                Some(seq) => Ok(from_sql(seq, "seq", "new commands row")?),
+                None => Err(StoreError::NotFound(rollout_id).into()),
+            }
+        })
+        .await
+    }
+
+    async fn commands_after(
+        &self,
+        rollout_id: &str,
+        after: u64,
+    ) -> Result<Vec<PostedCommand>, StoreError> {
+        let rollout_id = rollout_id.to_owned();
+        let after = saturate(after);
+        self.with_conn("read commands", move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, command, posted_at FROM commands
+                 WHERE rollout_id = ?1 AND seq > ?2 ORDER BY seq",
+            )?;
+            let rows = stmt
+                .query_map(params![rollout_id, after], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter()
+                .map(|(seq, name, posted_at)| {
+                    let row = format!("commands row seq {seq}");
+                    Ok(PostedCommand {
+                        seq: from_sql(seq, "seq", &row)?,
+                        rollout_id: rollout_id.clone(),
+                        command: parse_command(&name, seq)?,
+                        posted_at: Timestamp(from_sql(posted_at, "posted_at", &row)?),
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_path_prefers_xdg_state_home() {
+        let p = default_path_from(Some("/xdg/state".into()), Some("/home/u".into()));
+        assert_eq!(p, Some(PathBuf::from("/xdg/state/cutover/cutover.db")));
+    }
+
+    #[test]
+    fn default_path_falls_back_to_home() {
+        let want = Some(PathBuf::from("/home/u/.local/state/cutover/cutover.db"));
+        assert_eq!(default_path_from(None, Some("/home/u".into())), want);
+        // A relative XDG_STATE_HOME is invalid and ignored.
+        assert_eq!(
+            default_path_from(Some("rel".into()), Some("/home/u".into())),
+            want
+        );
+        assert_eq!(default_path_from(None, None), None);
+        assert_eq!(default_path_from(Some("".into()), Some("".into())), None);
+    }
+
+    #[test]
+    fn command_names_round_trip() {
+        for c in [
+            Command::Abort,
+            Command::Promote,
+            Command::Pause,
+            Command::Resume,
+            Command::Retry,
+        ] {
+            let name = command_name(c).ok().expect("serialises");
+            assert_eq!(parse_command(&name, 1).ok(), Some(c));
+        }
+        assert_eq!(command_name(Command::Abort).ok().as_deref(), Some("abort"));
+        assert!(parse_command("explode", 7).is_err());
+    }
+}

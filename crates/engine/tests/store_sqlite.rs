@@ -1,0 +1,237 @@
+//! The store conformance suite against `SqliteStore` on real files, plus
+//! SQLite-specific checks (pragmas, schema version, corrupt rows).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cutover_core::{Command, Timestamp};
+use cutover_engine::store::{conformance, SqliteStore, Store, StoreError};
+use tempfile::TempDir;
+
+/// A fresh database file in its own temp dir, in a not-yet-existing
+/// subdirectory (so `open` must create it). Every call of the returned
+/// closure opens another connection to it, as another process would.
+fn backend() -> impl Fn() -> SqliteStore {
+    let dir = Arc::new(tempfile::tempdir().expect("create a temp dir"));
+    let path = dir.path().join("state").join("cutover").join("cutover.db");
+    move || {
+        let _keep_dir_alive: &TempDir = &dir;
+        match SqliteStore::open(&path) {
+            Ok(store) => store,
+            Err(e) => panic!("open {}: {e}", path.display()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn create_then_load() {
+    conformance::create_then_load(&backend()()).await;
+}
+
+#[tokio::test]
+async fn one_active_rollout_per_service() {
+    conformance::one_active_rollout_per_service(&backend()()).await;
+}
+
+#[tokio::test]
+async fn update_is_compare_and_swap() {
+    conformance::update_is_compare_and_swap(&backend()()).await;
+}
+
+#[tokio::test]
+async fn listing_order_and_limit() {
+    conformance::listing_order_and_limit(&backend()()).await;
+}
+
+#[tokio::test]
+async fn claim_once() {
+    conformance::claim_once(&backend()()).await;
+}
+
+#[tokio::test]
+async fn claim_race() {
+    conformance::claim_race(&backend()).await;
+}
+
+#[tokio::test]
+async fn lease_race() {
+    conformance::lease_race(&backend()).await;
+}
+
+#[tokio::test]
+async fn lease_lifecycle() {
+    conformance::lease_lifecycle(&backend()).await;
+}
+
+#[tokio::test]
+async fn concurrent_update() {
+    conformance::concurrent_update(&backend()).await;
+}
+
+#[tokio::test]
+async fn commands() {
+    conformance::commands(&backend()()).await;
+}
+
+/// The single entry point, on a multi-thread runtime this time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_all() {
+    conformance::run_all(backend).await;
+}
+
+fn temp_db() -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("create a temp dir");
+    let path = dir.path().join("nested").join("cutover.db");
+    (dir, path)
+}
+
+fn raw(path: &std::path::Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(path).expect("open raw connection")
+}
+
+#[tokio::test]
+async fn open_sets_wal_and_schema_version_and_keeps_data() {
+    let (_dir, path) = temp_db();
+    let store = SqliteStore::open(&path).expect("open");
+    assert_eq!(store.path(), path);
+    store
+        .create("r", "svc", "s", true, Timestamp(5))
+        .await
+        .expect("create");
+    drop(store);
+
+    let conn = raw(&path);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 1);
+    drop(conn);
+
+    // Reopening (a restarted process) finds the data and leaves the schema alone.
+    let store = SqliteStore::open(&path).expect("reopen");
+    let loaded = store
+        .load("r")
+        .await
+        .expect("load")
+        .expect("record survives reopen");
+    assert_eq!(
+        (loaded.service.as_str(), loaded.version, loaded.created_at),
+        ("svc", 1, Timestamp(5))
+    );
+}
+
+#[test]
+fn open_refuses_a_newer_schema_naming_the_path() {
+    let (_dir, path) = temp_db();
+    drop(SqliteStore::open(&path).expect("open"));
+    raw(&path).pragma_update(None, "user_version", 99).unwrap();
+    let err = SqliteStore::open(&path).expect_err("newer schema must be refused");
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    assert!(
+        msg.contains(&path.display().to_string()) && msg.contains("99"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn open_failure_names_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let path = file.join("cutover.db");
+    let err = SqliteStore::open(&path).expect_err("parent is a file");
+    assert!(
+        err.to_string().contains(&file.display().to_string()),
+        "{err}"
+    );
+
+    // A file that is not a database.
+    std::fs::write(dir.path().join("junk.db"), vec![b'j'; 4096]).unwrap();
+    let err = SqliteStore::open(&dir.path().join("junk.db")).expect_err("not a database");
+    assert!(err.to_string().contains("junk.db"), "{err}");
+}
+
+#[tokio::test]
+async fn corrupt_command_row_is_an_error_naming_the_row() {
+    let (_dir, path) = temp_db();
+    let store = SqliteStore::open(&path).expect("open");
+    store
+        .create("r", "svc", "s", true, Timestamp(1))
+        .await
+        .unwrap();
+    let good = store
+        .post_command("r", Command::Pause, Timestamp(2))
+        .await
+        .unwrap();
+    raw(&path)
+        .execute(
+            "INSERT INTO commands (rollout_id, command, posted_at) VALUES ('r', 'explode', 3)",
+            [],
+        )
+        .unwrap();
+    let bad_seq = good + 1;
+
+    let err = store
+        .commands_after("r", 0)
+        .await
+        .expect_err("unknown command must be an error");
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    assert!(
+        msg.contains(&format!("seq {bad_seq}")) && msg.contains("explode"),
+        "{msg}"
+    );
+    // Reading past the bad row works again.
+    assert!(store.commands_after("r", bad_seq).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn corrupt_rollout_row_is_an_error_naming_the_row() {
+    let (_dir, path) = temp_db();
+    let store = SqliteStore::open(&path).expect("open");
+    store
+        .create("broken", "svc", "s", true, Timestamp(1))
+        .await
+        .unwrap();
+    raw(&path)
+        .execute("UPDATE rollouts SET version = -4 WHERE id = 'broken'", [])
+        .unwrap();
+
+    for result in [
+        store.load("broken").await.map(|_| ()),
+        store.list_active().await.map(|_| ()),
+    ] {
+        let err = result.expect_err("negative version must be an error");
+        let msg = err.to_string();
+        assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+        assert!(msg.contains("`broken`") && msg.contains("-4"), "{msg}");
+    }
+}
+
+#[tokio::test]
+async fn timestamps_beyond_sqlite_integers_are_errors_not_panics() {
+    let (_dir, path) = temp_db();
+    let store = SqliteStore::open(&path).expect("open");
+    let err = store
+        .create("r", "svc", "s", true, Timestamp(u64::MAX))
+        .await
+        .expect_err("too large");
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    assert_eq!(store.load("r").await.unwrap(), None);
+
+    // A lease with an enormous ttl is simply held "forever".
+    let forever = std::time::Duration::from_millis(u64::MAX);
+    assert!(store
+        .acquire_lease("l", "a", Timestamp(1), forever)
+        .await
+        .unwrap());
+    assert!(!store
+        .acquire_lease("l", "b", Timestamp(1 << 62), forever)
+        .await
+        .unwrap());
+}
