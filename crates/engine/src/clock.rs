@@ -16,13 +16,18 @@ pub struct Clock {
 impl Clock {
     /// Anchors to the system's wall clock now.
     pub fn system() -> Clock {
-        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         Clock::anchored(Timestamp::from_millis(ms))
     }
 
     /// Anchors to a given time (tests).
     pub fn anchored(wall: Timestamp) -> Clock {
-        Clock { wall, mono: Instant::now() }
+        Clock {
+            wall,
+            mono: Instant::now(),
+        }
     }
 
     pub fn now(&self) -> Timestamp {

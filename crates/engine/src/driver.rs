@@ -86,8 +86,19 @@ struct Loaded {
 
 impl Engine {
     /// `holder` names this driver in leases (e.g. `host:pid`).
-    pub fn new(store: Arc<dyn Store>, clock: Clock, holder: impl Into<String>, options: Options) -> Engine {
-        Engine { store, clock, holder: holder.into(), options, observer: None }
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Clock,
+        holder: impl Into<String>,
+        options: Options,
+    ) -> Engine {
+        Engine {
+            store,
+            clock,
+            holder: holder.into(),
+            options,
+            observer: None,
+        }
     }
 
     pub fn with_observer(mut self, observer: Observer) -> Engine {
@@ -105,16 +116,28 @@ impl Engine {
 
     /// Records a new rollout for `plan.service`; refused while the service
     /// has an active one.
-    pub async fn create(&self, id: &str, plan: Plan, has_platform: bool) -> Result<RolloutRecord, EngineError> {
+    pub async fn create(
+        &self,
+        id: &str,
+        plan: Plan,
+        has_platform: bool,
+    ) -> Result<RolloutRecord, EngineError> {
         let now = self.clock.now();
         let rollout = Rollout::new(plan, has_platform, now);
         let state = encode(&rollout);
-        Ok(self.store.create(id, &rollout.plan.service, &state, true, now).await?)
+        Ok(self
+            .store
+            .create(id, &rollout.plan.service, &state, true, now)
+            .await?)
     }
 
     /// Loads a rollout snapshot.
     pub async fn load(&self, id: &str) -> Result<(RolloutRecord, Rollout), EngineError> {
-        let record = self.store.load(id).await?.ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        let record = self
+            .store
+            .load(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
         let rollout = decode(&record)?;
         Ok((record, rollout))
     }
@@ -125,8 +148,15 @@ impl Engine {
     pub async fn drive(&self, id: &str, adapters: &Adapters) -> Result<Rollout, EngineError> {
         let lease = format!("rollout:{id}");
         let now = self.clock.now();
-        if !self.store.acquire_lease(&lease, &self.holder, now, self.options.lease_ttl).await? {
-            return Err(EngineError::LeaseHeld { id: id.to_string(), holder: "another driver".into() });
+        if !self
+            .store
+            .acquire_lease(&lease, &self.holder, now, self.options.lease_ttl)
+            .await?
+        {
+            return Err(EngineError::LeaseHeld {
+                id: id.to_string(),
+                holder: "another driver".into(),
+            });
         }
         let result = self.drive_leased(id, &lease, adapters).await;
         let _ = self.store.release_lease(&lease, &self.holder).await;
@@ -135,7 +165,11 @@ impl Engine {
 
     /// Like [`Engine::drive`], but first waits (polling every tick) for a
     /// lease left by a driver that died to expire.
-    pub async fn drive_when_free(&self, id: &str, adapters: &Adapters) -> Result<Rollout, EngineError> {
+    pub async fn drive_when_free(
+        &self,
+        id: &str,
+        adapters: &Adapters,
+    ) -> Result<Rollout, EngineError> {
         loop {
             match self.drive(id, adapters).await {
                 Err(EngineError::LeaseHeld { .. }) => tokio::time::sleep(self.options.tick).await,
@@ -151,13 +185,24 @@ impl Engine {
         let now = self.clock.now();
         let _ = rollout.handle(now, Input::Command(cutover_core::Command::Retry));
         let active = !rollout.phase.is_terminal();
-        self.store.update(id, record.version, &encode(&rollout), active, now).await?;
+        self.store
+            .update(id, record.version, &encode(&rollout), active, now)
+            .await?;
         Ok(())
     }
 
-    async fn drive_leased(&self, id: &str, lease: &str, adapters: &Adapters) -> Result<Rollout, EngineError> {
+    async fn drive_leased(
+        &self,
+        id: &str,
+        lease: &str,
+        adapters: &Adapters,
+    ) -> Result<Rollout, EngineError> {
         let (record, rollout) = self.load(id).await?;
-        let mut cur = Loaded { id: id.to_string(), version: record.version, rollout };
+        let mut cur = Loaded {
+            id: id.to_string(),
+            version: record.version,
+            rollout,
+        };
         let now = self.clock.now();
         let mut queue = if cur.rollout.phase == cutover_core::Phase::Pending {
             cur.rollout.handle(now, Input::Start)
@@ -184,7 +229,11 @@ impl Engine {
 
             let now = self.clock.now();
             if now.since(lease_renewed) >= self.options.lease_ttl / 3 {
-                if !self.store.acquire_lease(lease, &self.holder, now, self.options.lease_ttl).await? {
+                if !self
+                    .store
+                    .acquire_lease(lease, &self.holder, now, self.options.lease_ttl)
+                    .await?
+                {
                     return Err(EngineError::LostLease(id.to_string()));
                 }
                 lease_renewed = now;
@@ -197,7 +246,10 @@ impl Engine {
 
             // Sleep until the next timer or the next tick.
             let tick_at = now.after(self.options.tick);
-            let wake = cur.rollout.next_wakeup().map_or(tick_at, |w| w.min(tick_at));
+            let wake = cur
+                .rollout
+                .next_wakeup()
+                .map_or(tick_at, |w| w.min(tick_at));
             if wake > now {
                 tokio::time::sleep_until(self.clock.instant_of(wake)).await;
             }
@@ -211,7 +263,10 @@ impl Engine {
 
     /// Feeds pending operator commands to the machine; persists if any.
     async fn take_commands(&self, cur: &mut Loaded) -> Result<Vec<Action>, EngineError> {
-        let commands = self.store.commands_after(&cur.id, cur.rollout.last_command_seq).await?;
+        let commands = self
+            .store
+            .commands_after(&cur.id, cur.rollout.last_command_seq)
+            .await?;
         if commands.is_empty() {
             return Ok(vec![]);
         }
@@ -228,7 +283,10 @@ impl Engine {
     async fn persist(&self, cur: &mut Loaded) -> Result<(), EngineError> {
         let now = self.clock.now();
         let active = !cur.rollout.phase.is_terminal();
-        let record = self.store.update(&cur.id, cur.version, &encode(&cur.rollout), active, now).await?;
+        let record = self
+            .store
+            .update(&cur.id, cur.version, &encode(&cur.rollout), active, now)
+            .await?;
         cur.version = record.version;
         if let Some(observer) = &self.observer {
             observer(&cur.rollout);
@@ -245,10 +303,18 @@ impl Engine {
                         refusals.push(format!("{}: {e}", check.name()));
                     }
                 }
-                Input::Preflight(if refusals.is_empty() { Ok(()) } else { Err(refusals.join("; ")) })
+                Input::Preflight(if refusals.is_empty() {
+                    Ok(())
+                } else {
+                    Err(refusals.join("; "))
+                })
             }
             Action::Prepare => match &adapters.platform {
-                Some(p) => Input::Prepared(p.prepare(self.options.prepare_deadline).await.map_err(|e| e.to_string())),
+                Some(p) => Input::Prepared(
+                    p.prepare(self.options.prepare_deadline)
+                        .await
+                        .map_err(|e| e.to_string()),
+                ),
                 None => Input::Prepared(Ok(())),
             },
             Action::Finalize => match &adapters.platform {
@@ -256,8 +322,15 @@ impl Engine {
                 None => Input::Finalized(Ok(())),
             },
             Action::ApplySplit(split) => match adapters.router.apply(*split).await {
-                Ok(realized) => Input::SplitApplied { requested: *split, realized },
-                Err(e) => Input::ApplyFailed { requested: *split, message: e.message, transient: e.transient },
+                Ok(realized) => Input::SplitApplied {
+                    requested: *split,
+                    realized,
+                },
+                Err(e) => Input::ApplyFailed {
+                    requested: *split,
+                    message: e.message,
+                    transient: e.transient,
+                },
             },
             Action::RunAnalysis => Input::Analysis(self.analyse(&adapters.checks).await),
         }
@@ -292,7 +365,11 @@ impl Engine {
         let observations: Vec<Observation> = out
             .into_iter()
             .enumerate()
-            .map(|(i, o)| o.unwrap_or_else(|| Observation::new(checks[i].name(), Verdict::Error, "the check crashed")))
+            .map(|(i, o)| {
+                o.unwrap_or_else(|| {
+                    Observation::new(checks[i].name(), Verdict::Error, "the check crashed")
+                })
+            })
             .collect();
         tracing::debug!(verdict = %combine(&observations), "analysis");
         observations
@@ -304,5 +381,8 @@ fn encode(rollout: &Rollout) -> String {
 }
 
 fn decode(record: &RolloutRecord) -> Result<Rollout, EngineError> {
-    serde_json::from_str(&record.state).map_err(|e| EngineError::Snapshot { id: record.id.clone(), message: e.to_string() })
+    serde_json::from_str(&record.state).map_err(|e| EngineError::Snapshot {
+        id: record.id.clone(),
+        message: e.to_string(),
+    })
 }

@@ -17,12 +17,18 @@ pub struct AdapterError {
 impl AdapterError {
     /// A failure worth retrying (timeouts, throttling, connection refused).
     pub fn transient(message: impl Into<String>) -> Self {
-        AdapterError { transient: true, message: message.into() }
+        AdapterError {
+            transient: true,
+            message: message.into(),
+        }
     }
 
     /// A failure that retrying will not fix (bad credentials, missing resource).
     pub fn permanent(message: impl Into<String>) -> Self {
-        AdapterError { transient: false, message: message.into() }
+        AdapterError {
+            transient: false,
+            message: message.into(),
+        }
     }
 }
 

@@ -47,12 +47,20 @@ pub struct PostedCommand {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
-    #[error("service `{service}` already has an active rollout `{id}`; wait for it to end or abort it")]
+    #[error(
+        "service `{service}` already has an active rollout `{id}`; wait for it to end or abort it"
+    )]
     ActiveExists { service: String, id: String },
     #[error("a rollout with id `{0}` already exists")]
     DuplicateId(String),
-    #[error("rollout `{id}` was changed by someone else (expected version {expected}, found {found:?})")]
-    Conflict { id: String, expected: u64, found: Option<u64> },
+    #[error(
+        "rollout `{id}` was changed by someone else (expected version {expected}, found {found:?})"
+    )]
+    Conflict {
+        id: String,
+        expected: u64,
+        found: Option<u64>,
+    },
     #[error("no rollout `{0}`")]
     NotFound(String),
     #[error("store: {0}")]
@@ -100,8 +108,12 @@ pub trait Store: Send + Sync {
 
     /// Records `key` as claimed by `owner` if nobody claimed it before.
     /// True if this call won. A key, once claimed, stays claimed.
-    async fn claim_trigger(&self, key: &str, owner: &str, now: Timestamp)
-        -> Result<bool, StoreError>;
+    async fn claim_trigger(
+        &self,
+        key: &str,
+        owner: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
 
     /// Takes the lease `name` for `holder` until `now + ttl` if it is free,
     /// expired, or already held by `holder` (a renewal). True if `holder`
