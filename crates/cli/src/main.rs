@@ -1,1 +1,59 @@
-fn main() {}
+//! `cutover`: the command-line front of the library crates.
+//!
+//! `cli` holds the raw arguments (clap); `settings` resolves them, with the
+//! plan file, into what the commands need; each command lives in its own
+//! module and returns an [`Exit`].
+#![forbid(unsafe_code)]
+
+mod adapters;
+mod cli;
+mod demo;
+mod progress;
+mod read;
+mod run;
+mod settings;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// How the process ends. The codes are part of the interface (see `--help`).
+#[derive(Debug)]
+pub enum Exit {
+    /// 0: done; a rollout succeeded.
+    Ok,
+    /// 3: the rollout rolled back or was aborted.
+    RolledBack,
+    /// 2: bad usage, configuration or input.
+    Usage(String),
+    /// 1: anything else: an adapter or store failure, a failed rollout.
+    Internal(String),
+}
+
+impl Exit {
+    fn code(&self) -> u8 {
+        match self {
+            Exit::Ok => 0,
+            Exit::Internal(_) => 1,
+            Exit::Usage(_) => 2,
+            Exit::RolledBack => 3,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    let exit = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(cli::dispatch(args)),
+        Err(e) => Exit::Internal(format!("cannot start the async runtime: {e}")),
+    };
+    match &exit {
+        Exit::Usage(m) => eprintln!("error: {m}"),
+        Exit::Internal(m) => eprintln!("error: {m}"),
+        Exit::Ok | Exit::RolledBack => {}
+    }
+    ExitCode::from(exit.code())
+}

@@ -1,0 +1,171 @@
+//! Raw arguments, as the user typed them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::Exit;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  succeeded (or the command did what it was asked)
+  1  internal error, adapter or store failure, or the rollout failed
+  2  bad usage, plan file or input
+  3  the rollout rolled back or was aborted";
+
+/// Canary blue/green deployments: move traffic from blue to green in
+/// measured steps, judge green at every step, and send everything back to
+/// blue the moment green misbehaves.
+#[derive(Parser, Debug)]
+#[command(name = "cutover", version, after_help = EXIT_CODES, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check a plan file and print its timeline: each step's split, when it
+    /// starts, how long it holds, the checks that gate it, and the total.
+    #[command(after_help = EXIT_CODES)]
+    Plan {
+        /// The plan file (TOML); see docs/plan-file.md.
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Run a rollout to its end (or resume the service's unfinished one).
+    /// Shows live progress on a terminal and plain log lines otherwise.
+    #[command(after_help = EXIT_CODES)]
+    Run(RunArgs),
+    /// Start a rolled-back, aborted or failed rollout of the plan's service
+    /// again from its first step, and drive it like `run`.
+    #[command(after_help = EXIT_CODES)]
+    Retry(RunArgs),
+    /// Show the latest rollout of a service: phase, split, step, last verdict.
+    #[command(after_help = EXIT_CODES)]
+    Status(ReadArgs),
+    /// Show every decision of the latest rollout (or `--all` rollouts) with
+    /// its time, the observations behind it and the reason.
+    #[command(after_help = EXIT_CODES)]
+    History {
+        #[command(flatten)]
+        read: ReadArgs,
+        /// List the service's past rollouts instead of one rollout's decisions.
+        #[arg(long)]
+        all: bool,
+        /// How many rollouts `--all` lists.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Roll the service's active rollout back now (all traffic to blue).
+    #[command(after_help = EXIT_CODES)]
+    Abort(TargetArgs),
+    /// Skip the remaining steps of the active rollout: straight to 100 %
+    /// green, then the bake.
+    #[command(after_help = EXIT_CODES)]
+    Promote(TargetArgs),
+    /// Stop the active rollout from advancing; the split stays and analysis
+    /// keeps running (a failure still rolls back).
+    #[command(after_help = EXIT_CODES)]
+    Pause(TargetArgs),
+    /// Let a paused rollout advance again.
+    #[command(after_help = EXIT_CODES)]
+    Resume(TargetArgs),
+    /// Run the embedded weighted HTTP proxy (the `local` router) with its
+    /// admin API; see docs/proxy.md for the config file.
+    #[command(after_help = EXIT_CODES)]
+    Proxy {
+        /// The proxy config file (TOML).
+        config: PathBuf,
+    },
+    /// Show cutover's whole job on this machine, no set-up needed: blue and
+    /// green sample apps, the proxy and steady load on loopback; one rollout
+    /// where green is healthy and one where green fails real requests while
+    /// its health endpoint says OK. Prints a summary and writes an HTML report.
+    #[command(after_help = EXIT_CODES)]
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The plan file (TOML).
+    pub file: PathBuf,
+    /// SQLite store file (overrides the plan's `[store] path` and the
+    /// default `$XDG_STATE_HOME/cutover/cutover.db`).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Keep running in the background; prints the process id and log file.
+    #[arg(long)]
+    pub detach: bool,
+    /// How long another `cutover run` must wait before taking over a
+    /// rollout whose driver stopped answering (e.g. after a kill).
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    pub lease_ttl: std::time::Duration,
+    /// How often operator commands are picked up.
+    #[arg(long, default_value = "500ms", value_parser = duration)]
+    pub tick: std::time::Duration,
+    /// Print progress as JSON lines (one rollout snapshot per transition).
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// Which rollout a command is about.
+#[derive(Args, Debug)]
+pub struct TargetArgs {
+    /// A plan file, or a service name.
+    pub target: String,
+    /// SQLite store file (default: the plan's, else the XDG state directory).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReadArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Where to write the HTML report.
+    #[arg(long, default_value = "cutover-demo-report.html")]
+    pub report: PathBuf,
+    /// SQLite store for the demo's rollouts (default: a temporary file).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Share of green's requests that fail in the second scenario.
+    #[arg(long, default_value_t = 0.3)]
+    pub fail_ratio: f64,
+    /// Requests per second of synthetic load.
+    #[arg(long, default_value_t = 200)]
+    pub rps: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+fn duration(text: &str) -> Result<std::time::Duration, String> {
+    cutover_core::time::parse_duration(text)
+}
+
+pub async fn dispatch(cli: Cli) -> Exit {
+    match cli.command {
+        Command::Plan { file, output } => crate::read::plan(&file, output),
+        Command::Run(args) => crate::run::run(args, false).await,
+        Command::Retry(args) => crate::run::run(args, true).await,
+        Command::Status(args) => crate::read::status(args).await,
+        Command::History { read, all, limit } => crate::read::history(read, all, limit).await,
+        Command::Abort(t) => crate::read::command(t, cutover_core::Command::Abort).await,
+        Command::Promote(t) => crate::read::command(t, cutover_core::Command::Promote).await,
+        Command::Pause(t) => crate::read::command(t, cutover_core::Command::Pause).await,
+        Command::Resume(t) => crate::read::command(t, cutover_core::Command::Resume).await,
+        Command::Proxy { config } => crate::run::proxy(&config).await,
+        Command::Demo(args) => crate::demo::demo(args).await,
+    }
+}

@@ -1,0 +1,195 @@
+//! Showing a rollout as it goes: a live status line with a progress bar on
+//! a terminal, plain log lines (or JSON lines) otherwise.
+
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cutover_core::time::Human;
+use cutover_core::{Rollout, Timestamp};
+
+use crate::cli::Output;
+
+/// `HH:MM:SS` (UTC).
+pub fn clock_time(t: Timestamp) -> String {
+    let secs = t.as_millis() / 1000;
+    format!(
+        "{:02}:{:02}:{:02}",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC).
+pub fn date_time(t: Timestamp) -> String {
+    let days = (t.as_millis() / 86_400_000) as i64;
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {}", clock_time(t))
+}
+
+struct State {
+    printed: usize,
+    latest: Option<Rollout>,
+    status_shown: bool,
+}
+
+/// Receives every persisted snapshot of a rollout and shows it.
+#[derive(Clone)]
+pub struct Progress {
+    state: Arc<Mutex<State>>,
+    tty: bool,
+    output: Output,
+    prefix: String,
+}
+
+impl Progress {
+    pub fn new(output: Output, prefix: impl Into<String>) -> Progress {
+        Progress {
+            state: Arc::new(Mutex::new(State {
+                printed: 0,
+                latest: None,
+                status_shown: false,
+            })),
+            tty: std::io::stdout().is_terminal() && output == Output::Text,
+            output,
+            prefix: prefix.into(),
+        }
+    }
+
+    /// Plain lines even on a terminal (the demo prints its own summary).
+    pub fn plain(mut self) -> Progress {
+        self.tty = false;
+        self
+    }
+
+    /// Shows what is new in `rollout` since the last call.
+    pub fn update(&self, rollout: &Rollout) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let mut out = std::io::stdout().lock();
+        if self.output == Output::Json {
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::to_string(rollout).unwrap_or_default()
+            );
+            return;
+        }
+        if state.status_shown {
+            let _ = write!(out, "\r\x1b[2K");
+            state.status_shown = false;
+        }
+        for e in rollout.history.iter().skip(state.printed) {
+            let _ = writeln!(
+                out,
+                "{}{}  {:>8}  {}",
+                self.prefix,
+                clock_time(e.at),
+                e.split.to_string(),
+                e.message
+            );
+        }
+        state.printed = rollout.history.len();
+        state.latest = Some(rollout.clone());
+        if self.tty {
+            let _ = write!(
+                out,
+                "{}",
+                status_line(rollout, cutover_engine::Clock::system().now())
+            );
+            state.status_shown = true;
+        }
+        let _ = out.flush();
+    }
+
+    /// Redraws the status line every second (time left moves on) until the
+    /// returned task is aborted. Does nothing off a terminal.
+    pub fn spawn_ticker(&self) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.tty {
+            return None;
+        }
+        let me = self.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let Ok(mut state) = me.state.lock() else {
+                    return;
+                };
+                if let Some(r) = &state.latest {
+                    let line = status_line(r, cutover_engine::Clock::system().now());
+                    let mut out = std::io::stdout().lock();
+                    let _ = write!(out, "\r\x1b[2K{line}");
+                    let _ = out.flush();
+                    state.status_shown = true;
+                }
+            }
+        }))
+    }
+
+    /// Ends the status line so later output starts on a fresh line.
+    pub fn finish(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            if state.status_shown {
+                println!();
+                state.status_shown = false;
+            }
+        }
+    }
+}
+
+/// `[######----] step 2/3 · 50 % green · holding · last: pass (…) · ~1m20s left`
+fn status_line(r: &Rollout, now: Timestamp) -> String {
+    let timeline = r.plan.timeline();
+    let total = timeline.total.max(Duration::from_millis(1));
+    let elapsed_in_plan = timeline
+        .steps
+        .get(r.step)
+        .map_or(Duration::ZERO, |s| s.starts_at)
+        + r.hold_ends_at().map_or(Duration::ZERO, |end| {
+            let hold = end.since(r.phase_started);
+            now.since(r.phase_started).min(hold)
+        });
+    let done = if r.phase.is_terminal() {
+        1.0
+    } else {
+        elapsed_in_plan.as_secs_f64() / total.as_secs_f64()
+    };
+    let width = 24;
+    let filled = ((done.clamp(0.0, 1.0)) * width as f64).round() as usize;
+    let bar = format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled));
+    let verdict = r
+        .history
+        .iter()
+        .rev()
+        .find(|e| !e.observations.is_empty())
+        .map(|e| {
+            let first = &e.observations[0];
+            format!(" · last: {} ({})", first.verdict, first.detail)
+        })
+        .unwrap_or_default();
+    let left = total.saturating_sub(elapsed_in_plan);
+    let mut line = format!(
+        "{bar} step {}/{} · {} green · {}{verdict} · ~{} left",
+        r.step + 1,
+        r.plan.strategy.steps.len(),
+        r.split,
+        r.phase.name(),
+        Human(Duration::from_secs(left.as_secs()))
+    );
+    // Keep it on one line of a typical terminal.
+    if line.chars().count() > 150 {
+        line = line.chars().take(149).collect::<String>() + "…";
+    }
+    line
+}

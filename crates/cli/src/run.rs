@@ -1,0 +1,216 @@
+//! `cutover run`, `cutover retry` and `cutover proxy`: the long-running commands.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use cutover_core::{Phase, Rollout};
+use cutover_engine::store::Store;
+use cutover_engine::{Clock, Engine, EngineError, Options};
+
+use crate::cli::{Output, RunArgs};
+use crate::progress::Progress;
+use crate::settings::{holder, latest, load_plan, open_store, store_path};
+use crate::Exit;
+
+/// The exit a finished rollout maps to.
+pub fn exit_for(rollout: &Rollout) -> Exit {
+    match &rollout.phase {
+        Phase::Succeeded => Exit::Ok,
+        Phase::RolledBack { .. } | Phase::Aborted { .. } => Exit::RolledBack,
+        Phase::Failed { reason } => Exit::Internal(format!("rollout failed: {reason}")),
+        other => Exit::Internal(format!("rollout stopped while {}", other.name())),
+    }
+}
+
+pub async fn run(args: RunArgs, retry: bool) -> Exit {
+    let plan = match load_plan(&args.file) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    if args.detach {
+        return detach();
+    }
+    let path = match store_path(args.store.as_deref(), Some(&plan)) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let store = match open_store(&path) {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
+    let progress = Progress::new(args.output, "");
+    let observer = {
+        let progress = progress.clone();
+        Arc::new(move |r: &Rollout| progress.update(r))
+    };
+    let options = Options {
+        tick: args.tick,
+        lease_ttl: args.lease_ttl,
+        ..Options::default()
+    };
+    let engine =
+        Engine::new(store.clone(), Clock::system(), holder(), options).with_observer(observer);
+    let adapters = crate::adapters::build(&plan);
+    let say = |m: String| {
+        if args.output == Output::Text {
+            println!("{m}");
+        }
+    };
+
+    let previous = match latest(store.as_ref(), &plan.service).await {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let id = match (retry, previous) {
+        (false, Some(record)) if record.active => {
+            say(format!(
+                "resuming unfinished rollout {} of `{}` (store {})",
+                record.id,
+                plan.service,
+                path.display()
+            ));
+            record.id
+        }
+        (false, _) => {
+            let id = new_id(&plan.service, engine.now());
+            if let Err(e) = engine.create(&id, plan.clone(), false).await {
+                return Exit::Internal(e.to_string());
+            }
+            say(format!(
+                "rollout {id} of `{}` through {} (store {})",
+                plan.service,
+                adapters.router.describe(),
+                path.display()
+            ));
+            id
+        }
+        (true, Some(record)) => {
+            if let Err(e) = engine.retry(&record.id).await {
+                return match e {
+                    EngineError::Store(s) => {
+                        Exit::Usage(format!("cannot retry rollout {}: {s}", record.id))
+                    }
+                    other => Exit::Internal(other.to_string()),
+                };
+            }
+            say(format!("retrying rollout {}", record.id));
+            record.id
+        }
+        (true, None) => {
+            return Exit::Usage(format!(
+                "service `{}` has no rollout to retry",
+                plan.service
+            ))
+        }
+    };
+
+    let ticker = progress.spawn_ticker();
+    let result = tokio::select! {
+        r = engine.drive_when_free(&id, &adapters) => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    progress.finish();
+    match result {
+        Some(Ok(rollout)) => {
+            if args.output == Output::Text {
+                println!(
+                    "{}: {}",
+                    rollout.phase.name(),
+                    rollout.phase.reason().unwrap_or("all traffic on green")
+                );
+            }
+            exit_for(&rollout)
+        }
+        Some(Err(e)) => Exit::Internal(e.to_string()),
+        None => {
+            let _ = store
+                .release_lease(&format!("rollout:{id}"), &holder())
+                .await;
+            eprintln!("interrupted: rollout {id} is left as it is; `cutover run` the same plan to resume it, or `cutover abort` it");
+            Exit::Internal("interrupted".into())
+        }
+    }
+}
+
+/// `{service}-{YYYYMMDD}T{HHMMSS}-{pid}`: readable and unique enough, since
+/// the store refuses a duplicate id anyway.
+fn new_id(service: &str, now: cutover_core::Timestamp) -> String {
+    let stamp = crate::progress::date_time(now)
+        .replace(['-', ':'], "")
+        .replace(' ', "T");
+    format!("{service}-{stamp}-{:x}", std::process::id())
+}
+
+/// Starts this same command again without `--detach`, in the background,
+/// with its output going to a log file.
+fn detach() -> Exit {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return Exit::Internal(format!("cannot find the cutover binary to detach: {e}")),
+    };
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--detach")
+        .collect();
+    let log_dir = cutover_engine::store::SqliteStore::default_path()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(std::env::temp_dir);
+    if let Err(e) = std::fs::create_dir_all(&log_dir) {
+        return Exit::Internal(format!("cannot create {}: {e}", log_dir.display()));
+    }
+    let log = log_dir.join(format!("run-{}.log", std::process::id()));
+    let file = match std::fs::File::create(&log) {
+        Ok(f) => f,
+        Err(e) => return Exit::Internal(format!("cannot create log file {}: {e}", log.display())),
+    };
+    let err = match file.try_clone() {
+        Ok(f) => f,
+        Err(e) => return Exit::Internal(format!("cannot open log file {}: {e}", log.display())),
+    };
+    let mut command = std::process::Command::new(exe);
+    command
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(file)
+        .stderr(err);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+    }
+    match command.spawn() {
+        Ok(child) => {
+            println!(
+                "running in the background as pid {}; log: {}",
+                child.id(),
+                log.display()
+            );
+            println!("follow it with `cutover status <plan>`; stop it with `cutover abort <plan>`");
+            Exit::Ok
+        }
+        Err(e) => Exit::Internal(format!("cannot start the background process: {e}")),
+    }
+}
+
+pub async fn proxy(config: &Path) -> Exit {
+    let config = match cutover_local::ProxyConfig::from_file(config) {
+        Ok(c) => c,
+        Err(e) => return Exit::Usage(e.to_string()),
+    };
+    let handle = match cutover_local::start(config).await {
+        Ok(h) => h,
+        Err(e) => return Exit::Internal(e.to_string()),
+    };
+    println!(
+        "proxy listening on http://{}; admin API on http://{}",
+        handle.data_addr(),
+        handle.admin_addr()
+    );
+    let _ = tokio::signal::ctrl_c().await;
+    println!("shutting down");
+    handle.shutdown().await;
+    Exit::Ok
+}

@@ -1,0 +1,567 @@
+//! The local checks: the engine's `Check`s over the proxy's admin API
+//! (`error-rate`, `latency`, `health`) and a plain HTTP probe (`http`).
+//!
+//! Every check answers with an [`Observation`] whose detail carries the
+//! numbers behind the verdict. When the proxy cannot be asked (down, wrong
+//! token, timeout) the verdict is `error` with the reason, never `pass`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cutover_core::plan::{CheckConfig, CheckSpec, LocalRouter};
+use cutover_core::time::Human;
+use cutover_core::{Observation, Verdict};
+use cutover_engine::ports::{AdapterError, Check};
+use http_body_util::{BodyExt, Empty};
+use hyper::header::{HeaderValue, USER_AGENT};
+use hyper::{Request, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
+
+use crate::api::{Colour, ProbeState};
+use crate::client::AdminClient;
+use crate::util::{error_chain, excerpt};
+
+/// Builds the check described by `spec`; checks that read the proxy's
+/// admin API use `router`'s URL and token. Never fails: a check whose
+/// settings are unusable (bad URL) answers `error` saying why, and refuses
+/// in `preflight`.
+pub fn build_check(spec: &CheckSpec, router: &LocalRouter) -> Arc<dyn Check> {
+    let name = spec.name.clone();
+    let admin = || AdminClient::from_config(router);
+    match &spec.config {
+        CheckConfig::ErrorRate {
+            max_percent,
+            min_requests,
+            window,
+        } => Arc::new(ErrorRateCheck {
+            name,
+            admin: admin(),
+            max_percent: *max_percent,
+            min_requests: *min_requests,
+            window: *window,
+        }),
+        CheckConfig::Latency {
+            percentile,
+            max,
+            max_ratio_to_blue,
+            min_requests,
+            window,
+        } => Arc::new(LatencyCheck {
+            name,
+            admin: admin(),
+            percentile: *percentile,
+            max: *max,
+            max_ratio_to_blue: *max_ratio_to_blue,
+            min_requests: *min_requests,
+            window: *window,
+        }),
+        CheckConfig::Health => Arc::new(HealthCheck {
+            name,
+            admin: admin(),
+        }),
+        CheckConfig::Http {
+            url,
+            body_contains,
+            timeout,
+        } => Arc::new(HttpCheck::new(name, url, body_contains.clone(), *timeout)),
+    }
+}
+
+/// Numbers as people write them: `1`, `7.14`, `0.5`.
+fn num(x: f64) -> String {
+    if !x.is_finite() {
+        return x.to_string();
+    }
+    let s = format!("{x:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+fn ms(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0} ms")
+    } else {
+        format!("{} ms", num(x))
+    }
+}
+
+fn admin_or_error<'a>(
+    name: &str,
+    admin: &'a Result<AdminClient, AdapterError>,
+) -> Result<&'a AdminClient, Observation> {
+    admin
+        .as_ref()
+        .map_err(|e| Observation::new(name, Verdict::Error, e.message.clone()))
+}
+
+fn preflight_admin(admin: &Result<AdminClient, AdapterError>) -> Result<(), AdapterError> {
+    admin.as_ref().map(|_| ()).map_err(Clone::clone)
+}
+
+/// "in the last 1m", plus a note when the proxy keeps a shorter window.
+fn window_text(asked: Duration, used_ms: u64) -> String {
+    let used = Duration::from_millis(used_ms);
+    if used < asked {
+        format!(
+            "in the last {} (the proxy keeps at most that; asked {})",
+            Human(used),
+            Human(asked)
+        )
+    } else {
+        format!("in the last {}", Human(used))
+    }
+}
+
+struct ErrorRateCheck {
+    name: String,
+    admin: Result<AdminClient, AdapterError>,
+    max_percent: f64,
+    min_requests: u64,
+    window: Duration,
+}
+
+#[async_trait]
+impl Check for ErrorRateCheck {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn evaluate(&self) -> Observation {
+        let obs = |v, d: String| Observation::new(&self.name, v, d);
+        let admin = match admin_or_error(&self.name, &self.admin) {
+            Ok(a) => a,
+            Err(o) => return o,
+        };
+        let report = match admin.metrics(self.window, &[]).await {
+            Ok(r) => r,
+            Err(e) => {
+                return obs(
+                    Verdict::Error,
+                    format!("cannot read the proxy's metrics: {e}"),
+                )
+            }
+        };
+        let g = &report.green;
+        let window = window_text(self.window, report.window_ms);
+        if g.requests < self.min_requests.max(1) {
+            return obs(
+                Verdict::Inconclusive,
+                format!(
+                    "green served {} of {} requests needed {window}",
+                    g.requests,
+                    self.min_requests.max(1)
+                ),
+            );
+        }
+        let rate = g.errors_5xx as f64 * 100.0 / g.requests as f64;
+        if rate > self.max_percent {
+            obs(
+                Verdict::Fail,
+                format!(
+                    "green error rate {} % > {} % over {} requests ({} 5xx) {window}",
+                    num(rate),
+                    num(self.max_percent),
+                    g.requests,
+                    g.errors_5xx
+                ),
+            )
+        } else {
+            obs(
+                Verdict::Pass,
+                format!(
+                    "green error rate {} % <= {} % over {} requests ({} 5xx) {window}",
+                    num(rate),
+                    num(self.max_percent),
+                    g.requests,
+                    g.errors_5xx
+                ),
+            )
+        }
+    }
+
+    async fn preflight(&self) -> Result<(), AdapterError> {
+        preflight_admin(&self.admin)
+    }
+}
+
+struct LatencyCheck {
+    name: String,
+    admin: Result<AdminClient, AdapterError>,
+    percentile: f64,
+    max: Option<Duration>,
+    max_ratio_to_blue: Option<f64>,
+    min_requests: u64,
+    window: Duration,
+}
+
+#[async_trait]
+impl Check for LatencyCheck {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn evaluate(&self) -> Observation {
+        let obs = |v, d: String| Observation::new(&self.name, v, d);
+        if self.max.is_none() && self.max_ratio_to_blue.is_none() {
+            return obs(
+                Verdict::Error,
+                "a latency check needs `max`, `max_ratio_to_blue` or both".into(),
+            );
+        }
+        if !(self.percentile > 0.0 && self.percentile <= 100.0) {
+            return obs(
+                Verdict::Error,
+                format!(
+                    "percentile {} is not within 0 < p <= 100 (e.g. 99)",
+                    self.percentile
+                ),
+            );
+        }
+        let admin = match admin_or_error(&self.name, &self.admin) {
+            Ok(a) => a,
+            Err(o) => return o,
+        };
+        let report = match admin.metrics(self.window, &[self.percentile]).await {
+            Ok(r) => r,
+            Err(e) => {
+                return obs(
+                    Verdict::Error,
+                    format!("cannot read the proxy's metrics: {e}"),
+                )
+            }
+        };
+        let window = window_text(self.window, report.window_ms);
+        let min = self.min_requests.max(1);
+        let p = format!("p{}", num(self.percentile));
+        let (g, b) = (&report.green, &report.blue);
+        let Some(green_ms) = g
+            .percentile_ms(self.percentile)
+            .filter(|_| g.requests >= min)
+        else {
+            return obs(
+                Verdict::Inconclusive,
+                format!(
+                    "green served {} of {min} requests needed {window}",
+                    g.requests
+                ),
+            );
+        };
+        let mut failed = Vec::new();
+        let mut passed = Vec::new();
+        let mut skipped = None;
+        if let Some(max) = self.max {
+            let max_ms = max.as_secs_f64() * 1000.0;
+            let line = format!(
+                "green {p} {} {} max {}",
+                ms(green_ms),
+                if green_ms > max_ms { ">" } else { "<=" },
+                ms(max_ms)
+            );
+            if green_ms > max_ms {
+                failed.push(line)
+            } else {
+                passed.push(line)
+            }
+        }
+        if let Some(ratio) = self.max_ratio_to_blue {
+            match b
+                .percentile_ms(self.percentile)
+                .filter(|_| b.requests >= min)
+            {
+                Some(blue_ms) => {
+                    let limit = blue_ms * ratio;
+                    let line = format!(
+                        "green {p} {} {} {} x blue's {}",
+                        ms(green_ms),
+                        if green_ms > limit { ">" } else { "<=" },
+                        num(ratio),
+                        ms(blue_ms)
+                    );
+                    if green_ms > limit {
+                        failed.push(line)
+                    } else {
+                        passed.push(line)
+                    }
+                }
+                // At 100 % green blue gets no traffic by design: there is
+                // no baseline to compare with, and waiting for one would
+                // only stall the bake. Judge green by `max` alone, if set.
+                None if report.split_bp == 10_000 => {
+                    passed.push("no ratio to blue at 100 % green (blue serves no traffic)".into())
+                }
+                None => {
+                    skipped = Some(format!(
+                        "blue served {} of {min} requests needed to compare",
+                        b.requests
+                    ))
+                }
+            }
+        }
+        let over = format!("over {} green requests {window}", g.requests);
+        if !failed.is_empty() {
+            return obs(Verdict::Fail, format!("{} {over}", failed.join("; ")));
+        }
+        match (passed.is_empty(), skipped) {
+            (true, Some(skip)) => obs(
+                Verdict::Inconclusive,
+                format!("{skip}; green {p} {} {over}", ms(green_ms)),
+            ),
+            (_, skip) => {
+                let mut d = format!("{} {over}", passed.join("; "));
+                if let Some(skip) = skip {
+                    d.push_str(&format!(" (ratio to blue not judged: {skip})"));
+                }
+                obs(Verdict::Pass, d)
+            }
+        }
+    }
+
+    async fn preflight(&self) -> Result<(), AdapterError> {
+        preflight_admin(&self.admin)
+    }
+}
+
+struct HealthCheck {
+    name: String,
+    admin: Result<AdminClient, AdapterError>,
+}
+
+#[async_trait]
+impl Check for HealthCheck {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn evaluate(&self) -> Observation {
+        let obs = |v, d: String| Observation::new(&self.name, v, d);
+        let admin = match admin_or_error(&self.name, &self.admin) {
+            Ok(a) => a,
+            Err(o) => return o,
+        };
+        let report = match admin.health().await {
+            Ok(r) => r,
+            Err(e) => {
+                return obs(
+                    Verdict::Error,
+                    format!("cannot read the proxy's health: {e}"),
+                )
+            }
+        };
+        if !report.probes_enabled {
+            return obs(
+                Verdict::Inconclusive,
+                "the proxy has no [health_probe] configured, so it knows nothing of green's health"
+                    .into(),
+            );
+        }
+        let green: Vec<_> = report
+            .upstreams
+            .iter()
+            .filter(|u| u.colour == Colour::Green)
+            .collect();
+        let unhealthy: Vec<String> = green
+            .iter()
+            .filter(|u| u.state == ProbeState::Unhealthy)
+            .map(|u| {
+                let last = u
+                    .last_probe
+                    .as_ref()
+                    .and_then(|p| p.error.clone())
+                    .map(|e| format!(", last: {e}"))
+                    .unwrap_or_default();
+                format!(
+                    "green upstream {} unhealthy ({} failed probes in a row{last})",
+                    u.url, u.consecutive_failures
+                )
+            })
+            .collect();
+        if !unhealthy.is_empty() {
+            return obs(Verdict::Fail, unhealthy.join("; "));
+        }
+        let unknown: Vec<&str> = green
+            .iter()
+            .filter(|u| u.state == ProbeState::Unknown)
+            .map(|u| u.url.as_str())
+            .collect();
+        if !unknown.is_empty() {
+            return obs(
+                Verdict::Inconclusive,
+                format!("green upstream(s) not probed yet: {}", unknown.join(", ")),
+            );
+        }
+        obs(
+            Verdict::Pass,
+            format!(
+                "all {} green upstream(s) pass their health probes",
+                green.len()
+            ),
+        )
+    }
+
+    async fn preflight(&self) -> Result<(), AdapterError> {
+        preflight_admin(&self.admin)
+    }
+}
+
+/// How much of a body the http check reads.
+const HTTP_BODY_LIMIT: usize = 1 << 20;
+
+struct HttpCheck {
+    name: String,
+    url: Result<Uri, String>,
+    text: String,
+    body_contains: Option<String>,
+    timeout: Duration,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl HttpCheck {
+    fn new(name: String, url: &str, body_contains: Option<String>, timeout: Duration) -> HttpCheck {
+        let parsed = url
+            .trim()
+            .parse::<Uri>()
+            .map_err(|e| format!("`{url}` is not a URL: {e}"))
+            .and_then(|u| match u.scheme_str() {
+                Some("http") if u.authority().is_some() => Ok(u),
+                Some("https") => Err(format!(
+                    "`{url}`: https is not supported by the local http check; use http://"
+                )),
+                _ => Err(format!("`{url}`: expected an http:// URL with a host")),
+            });
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        HttpCheck {
+            name,
+            url: parsed,
+            text: url.to_string(),
+            body_contains,
+            timeout,
+            client,
+        }
+    }
+
+    /// Status and up to [`HTTP_BODY_LIMIT`] bytes of the body.
+    async fn fetch(&self, uri: Uri) -> Result<(u16, Vec<u8>), String> {
+        let mut req = Request::new(Empty::new());
+        *req.uri_mut() = uri;
+        req.headers_mut()
+            .insert(USER_AGENT, HeaderValue::from_static("cutover-check"));
+        let response = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        let mut bytes = Vec::new();
+        while bytes.len() < HTTP_BODY_LIMIT {
+            match body.frame().await {
+                None => break,
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        bytes.extend_from_slice(data);
+                    }
+                }
+                Some(Err(e)) => return Err(format!("reading the body: {}", error_chain(&e))),
+            }
+        }
+        Ok((status, bytes))
+    }
+}
+
+#[async_trait]
+impl Check for HttpCheck {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn evaluate(&self) -> Observation {
+        let obs = |v, d: String| Observation::new(&self.name, v, d);
+        let uri = match &self.url {
+            Ok(u) => u.clone(),
+            Err(e) => return obs(Verdict::Error, e.clone()),
+        };
+        let started = Instant::now();
+        let (status, body) = match tokio::time::timeout(self.timeout, self.fetch(uri)).await {
+            Err(_) => {
+                return obs(
+                    Verdict::Error,
+                    format!(
+                        "GET {}: no answer within {}",
+                        self.text,
+                        Human(self.timeout)
+                    ),
+                )
+            }
+            Ok(Err(e)) => return obs(Verdict::Error, format!("GET {}: {e}", self.text)),
+            Ok(Ok(x)) => x,
+        };
+        let took = ms(started.elapsed().as_secs_f64() * 1000.0);
+        let text = String::from_utf8_lossy(&body);
+        if !(200..300).contains(&status) {
+            let shown = excerpt(&text, 200);
+            let shown = if shown.is_empty() {
+                String::new()
+            } else {
+                format!(": {shown}")
+            };
+            return obs(
+                Verdict::Fail,
+                format!("GET {} answered {status} in {took}{shown}", self.text),
+            );
+        }
+        match &self.body_contains {
+            Some(needle) if !text.contains(needle.as_str()) => obs(
+                Verdict::Fail,
+                format!(
+                    "GET {} answered {status} but the body lacks {needle:?}: {}",
+                    self.text,
+                    excerpt(&text, 200)
+                ),
+            ),
+            Some(needle) => obs(
+                Verdict::Pass,
+                format!(
+                    "GET {} answered {status} in {took}, body contains {needle:?}",
+                    self.text
+                ),
+            ),
+            None => obs(
+                Verdict::Pass,
+                format!("GET {} answered {status} in {took}", self.text),
+            ),
+        }
+    }
+
+    async fn preflight(&self) -> Result<(), AdapterError> {
+        self.url
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| AdapterError::permanent(e.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_naturally() {
+        assert_eq!(num(1.0), "1");
+        assert_eq!(num(7.142857), "7.14");
+        assert_eq!(num(0.5), "0.5");
+        assert_eq!(num(0.0), "0");
+        assert_eq!(ms(12.3456), "12.35 ms");
+        assert_eq!(ms(1234.5), "1234 ms");
+    }
+}
