@@ -1,0 +1,414 @@
+//! The real `cutover` binary against a real proxy, real sample apps and a
+//! real SQLite store, all on loopback.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use cutover_local::{DemoAppConfig, DemoAppHandle, ProxyConfig, ProxyHandle};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cutover");
+
+fn cutover(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited, not killed")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A blue and a green app behind a proxy, and a plan file for them.
+struct Stage {
+    dir: tempfile::TempDir,
+    proxy: ProxyHandle,
+    _blue: DemoAppHandle,
+    green: DemoAppHandle,
+}
+
+impl Stage {
+    async fn new() -> Stage {
+        let any = "127.0.0.1:0".parse().unwrap();
+        let app = |c: &str| DemoAppConfig {
+            colour: c.into(),
+            fail_ratio: 0.0,
+            latency: Duration::ZERO,
+        };
+        let blue = cutover_local::start_demo_app(any, app("blue"))
+            .await
+            .unwrap();
+        let green = cutover_local::start_demo_app(any, app("green"))
+            .await
+            .unwrap();
+        let config = ProxyConfig::for_upstreams(&[&blue.url()], &[&green.url()]).unwrap();
+        let proxy = cutover_local::start(config).await.unwrap();
+        Stage {
+            dir: tempfile::tempdir().unwrap(),
+            proxy,
+            _blue: blue,
+            green,
+        }
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("store.db")
+    }
+
+    /// Writes a plan with the given strategy and one `http` check on green.
+    fn plan(&self, strategy: &str) -> PathBuf {
+        let path = self.dir.path().join("plan.toml");
+        let text = format!(
+            "[service]\nname = \"web\"\n[router]\nkind = \"local\"\nadmin_url = \"http://{}\"\n[strategy]\n{strategy}\n\
+             [analysis]\ninterval = \"200ms\"\n[[analysis.checks]]\nkind = \"http\"\nurl = \"{}/\"\n\
+             [store]\nkind = \"sqlite\"\npath = \"{}\"\n",
+            self.proxy.admin_addr(),
+            self.green.url(),
+            self.store().display()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+fn status(plan: &Path) -> Option<Value> {
+    let o = cutover(&["status", plan.to_str().unwrap(), "--output", "json"]);
+    (code(&o) == 0).then(|| serde_json::from_slice(&o.stdout).expect("status JSON"))
+}
+
+/// Polls the store (through the binary) until `cond` holds; at most 30 s.
+fn wait_for(plan: &Path, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = status(plan) {
+            if cond(&s) {
+                return s;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last status: {:?}",
+            status(plan)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn spawn_run(plan: &Path, extra: &[&str]) -> Child {
+    Command::new(BIN)
+        .arg("run")
+        .arg(plan)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn every_example_plan_is_accepted_and_its_timeline_printed() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml")
+            && !path
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("proxy")
+        {
+            let o = cutover(&["plan", path.to_str().unwrap()]);
+            assert_eq!(code(&o), 0, "{}: {}", path.display(), text(&o));
+            assert!(text(&o).contains("total "), "{}", text(&o));
+            let o = cutover(&["plan", path.to_str().unwrap(), "--output", "json"]);
+            let json: Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert!(json["steps"].as_array().is_some_and(|s| !s.is_empty()));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2, "found {seen} example plans");
+}
+
+#[test]
+fn the_seed_timeline_is_the_references() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/seed.toml");
+    let o = cutover(&["plan", examples.to_str().unwrap(), "--output", "json"]);
+    let json: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let steps: Vec<(f64, &str, &str)> = json["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["split"].as_f64().unwrap() / 100.0,
+                s["starts_at"].as_str().unwrap(),
+                s["hold"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [(10.0, "0s", "1m"), (50.0, "1m", "1m"), (100.0, "2m", "1m")]
+    );
+    assert_eq!(json["total"], "3m");
+}
+
+#[test]
+fn bad_input_exits_2_naming_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("bad.toml");
+    std::fs::write(&plan, "[service]\nname = \"x\"\n[router]\nkind = \"local\"\nadmin_url = \"http://127.0.0.1:1\"\n[strategy]\nsteps = [{ split = 50, hold = \"1m\" }, { split = 20, hold = \"1m\" }]\n").unwrap();
+    for command in ["plan", "run"] {
+        let o = cutover(&[command, plan.to_str().unwrap()]);
+        assert_eq!(code(&o), 2, "{}", text(&o));
+        assert!(
+            text(&o).contains(&format!("{}:7:", plan.display())),
+            "{}",
+            text(&o)
+        );
+        assert!(text(&o).contains("strictly increase"), "{}", text(&o));
+    }
+    let o = cutover(&["plan", "/nonexistent/plan.toml"]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        text(&o).contains("cannot read plan file /nonexistent/plan.toml"),
+        "{}",
+        text(&o)
+    );
+
+    let o = cutover(&[
+        "status",
+        "web",
+        "--store",
+        dir.path().join("none.db").to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    let o = cutover(&["frobnicate"]);
+    assert_eq!(code(&o), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_succeeds_and_a_failing_green_is_rolled_back_with_exit_3() {
+    let stage = Stage::new().await;
+    let plan =
+        stage.plan("steps = [{ split = 20, hold = \"400ms\" }, { split = 100, hold = \"400ms\" }]");
+    let o = tokio::task::spawn_blocking({
+        let plan = plan.clone();
+        move || cutover(&["run", plan.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(text(&o).contains("succeeded"), "{}", text(&o));
+    assert_eq!(stage.proxy.split().percent(), 100.0);
+    let s = status(&plan).unwrap();
+    assert_eq!(
+        (s["phase"].as_str(), s["active"].as_bool()),
+        (Some("succeeded"), Some(false))
+    );
+
+    // The next rollout of the same service: green answers 500 to real requests.
+    stage.green.set_fail_ratio(1.0);
+    let o = tokio::task::spawn_blocking({
+        let plan = plan.clone();
+        move || cutover(&["run", plan.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code(&o), 3, "{}", text(&o));
+    assert_eq!(stage.proxy.split().percent(), 0.0);
+    let h = cutover(&["history", plan.to_str().unwrap()]);
+    assert!(
+        text(&h).contains("rolling back to 0 % green: green failed analysis: http fail"),
+        "{}",
+        text(&h)
+    );
+    let all = cutover(&[
+        "history",
+        plan.to_str().unwrap(),
+        "--all",
+        "--output",
+        "json",
+    ]);
+    let list: Value = serde_json::from_slice(&all.stdout).unwrap();
+    let phases: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["rolled-back", "succeeded"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abort_from_another_process_takes_effect_within_a_tick() {
+    let stage = Stage::new().await;
+    let plan =
+        stage.plan("steps = [{ split = 30, hold = \"1m\" }, { split = 100, hold = \"1m\" }]");
+    let child = spawn_run(&plan, &["--tick", "100ms"]);
+    let plan2 = plan.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for(&plan2, "holding at 30 %", |s| s["phase"] == "holding")
+    })
+    .await
+    .unwrap();
+    assert_eq!(stage.proxy.split().percent(), 30.0);
+
+    let o = cutover(&["abort", plan.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    assert_eq!(stage.proxy.split().percent(), 0.0);
+    let s = status(&plan).unwrap();
+    assert_eq!(s["phase"], "aborted");
+
+    // Nothing is active any more: further commands are refused clearly.
+    let o = cutover(&["promote", plan.to_str().unwrap()]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        text(&o).contains("no active rollout to promote"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn promote_pause_and_resume_from_another_process() {
+    let stage = Stage::new().await;
+    let plan = stage.plan("preset = \"exponential\"\nhold = \"1m\"");
+    let child = spawn_run(&plan, &["--tick", "100ms"]);
+    let p = plan.clone();
+    tokio::task::spawn_blocking(move || wait_for(&p, "holding", |s| s["phase"] == "holding"))
+        .await
+        .unwrap();
+    assert_eq!(code(&cutover(&["pause", plan.to_str().unwrap()])), 0);
+    let p = plan.clone();
+    tokio::task::spawn_blocking(move || wait_for(&p, "paused", |s| s["phase"] == "paused"))
+        .await
+        .unwrap();
+    let o = cutover(&["pause", plan.to_str().unwrap()]);
+    assert_eq!(code(&o), 2, "pausing twice is refused: {}", text(&o));
+    assert_eq!(code(&cutover(&["resume", plan.to_str().unwrap()])), 0);
+    assert_eq!(code(&cutover(&["promote", plan.to_str().unwrap()])), 0);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(stage.proxy.split().percent(), 100.0);
+    let h = text(&cutover(&["history", plan.to_str().unwrap()]));
+    for want in [
+        "paused by operator",
+        "resumed by operator",
+        "promoted by operator",
+    ] {
+        assert!(h.contains(want), "history lacks `{want}`:\n{h}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_at_any_moment_then_run_again_resumes_and_finishes() {
+    let stage = Stage::new().await;
+    let plan = stage.plan(
+        "steps = [{ split = 10, hold = \"1s\" }, { split = 40, hold = \"1s\" }, { split = 100, hold = \"1s\" }]\nbake = \"400ms\"",
+    );
+    let args = ["--tick", "100ms", "--lease-ttl", "1s"];
+    let mut child = spawn_run(&plan, &args);
+    let p = plan.clone();
+    let at = tokio::task::spawn_blocking(move || {
+        wait_for(&p, "step 2 holding", |s| {
+            s["step"] == 2 && s["phase"] == "holding"
+        })
+    })
+    .await
+    .unwrap();
+    child.kill().unwrap(); // SIGKILL: no chance to clean up or release the lease.
+    let status_killed = child.wait().unwrap();
+    assert!(status_killed.code().is_none(), "killed by a signal");
+    assert_eq!(at["active"], true);
+
+    let again = tokio::task::spawn_blocking({
+        let plan = plan.clone();
+        move || {
+            cutover(&[
+                "run",
+                plan.to_str().unwrap(),
+                "--tick",
+                "100ms",
+                "--lease-ttl",
+                "1s",
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code(&again), 0, "{}", text(&again));
+    assert!(
+        text(&again).contains("resuming unfinished rollout"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(stage.proxy.split().percent(), 100.0);
+
+    // One rollout, never two; its history walks 10 -> 40 -> 100 without going back.
+    let all = cutover(&[
+        "history",
+        plan.to_str().unwrap(),
+        "--all",
+        "--output",
+        "json",
+    ]);
+    let list: Value = serde_json::from_slice(&all.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let h = cutover(&["history", plan.to_str().unwrap(), "--output", "json"]);
+    let h: Value = serde_json::from_slice(&h.stdout).unwrap();
+    let mut splits: Vec<u64> = h["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["split"].as_u64().unwrap())
+        .collect();
+    splits.dedup();
+    assert_eq!(splits, [0, 1000, 4000, 10000]);
+}
+
+#[test]
+fn the_demo_runs_both_scenarios_and_writes_its_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.html");
+    let o = cutover(&["demo", "--report", report.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(html.contains("<svg") && html.contains("succeeded") && html.contains("rolled-back"));
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(report.with_extension("json")).unwrap())
+            .unwrap();
+    assert_eq!(json[0]["outcome"], "succeeded");
+    assert_eq!(json[0]["green_errors"], 0);
+    assert_eq!(json[1]["outcome"], "rolled-back");
+    let reaction = json[1]["reaction_ms"].as_u64().expect("reaction measured");
+    let interval = json[1]["analysis_interval_ms"].as_u64().unwrap();
+    // One interval, plus the admin call and scheduling slack of a loaded test machine.
+    assert!(
+        reaction <= interval + 1_000,
+        "reaction {reaction} ms with a {interval} ms interval"
+    );
+    assert!(
+        text(&o).contains("green failed analysis: error-rate fail"),
+        "{}",
+        text(&o)
+    );
+}
