@@ -178,7 +178,11 @@ fn status_line(r: &Rollout, now: Timestamp) -> String {
             format!(" · last: {} ({})", first.verdict, first.detail)
         })
         .unwrap_or_default();
-    let left = total.saturating_sub(elapsed_in_plan);
+    let left = if r.phase.is_terminal() {
+        Duration::ZERO
+    } else {
+        total.saturating_sub(elapsed_in_plan)
+    };
     let mut line = format!(
         "{bar} step {}/{} · {} green · {}{verdict} · ~{} left",
         r.step + 1,

@@ -412,3 +412,45 @@ fn the_demo_runs_both_scenarios_and_writes_its_report() {
         text(&o)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn detach_keeps_the_rollout_running_in_the_background() {
+    let stage = Stage::new().await;
+    let plan =
+        stage.plan("steps = [{ split = 50, hold = \"400ms\" }, { split = 100, hold = \"400ms\" }]");
+    let state = stage.dir.path().join("state");
+    let o = Command::new(BIN)
+        .args(["run", plan.to_str().unwrap(), "--detach", "--tick", "100ms"])
+        .env("XDG_STATE_HOME", &state)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(
+        text(&o).contains("running in the background as pid"),
+        "{}",
+        text(&o)
+    );
+    let p = plan.clone();
+    tokio::task::spawn_blocking(move || wait_for(&p, "success", |s| s["phase"] == "succeeded"))
+        .await
+        .unwrap();
+    assert_eq!(stage.proxy.split().percent(), 100.0);
+    let logs: Vec<_> = std::fs::read_dir(state.join("cutover"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    // The background process writes its last lines just after the store says it is done.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(&logs[0]).unwrap();
+        if log.contains("succeeded: all traffic on green") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log never showed the end:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

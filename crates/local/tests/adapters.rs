@@ -221,7 +221,8 @@ async fn latency_check() {
         .evaluate()
         .await;
     assert_obs(&o, Verdict::Inconclusive, "green served 10 of 50");
-    p.set_split(Split::FULL);
+    // At 90 %, 50 more requests: exactly 45 to green, 5 to blue (15 in all).
+    p.set_split(Split::from_percent(90.0).unwrap());
     send(&p, 50).await;
     let o = check(&p, latency(Some(5000), Some(2.0), 50))
         .evaluate()
@@ -229,12 +230,20 @@ async fn latency_check() {
     assert_obs(
         &o,
         Verdict::Pass,
-        "ratio to blue not judged: blue served 10 of 50",
+        "ratio to blue not judged: blue served 15 of 50",
     );
     assert_obs(
         &check(&p, latency(None, Some(2.0), 50)).evaluate().await,
         Verdict::Inconclusive,
-        "blue served 10 of 50",
+        "blue served 15 of 50",
+    );
+    // At 100 % blue serves nothing by design: no baseline, so the ratio is
+    // not asked for (a bake would otherwise stall on inconclusive verdicts).
+    p.set_split(Split::FULL);
+    assert_obs(
+        &check(&p, latency(None, Some(2.0), 50)).evaluate().await,
+        Verdict::Pass,
+        "no ratio to blue at 100 % green",
     );
     // Green as fast as blue passes the ratio.
     green.set_latency(Duration::ZERO);
