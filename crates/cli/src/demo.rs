@@ -266,7 +266,7 @@ async fn scenario(
     };
     let engine =
         Engine::new(store, clock, crate::settings::holder(), options).with_observer(observer);
-    let adapters = crate::adapters::build(plan);
+    let adapters = crate::adapters::build(plan).map_err(|e| format!("{e:?}"))?;
     let started = clock.now();
     let id = format!("demo-{}-{}", started.as_millis(), name.len());
     engine

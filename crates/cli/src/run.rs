@@ -50,7 +50,10 @@ pub async fn run(args: RunArgs, retry: bool) -> Exit {
     };
     let engine =
         Engine::new(store.clone(), Clock::system(), holder(), options).with_observer(observer);
-    let adapters = crate::adapters::build(&plan);
+    let adapters = match crate::adapters::build(&plan) {
+        Ok(a) => a,
+        Err(e) => return e,
+    };
     let say = |m: String| {
         if args.output == Output::Text {
             println!("{m}");

@@ -259,3 +259,87 @@ fn router_errors() {
     let e = plan::parse(text, "p.toml").unwrap_err();
     assert_eq!(e.line, 2, "{e}");
 }
+
+const ALB: &str = r#"
+[service]
+name = "web"
+[aws]
+region = "eu-west-1"
+endpoint_url = "http://127.0.0.1:5000"
+[router]
+kind = "alb"
+listener_arn = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:listener/app/web/50dc6c495c0c9188/f2f7dc8efc522ab2"
+blue_target_group_arn = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/blue/73e2d6bc24d8a067"
+green_target_group_arn = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/green/943f017f100becff"
+[strategy]
+preset = "canary"
+"#;
+
+#[test]
+fn aws_checks_default_to_the_alb_routers_target_groups() {
+    let text = format!(
+        "{ALB}[[analysis.checks]]\nkind = \"target-health\"\n[[analysis.checks]]\nkind = \"alb-error-rate\"\nmax_percent = 1\ncompare = \"blue\"\n\
+         [[analysis.checks]]\nkind = \"alb-latency\"\nmax = \"300ms\"\n[[analysis.checks]]\nkind = \"alarm\"\nalarm_names = [\"web-5xx\"]\n"
+    );
+    let p = plan::parse(&text, "alb.toml").unwrap();
+    assert_eq!(p.aws.region.as_deref(), Some("eu-west-1"));
+    match &p.analysis.checks[0].config {
+        CheckConfig::TargetHealth {
+            target_group_arn,
+            min_healthy,
+        } => {
+            assert!(target_group_arn.ends_with("targetgroup/green/943f017f100becff"));
+            assert_eq!(*min_healthy, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    match &p.analysis.checks[1].config {
+        CheckConfig::AlbErrorRate {
+            load_balancer,
+            target_group,
+            compare,
+            window,
+            ..
+        } => {
+            assert_eq!(load_balancer, "app/web/50dc6c495c0c9188");
+            assert_eq!(target_group, "targetgroup/green/943f017f100becff");
+            let c = compare.as_ref().unwrap();
+            assert_eq!(
+                c.blue_dimensions["TargetGroup"],
+                "targetgroup/blue/73e2d6bc24d8a067"
+            );
+            assert_eq!(*window, Duration::from_secs(60));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn aws_mistakes_are_located() {
+    let route53 = "[service]\nname = \"a\"\n[router]\nkind = \"route53\"\nhosted_zone_id = \"Z1\"\nrecord_name = \"a.example.com\"\nrecord_type = \"MX\"\n[strategy]\npreset = \"seed\"\n";
+    let e = plan::parse(route53, "r.toml").unwrap_err();
+    assert_eq!(e.line, 3, "{e}");
+    assert!(e.message.contains("must be A, AAAA or CNAME"), "{e}");
+
+    let e = plan::parse(
+        &format!("{ALB}[[analysis.checks]]\nkind = \"alb-error-rate\"\nmax = \"1s\"\n"),
+        "a.toml",
+    )
+    .unwrap_err();
+    assert!(e.message.contains("belong to `alb-latency`"), "{e}");
+    assert_eq!(e.line, 14, "{e}");
+
+    let e = plan::parse(&format!("{ALB}[[analysis.checks]]\nkind = \"cloudwatch\"\nnamespace = \"X\"\nmetric_name = \"Y\"\n"), "a.toml").unwrap_err();
+    assert!(e.message.contains("give a threshold"), "{e}");
+
+    let local_target_health = "[service]\nname = \"a\"\n[router]\nkind = \"local\"\nadmin_url = \"http://x\"\n[strategy]\npreset = \"seed\"\n[[analysis.checks]]\nkind = \"target-health\"\n";
+    let e = plan::parse(local_target_health, "l.toml").unwrap_err();
+    assert!(e.message.contains("give `target_group_arn`"), "{e}");
+
+    let e = plan::parse(
+        &format!("{ALB}[store]\nkind = \"dynamodb\"\ntable = \"a b\"\n"),
+        "a.toml",
+    )
+    .unwrap_err();
+    assert!(e.message.contains("not a valid DynamoDB table name"), "{e}");
+}

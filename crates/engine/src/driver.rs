@@ -216,7 +216,7 @@ impl Engine {
             // Perform what the machine asked, persisting after each answer.
             while !queue.is_empty() {
                 let action = queue.remove(0);
-                let input = self.perform(&action, adapters).await;
+                let input = self.perform(&action, adapters, &cur.rollout).await;
                 let now = self.clock.now();
                 queue.extend(cur.rollout.handle(now, input));
                 self.persist(&mut cur).await?;
@@ -294,10 +294,21 @@ impl Engine {
         Ok(())
     }
 
-    async fn perform(&self, action: &Action, adapters: &Adapters) -> Input {
+    async fn perform(&self, action: &Action, adapters: &Adapters, rollout: &Rollout) -> Input {
         match action {
             Action::Preflight => {
                 let mut refusals = Vec::new();
+                let shortest_hold = rollout
+                    .plan
+                    .strategy
+                    .steps
+                    .iter()
+                    .map(|s| s.hold)
+                    .min()
+                    .unwrap_or_default();
+                if let Err(e) = adapters.router.preflight(shortest_hold).await {
+                    refusals.push(format!("router: {e}"));
+                }
                 for check in &adapters.checks {
                     if let Err(e) = check.preflight().await {
                         refusals.push(format!("{}: {e}", check.name()));

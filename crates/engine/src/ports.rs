@@ -53,6 +53,14 @@ pub trait Router: Send + Sync {
 
     /// Reads the split currently in force.
     async fn current(&self) -> Result<Split, AdapterError>;
+
+    /// Called once before traffic moves, with the plan's shortest hold: a
+    /// router refuses here what it can only know at run time (records
+    /// missing or unknown, a TTL longer than the holds). Default: fine.
+    async fn preflight(&self, shortest_hold: Duration) -> Result<(), AdapterError> {
+        let _ = shortest_hold;
+        Ok(())
+    }
 }
 
 /// One health signal. Never fails: a check that cannot measure answers

@@ -26,14 +26,29 @@ use crate::api::{Colour, ProbeState};
 use crate::client::AdminClient;
 use crate::util::{error_chain, excerpt};
 
-/// Builds the check described by `spec`; checks that read the proxy's
-/// admin API use `router`'s URL and token. Never fails: a check whose
-/// settings are unusable (bad URL) answers `error` saying why, and refuses
-/// in `preflight`.
-pub fn build_check(spec: &CheckSpec, router: &LocalRouter) -> Arc<dyn Check> {
+/// Builds the check described by `spec`, if it is one this crate provides:
+/// `http` always; `error-rate`, `latency` and `health`, which read the
+/// proxy's admin API, only with a local `router` (its URL and token). A
+/// check whose settings are unusable (bad URL) answers `error` saying why,
+/// and refuses in `preflight`.
+pub fn build_check(spec: &CheckSpec, router: Option<&LocalRouter>) -> Option<Arc<dyn Check>> {
     let name = spec.name.clone();
+    if let CheckConfig::Http {
+        url,
+        body_contains,
+        timeout,
+    } = &spec.config
+    {
+        return Some(Arc::new(HttpCheck::new(
+            name,
+            url,
+            body_contains.clone(),
+            *timeout,
+        )));
+    }
+    let router = router?;
     let admin = || AdminClient::from_config(router);
-    match &spec.config {
+    Some(match &spec.config {
         CheckConfig::ErrorRate {
             max_percent,
             min_requests,
@@ -64,12 +79,8 @@ pub fn build_check(spec: &CheckSpec, router: &LocalRouter) -> Arc<dyn Check> {
             name,
             admin: admin(),
         }),
-        CheckConfig::Http {
-            url,
-            body_contains,
-            timeout,
-        } => Arc::new(HttpCheck::new(name, url, body_contains.clone(), *timeout)),
-    }
+        _ => return None,
+    })
 }
 
 /// Numbers as people write them: `1`, `7.14`, `0.5`.

@@ -24,8 +24,9 @@ fn check(p: &ProxyHandle, config: CheckConfig) -> Arc<dyn Check> {
             name: config.kind().into(),
             config,
         },
-        &settings(p),
+        Some(&settings(p)),
     )
+    .expect("a local check")
 }
 
 fn dead_router_settings(addr: std::net::SocketAddr) -> RouterSettings {
@@ -161,8 +162,9 @@ async fn error_rate_check() {
             name: "errors".into(),
             config: rate(1.0),
         },
-        &dead_router_settings(dead_addr().await),
-    );
+        Some(&dead_router_settings(dead_addr().await)),
+    )
+    .expect("a local check");
     assert_obs(
         &down.evaluate().await,
         Verdict::Error,
@@ -324,8 +326,9 @@ async fn health_check() {
             name: "health".into(),
             config: CheckConfig::Health,
         },
-        &dead_router_settings(dead_addr().await),
-    );
+        Some(&dead_router_settings(dead_addr().await)),
+    )
+    .expect("a local check");
     assert_obs(
         &down.evaluate().await,
         Verdict::Error,
@@ -339,7 +342,6 @@ async fn health_check() {
 #[tokio::test]
 async fn http_check() {
     let app = demo("green").await;
-    let unused = dead_router_settings(dead_addr().await);
     let http = |url: String, body_contains: Option<&str>, timeout_ms| {
         let config = CheckConfig::Http {
             url,
@@ -351,8 +353,9 @@ async fn http_check() {
                 name: "probe".into(),
                 config,
             },
-            &unused,
+            None,
         )
+        .expect("http needs no router")
     };
     let healthz = format!("{}/healthz", app.url());
     assert_obs(

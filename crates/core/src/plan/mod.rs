@@ -4,6 +4,7 @@
 //! this module holds the resolved, validated plan that the rest of cutover
 //! uses. A `Plan` that exists has passed every check in [`Plan::validate`].
 
+pub mod aws;
 mod raw;
 mod timeline;
 
@@ -14,7 +15,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::Split;
 
-pub use raw::{parse, PlanError, CHECKS, PRESETS, ROUTERS, STORES};
+pub use aws::{AlbRouter, AwsConfig, CompareToBlue, EcsEventsTrigger, EcsPlatform, Route53Router};
+
+pub use raw::{
+    load_balancer_dimension, parse, percentile_statistic, target_group_dimension, PlanError,
+    CHECKS, LOCAL_CHECKS, PLATFORMS, PRESETS, ROUTERS, STORES, TRIGGERS,
+};
 pub use timeline::{Timeline, TimelineStep};
 
 /// A validated plan file.
@@ -26,6 +32,12 @@ pub struct Plan {
     pub analysis: Analysis,
     pub rollback: RollbackPolicy,
     pub store: StoreConfig,
+    /// `[aws]`; defaults when absent.
+    pub aws: AwsConfig,
+    /// Readies green before traffic moves and retires blue after.
+    pub platform: Option<PlatformConfig>,
+    /// What starts rollouts for `cutover watch`.
+    pub trigger: Option<TriggerConfig>,
 }
 
 /// The steps a rollout walks and how it ends. This part (with `analysis`
@@ -103,14 +115,32 @@ pub enum OnAdapterFailure {
 pub enum RouterConfig {
     /// cutover's embedded proxy, driven through its admin API.
     Local(LocalRouter),
+    /// Two weighted Route53 records of one name.
+    Route53(Route53Router),
+    /// An ALB listener (or rule) forwarding to two weighted target groups.
+    Alb(AlbRouter),
 }
 
 impl RouterConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             RouterConfig::Local(_) => "local",
+            RouterConfig::Route53(_) => "route53",
+            RouterConfig::Alb(_) => "alb",
         }
     }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum PlatformConfig {
+    Ecs(EcsPlatform),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum TriggerConfig {
+    EcsEvents(EcsEventsTrigger),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -159,6 +189,59 @@ pub enum CheckConfig {
         #[serde(with = "crate::time::serde_duration")]
         timeout: Duration,
     },
+    /// Every target registered in the target group is healthy, and at least
+    /// `min_healthy` of them.
+    TargetHealth {
+        target_group_arn: String,
+        min_healthy: u32,
+    },
+    /// Any CloudWatch metric against a threshold (`max` and/or `min`), or
+    /// against blue's same metric (`compare`).
+    Cloudwatch {
+        namespace: String,
+        metric_name: String,
+        dimensions: std::collections::BTreeMap<String, String>,
+        /// `Sum`, `Average`, `Minimum`, `Maximum`, `SampleCount`, or `pNN`.
+        statistic: String,
+        #[serde(with = "crate::time::serde_duration")]
+        period: Duration,
+        #[serde(with = "crate::time::serde_duration")]
+        window: Duration,
+        max: Option<f64>,
+        min: Option<f64>,
+        compare: Option<CompareToBlue>,
+    },
+    /// HTTPCode_Target_5XX_Count / RequestCount of green's target group
+    /// (missing data counts as 0), judged from `min_requests` on.
+    AlbErrorRate {
+        /// The `LoadBalancer` dimension, e.g. `app/my-alb/50dc6c495c0c9188`.
+        load_balancer: String,
+        /// The `TargetGroup` dimension, e.g. `targetgroup/green/943f017f100becff`.
+        target_group: String,
+        max_percent: f64,
+        min_requests: u64,
+        #[serde(with = "crate::time::serde_duration")]
+        window: Duration,
+        /// Blue's `TargetGroup` dimension and ratio, to judge against blue.
+        compare: Option<CompareToBlue>,
+    },
+    /// TargetResponseTime pN of green's target group.
+    AlbLatency {
+        load_balancer: String,
+        target_group: String,
+        percentile: f64,
+        #[serde(default, with = "opt_duration")]
+        max: Option<Duration>,
+        #[serde(with = "crate::time::serde_duration")]
+        window: Duration,
+        compare: Option<CompareToBlue>,
+    },
+    /// None of these CloudWatch alarms is in ALARM (checked before traffic
+    /// moves too).
+    Alarm { alarm_names: Vec<String> },
+    /// Green's ECS service runs its desired count, and no green task stopped
+    /// for a failure since the rollout started.
+    EcsService { cluster: String, service: String },
 }
 
 impl CheckConfig {
@@ -168,6 +251,12 @@ impl CheckConfig {
             CheckConfig::Latency { .. } => "latency",
             CheckConfig::Health => "health",
             CheckConfig::Http { .. } => "http",
+            CheckConfig::TargetHealth { .. } => "target-health",
+            CheckConfig::Cloudwatch { .. } => "cloudwatch",
+            CheckConfig::AlbErrorRate { .. } => "alb-error-rate",
+            CheckConfig::AlbLatency { .. } => "alb-latency",
+            CheckConfig::Alarm { .. } => "alarm",
+            CheckConfig::EcsService { .. } => "ecs-service",
         }
     }
 }
@@ -179,9 +268,11 @@ pub enum StoreConfig {
     /// SQLite file; `None` means the default path (XDG state directory),
     /// chosen by the caller since the core reads no environment.
     Sqlite { path: Option<PathBuf> },
+    /// A DynamoDB table (see `cutover init-store`).
+    Dynamodb { table: String },
 }
 
-mod opt_duration {
+pub(crate) mod opt_duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};

@@ -5,6 +5,7 @@
 //! order, a hold shorter than the analysis interval, ...) are found here,
 //! before anything could move traffic.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -14,6 +15,10 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::{
+    AlbRouter, AwsConfig, CompareToBlue, EcsEventsTrigger, EcsPlatform, PlatformConfig,
+    Route53Router, TriggerConfig,
+};
 use super::{
     Analysis, CheckConfig, CheckSpec, Judge, LocalRouter, OnAdapterFailure, OnInconclusive, Plan,
     RollbackPolicy, RouterConfig, Step, StoreConfig, Strategy,
@@ -48,9 +53,24 @@ impl fmt::Display for PlanError {
 impl std::error::Error for PlanError {}
 
 pub const PRESETS: &[&str] = &["seed", "canary", "linear", "exponential", "all-at-once"];
-pub const ROUTERS: &[&str] = &["local"];
-pub const CHECKS: &[&str] = &["error-rate", "latency", "health", "http"];
-pub const STORES: &[&str] = &["sqlite"];
+pub const ROUTERS: &[&str] = &["local", "route53", "alb"];
+pub const CHECKS: &[&str] = &[
+    "error-rate",
+    "latency",
+    "health",
+    "http",
+    "target-health",
+    "cloudwatch",
+    "alb-error-rate",
+    "alb-latency",
+    "alarm",
+    "ecs-service",
+];
+/// Checks that read the embedded proxy or plain HTTP.
+pub const LOCAL_CHECKS: &[&str] = &["error-rate", "latency", "health", "http"];
+pub const STORES: &[&str] = &["sqlite", "dynamodb"];
+pub const PLATFORMS: &[&str] = &["ecs"];
+pub const TRIGGERS: &[&str] = &["ecs-events"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,6 +83,125 @@ struct RawPlan {
     analysis: Option<RawAnalysis>,
     rollback: Option<RawRollback>,
     store: Option<Spanned<toml::Table>>,
+    aws: Option<RawAws>,
+    platform: Option<Spanned<toml::Table>>,
+    trigger: Option<Spanned<toml::Table>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAws {
+    region: Option<String>,
+    profile: Option<String>,
+    endpoint_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute53 {
+    hosted_zone_id: String,
+    record_name: String,
+    record_type: Option<String>,
+    blue_set_identifier: Option<String>,
+    green_set_identifier: Option<String>,
+    allow_short_holds: Option<bool>,
+    insync_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlb {
+    listener_arn: Option<String>,
+    rule_arn: Option<String>,
+    blue_target_group_arn: String,
+    green_target_group_arn: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTargetHealth {
+    name: Option<String>,
+    target_group_arn: Option<String>,
+    min_healthy: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCloudwatch {
+    name: Option<String>,
+    namespace: String,
+    metric_name: String,
+    #[serde(default)]
+    dimensions: BTreeMap<String, String>,
+    statistic: Option<String>,
+    period: Option<String>,
+    window: Option<String>,
+    max: Option<f64>,
+    min: Option<f64>,
+    compare: Option<String>,
+    #[serde(default)]
+    blue_dimensions: BTreeMap<String, String>,
+    max_ratio: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlbMetric {
+    name: Option<String>,
+    load_balancer: Option<String>,
+    target_group: Option<String>,
+    blue_target_group: Option<String>,
+    // alb-error-rate
+    max_percent: Option<f64>,
+    min_requests: Option<u64>,
+    // alb-latency
+    percentile: Option<f64>,
+    max: Option<String>,
+    window: Option<String>,
+    compare: Option<String>,
+    max_ratio: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlarm {
+    name: Option<String>,
+    alarm_names: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEcsService {
+    name: Option<String>,
+    cluster: Option<String>,
+    service: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDynamo {
+    table: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEcsPlatform {
+    cluster: String,
+    blue_service: String,
+    green_service: String,
+    container: String,
+    ready_deadline: Option<String>,
+    scale_down_after: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEcsEvents {
+    queue_url: String,
+    cluster: Option<String>,
+    services: Vec<String>,
+    #[serde(default)]
+    containers: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -188,12 +327,25 @@ pub fn parse(text: &str, file: &str) -> Result<Plan, PlanError> {
     )?;
     let strategy = cx.strategy(&raw.strategy, &analysis)?;
     let router = cx.router(&raw.router)?;
-    let analysis = Analysis {
-        checks: cx.checks(raw.analysis.as_ref(), analysis.interval)?,
-        ..analysis
-    };
+    let platform = cx.platform(raw.platform.as_ref())?;
+    let checks = cx.checks(
+        raw.analysis.as_ref(),
+        analysis.interval,
+        &router,
+        platform.as_ref(),
+    )?;
+    let analysis = Analysis { checks, ..analysis };
     let rollback = cx.rollback(raw.rollback.as_ref())?;
     let store = cx.store(raw.store.as_ref())?;
+    let trigger = cx.trigger(raw.trigger.as_ref())?;
+    let aws = raw
+        .aws
+        .map(|a| AwsConfig {
+            region: a.region,
+            profile: a.profile,
+            endpoint_url: a.endpoint_url,
+        })
+        .unwrap_or_default();
 
     Ok(Plan {
         service: name.get_ref().clone(),
@@ -202,6 +354,9 @@ pub fn parse(text: &str, file: &str) -> Result<Plan, PlanError> {
         analysis,
         rollback,
         store,
+        aws,
+        platform,
+        trigger,
     })
 }
 
@@ -573,6 +728,64 @@ impl Cx<'_> {
                     token: r.token,
                 }))
             }
+            "route53" => {
+                let r: RawRoute53 = self.table(table, "router `route53`")?;
+                let bad = |m: String| self.at(table, format!("router `route53`: {m}"));
+                let record_type = r.record_type.unwrap_or_else(|| "A".into());
+                if !["A", "AAAA", "CNAME"].contains(&record_type.as_str()) {
+                    return Err(bad(format!(
+                        "`record_type` `{record_type}` must be A, AAAA or CNAME"
+                    )));
+                }
+                let blue = r.blue_set_identifier.unwrap_or_else(|| "blue".into());
+                let green = r.green_set_identifier.unwrap_or_else(|| "green".into());
+                if blue == green || blue.is_empty() || green.is_empty() {
+                    return Err(bad(
+                        "the blue and green set identifiers must be distinct and non-empty".into(),
+                    ));
+                }
+                let insync_timeout = match &r.insync_timeout {
+                    Some(t) => {
+                        parse_duration(t).map_err(|e| bad(format!("`insync_timeout`: {e}")))?
+                    }
+                    None => Duration::from_secs(300),
+                };
+                let mut record_name = r.record_name;
+                if !record_name.ends_with('.') {
+                    record_name.push('.');
+                }
+                Ok(RouterConfig::Route53(Route53Router {
+                    hosted_zone_id: r
+                        .hosted_zone_id
+                        .trim_start_matches("/hostedzone/")
+                        .to_string(),
+                    record_name,
+                    record_type,
+                    blue_set_identifier: blue,
+                    green_set_identifier: green,
+                    allow_short_holds: r.allow_short_holds.unwrap_or(false),
+                    insync_timeout,
+                }))
+            }
+            "alb" => {
+                let r: RawAlb = self.table(table, "router `alb`")?;
+                let bad = |m: &str| self.at(table, format!("router `alb`: {m}"));
+                match (&r.listener_arn, &r.rule_arn) {
+                    (Some(_), Some(_)) | (None, None) => return Err(bad(
+                        "give exactly one of `listener_arn` (its default action) and `rule_arn`",
+                    )),
+                    _ => {}
+                }
+                if r.blue_target_group_arn == r.green_target_group_arn {
+                    return Err(bad("blue and green target groups must differ"));
+                }
+                Ok(RouterConfig::Alb(AlbRouter {
+                    listener_arn: r.listener_arn,
+                    rule_arn: r.rule_arn,
+                    blue_target_group_arn: r.blue_target_group_arn,
+                    green_target_group_arn: r.green_target_group_arn,
+                }))
+            }
             _ => unreachable!("kind() only returns known kinds"),
         }
     }
@@ -581,7 +794,13 @@ impl Cx<'_> {
         &self,
         raw: Option<&RawAnalysis>,
         interval: Duration,
+        router: &RouterConfig,
+        platform: Option<&PlatformConfig>,
     ) -> Result<Vec<CheckSpec>, PlanError> {
+        let alb = match router {
+            RouterConfig::Alb(a) => Some(a),
+            _ => None,
+        };
         let Some(raw) = raw else { return Ok(vec![]) };
         let mut out: Vec<CheckSpec> = Vec::new();
         for (i, table) in raw.checks.iter().enumerate() {
@@ -682,6 +901,207 @@ impl Cx<'_> {
                         },
                     )
                 }
+                "target-health" => {
+                    let r: RawTargetHealth = self.table(table, &what)?;
+                    let target_group_arn = r
+                        .target_group_arn
+                        .or_else(|| alb.map(|a| a.green_target_group_arn.clone()))
+                        .ok_or_else(|| bad("give `target_group_arn` (it defaults to green's only with router `alb`)".into()))?;
+                    (
+                        r.name,
+                        CheckConfig::TargetHealth {
+                            target_group_arn,
+                            min_healthy: r.min_healthy.unwrap_or(1),
+                        },
+                    )
+                }
+                "cloudwatch" => {
+                    let r: RawCloudwatch = self.table(table, &what)?;
+                    let statistic = r.statistic.unwrap_or_else(|| "Average".into());
+                    if !(super::aws::STATISTICS.contains(&statistic.as_str())
+                        || percentile_statistic(&statistic).is_some())
+                    {
+                        return Err(bad(format!(
+                            "`statistic` `{statistic}`: expected one of {} or a percentile such as p99",
+                            super::aws::STATISTICS.join(", ")
+                        )));
+                    }
+                    let period = dur(&r.period, "period", Duration::from_secs(60))?;
+                    if period.as_secs() == 0 || period.subsec_millis() != 0 {
+                        return Err(bad("`period` must be a whole number of seconds (CloudWatch: 1, 5, 10, 30 or a multiple of 60)".into()));
+                    }
+                    let window = dur(&r.window, "window", period.max(interval))?;
+                    if window < period {
+                        return Err(bad("`window` must be at least one `period`".into()));
+                    }
+                    let compare = match r.compare.as_deref() {
+                        None => None,
+                        Some("blue") => {
+                            if r.blue_dimensions.is_empty() {
+                                return Err(bad(
+                                    "`compare = \"blue\"` needs `blue_dimensions`".into()
+                                ));
+                            }
+                            Some(CompareToBlue {
+                                blue_dimensions: r.blue_dimensions,
+                                max_ratio: ratio(r.max_ratio, &bad)?,
+                            })
+                        }
+                        Some(other) => {
+                            return Err(bad(format!(
+                                "`compare` `{other}`: the only comparison is \"blue\""
+                            )))
+                        }
+                    };
+                    if r.max.is_none() && r.min.is_none() && compare.is_none() {
+                        return Err(bad(
+                            "give a threshold: `max`, `min`, or `compare = \"blue\"`".into(),
+                        ));
+                    }
+                    (
+                        r.name,
+                        CheckConfig::Cloudwatch {
+                            namespace: r.namespace,
+                            metric_name: r.metric_name,
+                            dimensions: r.dimensions,
+                            statistic,
+                            period,
+                            window,
+                            max: r.max,
+                            min: r.min,
+                            compare,
+                        },
+                    )
+                }
+                "alb-error-rate" | "alb-latency" => {
+                    let r: RawAlbMetric = self.table(table, &what)?;
+                    let load_balancer = r
+                        .load_balancer
+                        .or_else(|| alb.and_then(|a| load_balancer_dimension(a.listener_arn.as_deref().or(a.rule_arn.as_deref())?)))
+                        .ok_or_else(|| bad("give `load_balancer` (e.g. \"app/my-alb/50dc6c495c0c9188\"); it defaults to the router's only with router `alb`".into()))?;
+                    let target_group = r
+                        .target_group
+                        .or_else(|| alb.and_then(|a| target_group_dimension(&a.green_target_group_arn)))
+                        .ok_or_else(|| bad("give `target_group` (e.g. \"targetgroup/green/943f017f100becff\"); it defaults to green's only with router `alb`".into()))?;
+                    let window = dur(&r.window, "window", interval.max(Duration::from_secs(60)))?;
+                    if window < Duration::from_secs(60) {
+                        return Err(bad(
+                            "`window` must be at least 60s: ALB metrics have one-minute periods"
+                                .into(),
+                        ));
+                    }
+                    let compare = match r.compare.as_deref() {
+                        None => None,
+                        Some("blue") => {
+                            let blue = r
+                                .blue_target_group
+                                .or_else(|| alb.and_then(|a| target_group_dimension(&a.blue_target_group_arn)))
+                                .ok_or_else(|| bad("`compare = \"blue\"` needs `blue_target_group` (defaults to blue's only with router `alb`)".into()))?;
+                            let dims = BTreeMap::from([
+                                ("LoadBalancer".to_string(), load_balancer.clone()),
+                                ("TargetGroup".to_string(), blue),
+                            ]);
+                            Some(CompareToBlue {
+                                blue_dimensions: dims,
+                                max_ratio: ratio(r.max_ratio, &bad)?,
+                            })
+                        }
+                        Some(other) => {
+                            return Err(bad(format!(
+                                "`compare` `{other}`: the only comparison is \"blue\""
+                            )))
+                        }
+                    };
+                    if kind == "alb-error-rate" {
+                        if r.percentile.is_some() || r.max.is_some() {
+                            return Err(bad(
+                                "`percentile` and `max` belong to `alb-latency`; use `max_percent`"
+                                    .into(),
+                            ));
+                        }
+                        let max_percent = r
+                            .max_percent
+                            .ok_or_else(|| bad("give `max_percent`".into()))?;
+                        if !(0.0..=100.0).contains(&max_percent) {
+                            return Err(bad(format!(
+                                "`max_percent` = {max_percent} must be from 0 to 100"
+                            )));
+                        }
+                        (
+                            r.name,
+                            CheckConfig::AlbErrorRate {
+                                load_balancer,
+                                target_group,
+                                max_percent,
+                                min_requests: r.min_requests.unwrap_or(50),
+                                window,
+                                compare,
+                            },
+                        )
+                    } else {
+                        if r.max_percent.is_some() || r.min_requests.is_some() {
+                            return Err(bad(
+                                "`max_percent` and `min_requests` belong to `alb-error-rate`"
+                                    .into(),
+                            ));
+                        }
+                        let percentile = r.percentile.unwrap_or(99.0);
+                        if !(percentile > 0.0 && percentile < 100.0) {
+                            return Err(bad(format!(
+                                "`percentile` = {percentile} must be above 0 and below 100"
+                            )));
+                        }
+                        let max = r
+                            .max
+                            .as_ref()
+                            .map(|t| parse_duration(t).map_err(|e| bad(format!("`max`: {e}"))))
+                            .transpose()?;
+                        if max.is_none() && compare.is_none() {
+                            return Err(bad(
+                                "give `max` (e.g. \"300ms\"), `compare = \"blue\"`, or both".into(),
+                            ));
+                        }
+                        (
+                            r.name,
+                            CheckConfig::AlbLatency {
+                                load_balancer,
+                                target_group,
+                                percentile,
+                                max,
+                                window,
+                                compare,
+                            },
+                        )
+                    }
+                }
+                "alarm" => {
+                    let r: RawAlarm = self.table(table, &what)?;
+                    if r.alarm_names.is_empty() {
+                        return Err(bad("`alarm_names` is empty".into()));
+                    }
+                    (
+                        r.name,
+                        CheckConfig::Alarm {
+                            alarm_names: r.alarm_names,
+                        },
+                    )
+                }
+                "ecs-service" => {
+                    let r: RawEcsService = self.table(table, &what)?;
+                    let from_platform = platform.map(|p| match p {
+                        PlatformConfig::Ecs(e) => (e.cluster.clone(), e.green_service.clone()),
+                    });
+                    let cluster = r
+                        .cluster
+                        .or_else(|| from_platform.as_ref().map(|p| p.0.clone()));
+                    let service = r
+                        .service
+                        .or_else(|| from_platform.as_ref().map(|p| p.1.clone()));
+                    match (cluster, service) {
+                        (Some(cluster), Some(service)) => (r.name, CheckConfig::EcsService { cluster, service }),
+                        _ => return Err(bad("give `cluster` and `service` (they default to the ECS platform's green service)".into())),
+                    }
+                }
                 _ => unreachable!("kind() only returns known kinds"),
             };
             let name = name.unwrap_or_else(|| kind.to_string());
@@ -744,9 +1164,110 @@ impl Cx<'_> {
                 let r: RawSqlite = self.table(table, "store `sqlite`")?;
                 Ok(StoreConfig::Sqlite { path: r.path })
             }
+            "dynamodb" => {
+                let r: RawDynamo = self.table(table, "store `dynamodb`")?;
+                if r.table.len() < 3
+                    || r.table.len() > 255
+                    || !r
+                        .table
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+                {
+                    return Err(self.at(table, format!("store `dynamodb`: `table` `{}` is not a valid DynamoDB table name (3-255 of a-z, A-Z, 0-9, _ - .)", r.table)));
+                }
+                Ok(StoreConfig::Dynamodb { table: r.table })
+            }
             _ => unreachable!("kind() only returns known kinds"),
         }
     }
+
+    fn platform(
+        &self,
+        raw: Option<&Spanned<toml::Table>>,
+    ) -> Result<Option<PlatformConfig>, PlanError> {
+        let Some(table) = raw else { return Ok(None) };
+        match self.kind(table, "platform", PLATFORMS)? {
+            "ecs" => {
+                let r: RawEcsPlatform = self.table(table, "platform `ecs`")?;
+                let bad = |m: String| self.at(table, format!("platform `ecs`: {m}"));
+                if r.blue_service == r.green_service {
+                    return Err(bad("`blue_service` and `green_service` must differ".into()));
+                }
+                let ready_deadline = match &r.ready_deadline {
+                    Some(t) => {
+                        parse_duration(t).map_err(|e| bad(format!("`ready_deadline`: {e}")))?
+                    }
+                    None => Duration::from_secs(600),
+                };
+                let scale_down_after = r
+                    .scale_down_after
+                    .as_ref()
+                    .map(|t| parse_duration(t).map_err(|e| bad(format!("`scale_down_after`: {e}"))))
+                    .transpose()?;
+                Ok(Some(PlatformConfig::Ecs(EcsPlatform {
+                    cluster: r.cluster,
+                    blue_service: r.blue_service,
+                    green_service: r.green_service,
+                    container: r.container,
+                    ready_deadline,
+                    scale_down_after,
+                })))
+            }
+            _ => unreachable!("kind() only returns known kinds"),
+        }
+    }
+
+    fn trigger(
+        &self,
+        raw: Option<&Spanned<toml::Table>>,
+    ) -> Result<Option<TriggerConfig>, PlanError> {
+        let Some(table) = raw else { return Ok(None) };
+        match self.kind(table, "trigger", TRIGGERS)? {
+            "ecs-events" => {
+                let r: RawEcsEvents = self.table(table, "trigger `ecs-events`")?;
+                if r.services.is_empty() {
+                    return Err(self.at(table, "trigger `ecs-events`: `services` is empty; name the ECS services whose tasks start rollouts"));
+                }
+                Ok(Some(TriggerConfig::EcsEvents(EcsEventsTrigger {
+                    queue_url: r.queue_url,
+                    cluster: r.cluster,
+                    services: r.services,
+                    containers: r.containers,
+                })))
+            }
+            _ => unreachable!("kind() only returns known kinds"),
+        }
+    }
+}
+
+/// `p99` -> 99.0, `p99.9` -> 99.9.
+pub fn percentile_statistic(s: &str) -> Option<f64> {
+    let p: f64 = s.strip_prefix('p')?.parse().ok()?;
+    (p > 0.0 && p < 100.0).then_some(p)
+}
+
+fn ratio(value: Option<f64>, bad: &dyn Fn(String) -> PlanError) -> Result<f64, PlanError> {
+    let r = value.unwrap_or(1.5);
+    if !(r.is_finite() && r > 0.0) {
+        return Err(bad(format!("`max_ratio` = {r} must be above 0")));
+    }
+    Ok(r)
+}
+
+/// The `LoadBalancer` dimension (`app/NAME/ID`) in a listener or rule ARN.
+pub fn load_balancer_dimension(arn: &str) -> Option<String> {
+    let rest = arn
+        .split_once(":listener/")
+        .or_else(|| arn.split_once(":listener-rule/"))?
+        .1;
+    let parts: Vec<&str> = rest.split('/').collect();
+    (parts.len() >= 3).then(|| parts[..3].join("/"))
+}
+
+/// The `TargetGroup` dimension (`targetgroup/NAME/ID`) of a target group ARN.
+pub fn target_group_dimension(arn: &str) -> Option<String> {
+    let i = arn.find(":targetgroup/")?;
+    Some(arn[i + 1..].to_string())
 }
 
 /// 1-based line and column (in characters) of a byte offset.
