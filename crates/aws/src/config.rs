@@ -1,0 +1,28 @@
+//! Turning a plan's `[aws]` section into SDK configuration: region and
+//! credentials from the plan, else the standard chain (environment,
+//! profile, instance or task role); nothing hard-coded.
+
+use aws_config::BehaviorVersion;
+use cutover_core::plan::AwsConfig;
+
+/// Loads the SDK configuration the plan asks for.
+pub async fn load(aws: &AwsConfig) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = &aws.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(profile) = &aws.profile {
+        loader = loader.profile_name(profile);
+    }
+    if let Some(url) = &aws.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    loader.load().await
+}
+
+/// Fails clearly when no region could be found anywhere.
+pub fn require_region(config: &aws_config::SdkConfig) -> Result<String, String> {
+    config.region().map(|r| r.to_string()).ok_or_else(|| {
+        "no AWS region: set `[aws] region` in the plan, AWS_REGION, or a profile's region".to_string()
+    })
+}
