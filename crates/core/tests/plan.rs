@@ -343,3 +343,51 @@ fn aws_mistakes_are_located() {
     .unwrap_err();
     assert!(e.message.contains("not a valid DynamoDB table name"), "{e}");
 }
+
+#[test]
+fn swapping_colours_exchanges_every_side() {
+    let text = format!(
+        "{ALB}[[analysis.checks]]\nkind = \"target-health\"\n[[analysis.checks]]\nkind = \"alb-error-rate\"\nmax_percent = 1\ncompare = \"blue\"\n\
+         [platform]\nkind = \"ecs\"\ncluster = \"c\"\nblue_service = \"web-blue\"\ngreen_service = \"web-green\"\ncontainer = \"app\"\n\
+         [[analysis.checks]]\nkind = \"ecs-service\"\n"
+    );
+    let p = plan::parse(&text, "alb.toml").unwrap();
+    let s = p.with_colours_swapped();
+    let cutover_core::plan::RouterConfig::Alb(a) = &s.router else {
+        panic!()
+    };
+    assert!(a
+        .green_target_group_arn
+        .ends_with("targetgroup/blue/73e2d6bc24d8a067"));
+    match (
+        &s.analysis.checks[0].config,
+        &s.analysis.checks[1].config,
+        &s.analysis.checks[2].config,
+    ) {
+        (
+            CheckConfig::TargetHealth {
+                target_group_arn, ..
+            },
+            CheckConfig::AlbErrorRate {
+                target_group,
+                compare,
+                ..
+            },
+            CheckConfig::EcsService { service, .. },
+        ) => {
+            assert!(target_group_arn.ends_with("targetgroup/blue/73e2d6bc24d8a067"));
+            assert_eq!(target_group, "targetgroup/blue/73e2d6bc24d8a067");
+            assert_eq!(
+                compare.as_ref().unwrap().blue_dimensions["TargetGroup"],
+                "targetgroup/green/943f017f100becff"
+            );
+            assert_eq!(service, "web-blue");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        s.with_colours_swapped(),
+        p,
+        "swapping twice is the identity"
+    );
+}

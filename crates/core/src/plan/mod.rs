@@ -38,6 +38,22 @@ pub struct Plan {
     pub platform: Option<PlatformConfig>,
     /// What starts rollouts for `cutover watch`.
     pub trigger: Option<TriggerConfig>,
+    /// The version a platform deploys; set from the command line (or a
+    /// trigger), never from the file, and kept with the rollout so a resumed
+    /// rollout deploys the same thing.
+    #[serde(default)]
+    pub release: Option<Release>,
+}
+
+/// What a platform puts on the idle colour.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Release {
+    /// Replace the platform's container image in the idle colour's current
+    /// task definition.
+    Image(String),
+    /// Use this task definition as it is.
+    TaskDefinition(String),
 }
 
 /// The steps a rollout walks and how it ends. This part (with `analysis`
@@ -288,5 +304,84 @@ pub(crate) mod opt_duration {
         Option::<String>::deserialize(d)?
             .map(|t| crate::time::parse_duration(&t).map_err(serde::de::Error::custom))
             .transpose()
+    }
+}
+
+impl Plan {
+    /// The same plan with the colours' roles exchanged: after a successful
+    /// rollout green is live, so the next one moves traffic onto blue's
+    /// side. Swaps the router's two sides, the platform's two services, and
+    /// in checks every target group (ARN or metric dimension) of one colour
+    /// for the other's.
+    pub fn with_colours_swapped(&self) -> Plan {
+        let mut plan = self.clone();
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        match &mut plan.router {
+            RouterConfig::Local(_) => {}
+            RouterConfig::Route53(r) => {
+                std::mem::swap(&mut r.blue_set_identifier, &mut r.green_set_identifier)
+            }
+            RouterConfig::Alb(a) => {
+                pairs.push((
+                    a.blue_target_group_arn.clone(),
+                    a.green_target_group_arn.clone(),
+                ));
+                if let (Some(b), Some(g)) = (
+                    target_group_dimension(&a.blue_target_group_arn),
+                    target_group_dimension(&a.green_target_group_arn),
+                ) {
+                    pairs.push((b, g));
+                }
+                std::mem::swap(&mut a.blue_target_group_arn, &mut a.green_target_group_arn);
+            }
+        }
+        if let Some(PlatformConfig::Ecs(e)) = &mut plan.platform {
+            std::mem::swap(&mut e.blue_service, &mut e.green_service);
+        }
+        let swap = |s: &mut String| {
+            for (b, g) in &pairs {
+                if s == b {
+                    *s = g.clone();
+                    return;
+                }
+                if s == g {
+                    *s = b.clone();
+                    return;
+                }
+            }
+        };
+        for check in &mut plan.analysis.checks {
+            match &mut check.config {
+                CheckConfig::TargetHealth {
+                    target_group_arn, ..
+                } => swap(target_group_arn),
+                CheckConfig::AlbErrorRate {
+                    target_group,
+                    compare,
+                    ..
+                }
+                | CheckConfig::AlbLatency {
+                    target_group,
+                    compare,
+                    ..
+                } => {
+                    swap(target_group);
+                    if let Some(c) = compare {
+                        c.blue_dimensions.values_mut().for_each(swap);
+                    }
+                }
+                CheckConfig::EcsService { service, .. } => {
+                    if let Some(PlatformConfig::Ecs(e)) = &self.platform {
+                        if *service == e.green_service {
+                            *service = e.blue_service.clone();
+                        } else if *service == e.blue_service {
+                            *service = e.green_service.clone();
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        plan
     }
 }

@@ -357,6 +357,7 @@ pub fn parse(text: &str, file: &str) -> Result<Plan, PlanError> {
         aws,
         platform,
         trigger,
+        release: None,
     })
 }
 
