@@ -2,11 +2,12 @@
 //! credentials from the plan, else the standard chain (environment,
 //! profile, instance or task role); nothing hard-coded.
 
+pub use aws_config::SdkConfig;
 use aws_config::BehaviorVersion;
 use cutover_core::plan::AwsConfig;
 
 /// Loads the SDK configuration the plan asks for.
-pub async fn load(aws: &AwsConfig) -> aws_config::SdkConfig {
+pub async fn load(aws: &AwsConfig) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(region) = &aws.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
@@ -21,7 +22,7 @@ pub async fn load(aws: &AwsConfig) -> aws_config::SdkConfig {
 }
 
 /// Fails clearly when no region could be found anywhere.
-pub fn require_region(config: &aws_config::SdkConfig) -> Result<String, String> {
+pub fn require_region(config: &SdkConfig) -> Result<String, String> {
     config.region().map(|r| r.to_string()).ok_or_else(|| {
         "no AWS region: set `[aws] region` in the plan, AWS_REGION, or a profile's region".to_string()
     })

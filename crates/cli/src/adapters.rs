@@ -2,36 +2,94 @@
 
 use std::sync::Arc;
 
-use cutover_core::plan::{Plan, RouterConfig};
-use cutover_engine::ports::Check;
+use cutover_core::plan::{Plan, PlatformConfig, Release, RouterConfig};
+use cutover_engine::ports::{Check, Platform, Router};
 use cutover_engine::Adapters;
 
 use crate::Exit;
 
-pub fn build(plan: &Plan) -> Result<Adapters, Exit> {
-    match &plan.router {
-        RouterConfig::Local(local) => {
-            let mut checks: Vec<Arc<dyn Check>> = Vec::new();
-            for spec in &plan.analysis.checks {
-                let check = cutover_local::build_check(spec, Some(local)).ok_or_else(|| {
-                    Exit::Usage(format!(
-                        "check `{}` (`{}`) reads AWS; with router `local` use: {}",
-                        spec.name,
-                        spec.config.kind(),
-                        cutover_core::plan::LOCAL_CHECKS.join(", ")
-                    ))
-                })?;
-                checks.push(check);
-            }
-            Ok(Adapters {
-                router: Arc::new(cutover_local::LocalRouter::new(local)),
-                checks,
-                platform: None,
+/// Whether green holds the traffic now (half or more), as the router says.
+pub async fn green_is_live(plan: &Plan) -> Result<bool, Exit> {
+    let adapters = build_router(plan).await?;
+    let split = adapters
+        .current()
+        .await
+        .map_err(|e| Exit::Internal(format!("reading the current split: {e}")))?;
+    Ok(split.basis_points() >= 5_000)
+}
+
+async fn build_router(plan: &Plan) -> Result<Arc<dyn Router>, Exit> {
+    Ok(match &plan.router {
+        RouterConfig::Local(l) => Arc::new(cutover_local::LocalRouter::new(l)),
+        RouterConfig::Route53(r) => Arc::new(cutover_aws::route53::Route53Router::new(
+            r,
+            &sdk(plan).await?,
+        )),
+        RouterConfig::Alb(a) => Arc::new(cutover_aws::alb::AlbRouter::new(a, &sdk(plan).await?)),
+    })
+}
+
+async fn sdk(plan: &Plan) -> Result<cutover_aws::config::SdkConfig, Exit> {
+    let sdk = cutover_aws::config::load(&plan.aws).await;
+    cutover_aws::config::require_region(&sdk).map_err(Exit::Usage)?;
+    Ok(sdk)
+}
+
+pub async fn build(plan: &Plan) -> Result<Adapters, Exit> {
+    let local = match &plan.router {
+        RouterConfig::Local(l) => Some(l),
+        _ => None,
+    };
+    let needs_aws = local.is_none()
+        || plan.platform.is_some()
+        || plan
+            .analysis
+            .checks
+            .iter()
+            .any(|c| !cutover_core::plan::LOCAL_CHECKS.contains(&c.config.kind()));
+    let sdk = if needs_aws {
+        Some(sdk(plan).await?)
+    } else {
+        None
+    };
+    let router = build_router(plan).await?;
+
+    let mut checks: Vec<Arc<dyn Check>> = Vec::new();
+    for spec in &plan.analysis.checks {
+        let check = cutover_local::build_check(spec, local)
+            .or_else(|| {
+                sdk.as_ref()
+                    .and_then(|sdk| cutover_aws::checks::build_check(spec, sdk))
             })
-        }
-        other => Err(Exit::Usage(format!(
-            "router `{}` is not available in this build",
-            other.kind()
-        ))),
+            .ok_or_else(|| {
+                Exit::Usage(format!(
+                    "check `{}` (`{}`) reads the embedded proxy and needs router `local`",
+                    spec.name,
+                    spec.config.kind()
+                ))
+            })?;
+        checks.push(check);
     }
+
+    // The platform acts only when a release was asked for; otherwise the
+    // plan just moves traffic between what is already running.
+    let platform: Option<Arc<dyn Platform>> = match (&plan.platform, &plan.release, &sdk) {
+        (Some(PlatformConfig::Ecs(ecs)), Some(release), Some(sdk)) => {
+            let version = match release {
+                Release::Image(i) => cutover_aws::ecs::NewVersion::Image(i.clone()),
+                Release::TaskDefinition(t) => {
+                    cutover_aws::ecs::NewVersion::TaskDefinition(t.clone())
+                }
+            };
+            Some(Arc::new(cutover_aws::ecs::EcsPlatform::new(
+                ecs, sdk, version,
+            )))
+        }
+        _ => None,
+    };
+    Ok(Adapters {
+        router,
+        checks,
+        platform,
+    })
 }

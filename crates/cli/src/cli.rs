@@ -79,6 +79,35 @@ pub enum Command {
         /// The proxy config file (TOML).
         config: PathBuf,
     },
+    /// Create the plan's DynamoDB store table (on-demand billing), or with
+    /// --print, show what to create.
+    #[command(after_help = EXIT_CODES)]
+    InitStore {
+        /// A plan file with `[store] kind = "dynamodb"`.
+        file: PathBuf,
+        #[arg(long)]
+        print: bool,
+    },
+    /// Watch ECS task events through SQS (the plan's `[trigger]`) and start
+    /// one rollout per new task definition revision of the plan's services.
+    #[command(after_help = EXIT_CODES)]
+    Watch {
+        file: PathBuf,
+        /// How long each SQS receive waits for messages (long polling).
+        #[arg(long, default_value = "20s", value_parser = duration)]
+        wait: std::time::Duration,
+    },
+    /// Print what to create outside cutover: `eventbridge` (the rule's
+    /// event pattern and the queue policy for the plan's trigger).
+    #[command(after_help = EXIT_CODES)]
+    Print {
+        #[arg(value_enum)]
+        what: PrintWhat,
+        file: PathBuf,
+    },
+    /// Print the least-privilege IAM policy the plan needs.
+    #[command(after_help = EXIT_CODES)]
+    IamPolicy { file: PathBuf },
     /// Show cutover's whole job on this machine, no set-up needed: blue and
     /// green sample apps, the proxy and steady load on loopback; one rollout
     /// where green is healthy and one where green fails real requests while
@@ -108,6 +137,14 @@ pub struct RunArgs {
     /// Print progress as JSON lines (one rollout snapshot per transition).
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// Deploy this image first: the plan's `[platform]` registers a new task
+    /// definition revision for the idle colour with the image replaced in
+    /// its container, and waits until it is steady before moving traffic.
+    #[arg(long, conflicts_with = "task_definition")]
+    pub image: Option<String>,
+    /// Like --image, with a ready task definition (ARN or family:revision).
+    #[arg(long)]
+    pub task_definition: Option<String>,
 }
 
 /// Which rollout a command is about.
@@ -145,6 +182,11 @@ pub struct DemoArgs {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PrintWhat {
+    Eventbridge,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Text,
     Json,
@@ -167,5 +209,12 @@ pub async fn dispatch(cli: Cli) -> Exit {
         Command::Resume(t) => crate::read::command(t, cutover_core::Command::Resume).await,
         Command::Proxy { config } => crate::run::proxy(&config).await,
         Command::Demo(args) => crate::demo::demo(args).await,
+        Command::InitStore { file, print } => crate::aws::init_store(&file, print).await,
+        Command::Watch { file, wait } => crate::aws::watch(&file, wait).await,
+        Command::Print {
+            what: PrintWhat::Eventbridge,
+            file,
+        } => crate::aws::print_eventbridge(&file),
+        Command::IamPolicy { file } => crate::aws::iam_policy(&file),
     }
 }

@@ -157,7 +157,7 @@ async fn run_demo(args: &DemoArgs) -> Result<Exit, String> {
     let proxy = cutover_local::start(config)
         .await
         .map_err(|e| format!("proxy: {e}"))?;
-    println!(
+    outln!(
         "blue app {blue_url}, green app {green_url}; proxy http://{} (admin http://{}); load {} req/s",
         proxy.data_addr(),
         proxy.admin_addr(),
@@ -171,7 +171,7 @@ async fn run_demo(args: &DemoArgs) -> Result<Exit, String> {
         .unwrap_or_else(|| tmp.path().join("demo.db"));
     let plan = plan::parse(&demo_plan(proxy.admin_addr(), &store_path), "demo plan")
         .map_err(|e| e.to_string())?;
-    let store = crate::settings::open_store(&store_path).map_err(|e| format!("{e:?}"))?;
+    let store = crate::settings::open_sqlite(&store_path).map_err(|e| format!("{e:?}"))?;
     let router = cutover_local::LocalRouter::new(&LocalRouterConfig {
         admin_url: format!("http://{}", proxy.admin_addr()),
         token: None,
@@ -198,7 +198,7 @@ async fn run_demo(args: &DemoArgs) -> Result<Exit, String> {
             .await
             .map_err(|e| format!("resetting the split: {e}"))?;
         green.set_fail_ratio(fail_ratio);
-        println!("\n== scenario: {name} ==");
+        outln!("\n== scenario: {name} ==");
         let report = scenario(name, &plan, store.clone(), clock, &samples).await?;
         reports.push(report);
     }
@@ -209,7 +209,7 @@ async fn run_demo(args: &DemoArgs) -> Result<Exit, String> {
     blue.shutdown().await;
     green.shutdown().await;
 
-    print!("\n{}", summary_table(&reports));
+    out!("\n{}", summary_table(&reports));
     let html = render_html(&reports);
     std::fs::write(&args.report, html)
         .map_err(|e| format!("cannot write {}: {e}", args.report.display()))?;
@@ -217,7 +217,7 @@ async fn run_demo(args: &DemoArgs) -> Result<Exit, String> {
     let json = serde_json::to_string_pretty(&reports).expect("serialisable");
     std::fs::write(&json_path, json)
         .map_err(|e| format!("cannot write {}: {e}", json_path.display()))?;
-    println!(
+    outln!(
         "report: {} (data: {})",
         args.report.display(),
         json_path.display()
@@ -266,7 +266,9 @@ async fn scenario(
     };
     let engine =
         Engine::new(store, clock, crate::settings::holder(), options).with_observer(observer);
-    let adapters = crate::adapters::build(plan).map_err(|e| format!("{e:?}"))?;
+    let adapters = crate::adapters::build(plan)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
     let started = clock.now();
     let id = format!("demo-{}-{}", started.as_millis(), name.len());
     engine

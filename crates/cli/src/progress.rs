@@ -141,7 +141,7 @@ impl Progress {
     pub fn finish(&self) {
         if let Ok(mut state) = self.state.lock() {
             if state.status_shown {
-                println!();
+                outln!();
                 state.status_shown = false;
             }
         }

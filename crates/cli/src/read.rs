@@ -6,7 +6,7 @@ use std::path::Path;
 use cutover_core::plan::Timeline;
 use cutover_core::time::Human;
 use cutover_core::{Command, Phase, Rollout};
-use cutover_engine::store::{RolloutRecord, Store};
+use cutover_engine::store::RolloutRecord;
 use serde_json::json;
 
 use crate::cli::{Output, ReadArgs, TargetArgs};
@@ -21,11 +21,11 @@ pub fn plan(file: &Path, output: Output) -> Exit {
     };
     let timeline = plan.timeline();
     match output {
-        Output::Json => println!(
+        Output::Json => outln!(
             "{}",
             serde_json::to_string_pretty(&timeline).expect("serialisable")
         ),
-        Output::Text => print!("{}", render_timeline(&timeline)),
+        Output::Text => out!("{}", render_timeline(&timeline)),
     }
     Exit::Ok
 }
@@ -104,7 +104,7 @@ pub fn status_json(record: &RolloutRecord, r: &Rollout) -> serde_json::Value {
 }
 
 pub async fn status(args: ReadArgs) -> Exit {
-    let (service, store) = match resolve_target(&args.target) {
+    let (service, store) = match resolve_target(&args.target).await {
         Ok(x) => x,
         Err(e) => return e,
     };
@@ -120,36 +120,36 @@ pub async fn status(args: ReadArgs) -> Exit {
         Err(e) => return e,
     };
     match args.output {
-        Output::Json => println!(
+        Output::Json => outln!(
             "{}",
             serde_json::to_string_pretty(&status_json(&record, &rollout)).expect("json")
         ),
         Output::Text => {
             let state = if record.active { "active" } else { "ended" };
-            println!("rollout  {} ({state})", record.id);
+            outln!("rollout  {} ({state})", record.id);
             let steps = rollout.plan.strategy.steps.len();
             match rollout.phase.reason() {
-                Some(reason) => println!("phase    {}: {reason}", rollout.phase.name()),
-                None => println!(
+                Some(reason) => outln!("phase    {}: {reason}", rollout.phase.name()),
+                None => outln!(
                     "phase    {} (step {} of {steps})",
                     rollout.phase.name(),
                     rollout.step + 1
                 ),
             }
-            println!("split    {} green", rollout.split);
+            outln!("split    {} green", rollout.split);
             if let Some(e) = rollout
                 .history
                 .iter()
                 .rev()
                 .find(|e| !e.observations.is_empty())
             {
-                println!("verdict  {}  {}", clock_time(e.at), e.message);
+                outln!("verdict  {}  {}", clock_time(e.at), e.message);
             }
             if let Some(at) = rollout.started_at {
-                println!("started  {}", date_time(at));
+                outln!("started  {}", date_time(at));
             }
             if let Some(at) = rollout.ended_at {
-                println!("ended    {}", date_time(at));
+                outln!("ended    {}", date_time(at));
             }
         }
     }
@@ -157,7 +157,7 @@ pub async fn status(args: ReadArgs) -> Exit {
 }
 
 pub async fn history(args: ReadArgs, all: bool, limit: usize) -> Exit {
-    let (service, store) = match resolve_target(&args.target) {
+    let (service, store) = match resolve_target(&args.target).await {
         Ok(x) => x,
         Err(e) => return e,
     };
@@ -176,12 +176,12 @@ pub async fn history(args: ReadArgs, all: bool, limit: usize) -> Exit {
         match args.output {
             Output::Json => {
                 let list: Vec<_> = rows.iter().map(|(rec, r)| status_json(rec, r)).collect();
-                println!("{}", serde_json::to_string_pretty(&list).expect("json"));
+                outln!("{}", serde_json::to_string_pretty(&list).expect("json"));
             }
             Output::Text => {
                 for (rec, r) in rows {
                     let started = r.started_at.map(date_time).unwrap_or_else(|| "-".into());
-                    println!(
+                    outln!(
                         "{:<40} {:<12} {:>8}  {started}  {}",
                         rec.id,
                         r.phase.name(),
@@ -205,15 +205,15 @@ pub async fn history(args: ReadArgs, all: bool, limit: usize) -> Exit {
         Err(e) => return e,
     };
     match args.output {
-        Output::Json => println!(
+        Output::Json => outln!(
             "{}",
             serde_json::to_string_pretty(&json!({"id": record.id, "history": rollout.history}))
                 .expect("json")
         ),
         Output::Text => {
-            println!("rollout {}", record.id);
+            outln!("rollout {}", record.id);
             for e in &rollout.history {
-                println!(
+                outln!(
                     "{}  {:<12} {:>8}  {}",
                     date_time(e.at),
                     e.phase,
@@ -221,7 +221,7 @@ pub async fn history(args: ReadArgs, all: bool, limit: usize) -> Exit {
                     e.message
                 );
                 for o in &e.observations {
-                    println!("{:>43}{}: {} ({})", "", o.check, o.verdict, o.detail);
+                    outln!("{:>43}{}: {} ({})", "", o.check, o.verdict, o.detail);
                 }
             }
         }
@@ -255,7 +255,7 @@ fn applicable(command: Command, phase: &Phase) -> Result<(), String> {
 }
 
 pub async fn command(args: TargetArgs, command: Command) -> Exit {
-    let (service, store) = match resolve_target(&args) {
+    let (service, store) = match resolve_target(&args).await {
         Ok(x) => x,
         Err(e) => return e,
     };
@@ -278,7 +278,7 @@ pub async fn command(args: TargetArgs, command: Command) -> Exit {
     let now = cutover_engine::Clock::system().now();
     match store.post_command(&record.id, command, now).await {
         Ok(seq) => {
-            println!(
+            outln!(
                 "{command} posted to rollout {} (#{seq}); the driver applies it at its next tick",
                 record.id
             );

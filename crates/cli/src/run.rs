@@ -3,13 +3,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use cutover_core::plan::Release;
 use cutover_core::{Phase, Rollout};
-use cutover_engine::store::Store;
 use cutover_engine::{Clock, Engine, EngineError, Options};
 
 use crate::cli::{Output, RunArgs};
 use crate::progress::Progress;
-use crate::settings::{holder, latest, load_plan, open_store, store_path};
+use crate::settings::{holder, latest, load_plan, open_store, store_choice};
 use crate::Exit;
 
 /// The exit a finished rollout maps to.
@@ -23,21 +23,34 @@ pub fn exit_for(rollout: &Rollout) -> Exit {
 }
 
 pub async fn run(args: RunArgs, retry: bool) -> Exit {
-    let plan = match load_plan(&args.file) {
-        Ok(p) => p,
-        Err(e) => return e,
-    };
-    if args.detach {
-        return detach();
+    match run_inner(args, retry).await {
+        Ok(exit) | Err(exit) => exit,
     }
-    let path = match store_path(args.store.as_deref(), Some(&plan)) {
-        Ok(p) => p,
-        Err(e) => return e,
-    };
-    let store = match open_store(&path) {
-        Ok(s) => s,
-        Err(e) => return e,
-    };
+}
+
+/// The release `--image` / `--task-definition` ask for, if any.
+fn release(args: &RunArgs) -> Option<Release> {
+    match (&args.image, &args.task_definition) {
+        (Some(image), _) => Some(Release::Image(image.clone())),
+        (None, Some(arn)) => Some(Release::TaskDefinition(arn.clone())),
+        (None, None) => None,
+    }
+}
+
+async fn run_inner(args: RunArgs, retry: bool) -> Result<Exit, Exit> {
+    let mut plan = load_plan(&args.file)?;
+    plan.release = release(&args);
+    if plan.release.is_some() && plan.platform.is_none() {
+        return Err(Exit::Usage(format!(
+            "--image and --task-definition need a `[platform]` in {}",
+            args.file.display()
+        )));
+    }
+    if args.detach {
+        return Ok(detach());
+    }
+    let choice = store_choice(args.store.as_deref(), Some(&plan))?;
+    let store = open_store(&choice).await?;
     let progress = Progress::new(args.output, "");
     let observer = {
         let progress = progress.clone();
@@ -50,62 +63,69 @@ pub async fn run(args: RunArgs, retry: bool) -> Exit {
     };
     let engine =
         Engine::new(store.clone(), Clock::system(), holder(), options).with_observer(observer);
-    let adapters = match crate::adapters::build(&plan) {
-        Ok(a) => a,
-        Err(e) => return e,
-    };
     let say = |m: String| {
         if args.output == Output::Text {
-            println!("{m}");
+            outln!("{m}");
         }
     };
 
-    let previous = match latest(store.as_ref(), &plan.service).await {
-        Ok(p) => p,
-        Err(e) => return e,
-    };
+    let previous = latest(store.as_ref(), &plan.service).await?;
     let id = match (retry, previous) {
         (false, Some(record)) if record.active => {
             say(format!(
-                "resuming unfinished rollout {} of `{}` (store {})",
-                record.id,
-                plan.service,
-                path.display()
+                "resuming unfinished rollout {} of `{}` ({choice})",
+                record.id, plan.service
             ));
             record.id
         }
         (false, _) => {
-            let id = new_id(&plan.service, engine.now());
-            if let Err(e) = engine.create(&id, plan.clone(), false).await {
-                return Exit::Internal(e.to_string());
+            if plan.release.is_some() && crate::adapters::green_is_live(&plan).await? {
+                say(
+                    "green is live: this rollout deploys to blue's side and moves traffic there"
+                        .into(),
+                );
+                plan = plan.with_colours_swapped();
             }
+            let id = new_id(&plan.service, engine.now());
+            engine
+                .create(&id, plan.clone(), plan.release.is_some())
+                .await
+                .map_err(|e| Exit::Internal(e.to_string()))?;
             say(format!(
-                "rollout {id} of `{}` through {} (store {})",
+                "rollout {id} of `{}` through router {} ({choice})",
                 plan.service,
-                adapters.router.describe(),
-                path.display()
+                plan.router.kind()
             ));
             id
         }
         (true, Some(record)) => {
-            if let Err(e) = engine.retry(&record.id).await {
-                return match e {
-                    EngineError::Store(s) => {
-                        Exit::Usage(format!("cannot retry rollout {}: {s}", record.id))
-                    }
-                    other => Exit::Internal(other.to_string()),
-                };
-            }
+            engine.retry(&record.id).await.map_err(|e| match e {
+                EngineError::Store(s) => {
+                    Exit::Usage(format!("cannot retry rollout {}: {s}", record.id))
+                }
+                other => Exit::Internal(other.to_string()),
+            })?;
             say(format!("retrying rollout {}", record.id));
             record.id
         }
         (true, None) => {
-            return Exit::Usage(format!(
+            return Err(Exit::Usage(format!(
                 "service `{}` has no rollout to retry",
                 plan.service
-            ))
+            )))
         }
     };
+
+    // The rollout's own plan drives it: a resumed rollout keeps the plan
+    // (and colours, and release) it started with, whatever the file says now.
+    let (_, stored) = engine
+        .load(&id)
+        .await
+        .map_err(|e| Exit::Internal(e.to_string()))?;
+    if stored.plan != plan && plan.release.is_none() {
+        say("note: the plan file changed since this rollout started; it continues with the plan it started with".into());
+    }
+    let adapters = crate::adapters::build(&stored.plan).await?;
 
     let ticker = progress.spawn_ticker();
     let result = tokio::select! {
@@ -119,21 +139,21 @@ pub async fn run(args: RunArgs, retry: bool) -> Exit {
     match result {
         Some(Ok(rollout)) => {
             if args.output == Output::Text {
-                println!(
+                outln!(
                     "{}: {}",
                     rollout.phase.name(),
                     rollout.phase.reason().unwrap_or("all traffic on green")
                 );
             }
-            exit_for(&rollout)
+            Ok(exit_for(&rollout))
         }
-        Some(Err(e)) => Exit::Internal(e.to_string()),
+        Some(Err(e)) => Err(Exit::Internal(e.to_string())),
         None => {
             let _ = store
                 .release_lease(&format!("rollout:{id}"), &holder())
                 .await;
             eprintln!("interrupted: rollout {id} is left as it is; `cutover run` the same plan to resume it, or `cutover abort` it");
-            Exit::Internal("interrupted".into())
+            Err(Exit::Internal("interrupted".into()))
         }
     }
 }
@@ -186,12 +206,12 @@ fn detach() -> Exit {
     }
     match command.spawn() {
         Ok(child) => {
-            println!(
+            outln!(
                 "running in the background as pid {}; log: {}",
                 child.id(),
                 log.display()
             );
-            println!("follow it with `cutover status <plan>`; stop it with `cutover abort <plan>`");
+            outln!("follow it with `cutover status <plan>`; stop it with `cutover abort <plan>`");
             Exit::Ok
         }
         Err(e) => Exit::Internal(format!("cannot start the background process: {e}")),
@@ -207,13 +227,13 @@ pub async fn proxy(config: &Path) -> Exit {
         Ok(h) => h,
         Err(e) => return Exit::Internal(e.to_string()),
     };
-    println!(
+    outln!(
         "proxy listening on http://{}; admin API on http://{}",
         handle.data_addr(),
         handle.admin_addr()
     );
     let _ = tokio::signal::ctrl_c().await;
-    println!("shutting down");
+    outln!("shutting down");
     handle.shutdown().await;
     Exit::Ok
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cutover_core::plan::{self, Plan, StoreConfig};
+use cutover_core::plan::{self, AwsConfig, Plan, StoreConfig};
 use cutover_engine::store::{RolloutRecord, SqliteStore, Store};
 
 use crate::cli::TargetArgs;
@@ -17,35 +17,71 @@ pub fn load_plan(path: &Path) -> Result<Plan, Exit> {
     plan::parse(&text, &path.display().to_string()).map_err(|e| Exit::Usage(e.to_string()))
 }
 
-/// `--store`, else the plan's `[store] path`, else the XDG state directory.
-pub fn store_path(flag: Option<&Path>, plan: Option<&Plan>) -> Result<PathBuf, Exit> {
+/// Which store to open.
+#[derive(Clone, Debug)]
+pub enum StoreChoice {
+    Sqlite(PathBuf),
+    Dynamodb { table: String, aws: AwsConfig },
+}
+
+impl std::fmt::Display for StoreChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreChoice::Sqlite(p) => write!(f, "{}", p.display()),
+            StoreChoice::Dynamodb { table, .. } => write!(f, "dynamodb table {table}"),
+        }
+    }
+}
+
+/// `--store` (a SQLite file), else the plan's `[store]`, else the SQLite
+/// file in the XDG state directory.
+pub fn store_choice(flag: Option<&Path>, plan: Option<&Plan>) -> Result<StoreChoice, Exit> {
     if let Some(p) = flag {
-        return Ok(p.to_path_buf());
+        return Ok(StoreChoice::Sqlite(p.to_path_buf()));
     }
-    if let Some(Plan {
-        store: StoreConfig::Sqlite { path: Some(p) },
-        ..
-    }) = plan
-    {
-        return Ok(p.clone());
+    match plan {
+        Some(Plan {
+            store: StoreConfig::Sqlite { path: Some(p) },
+            ..
+        }) => return Ok(StoreChoice::Sqlite(p.clone())),
+        Some(Plan {
+            store: StoreConfig::Dynamodb { table },
+            aws,
+            ..
+        }) => {
+            return Ok(StoreChoice::Dynamodb {
+                table: table.clone(),
+                aws: aws.clone(),
+            })
+        }
+        _ => {}
     }
-    SqliteStore::default_path().ok_or_else(|| {
-        Exit::Usage(
-            "no store path: set --store, `[store] path` in the plan, or $XDG_STATE_HOME / $HOME"
-                .into(),
-        )
+    SqliteStore::default_path().map(StoreChoice::Sqlite).ok_or_else(|| {
+        Exit::Usage("no store path: set --store, `[store] path` in the plan, or $XDG_STATE_HOME / $HOME".into())
     })
 }
 
-pub fn open_store(path: &Path) -> Result<Arc<SqliteStore>, Exit> {
+pub fn open_sqlite(path: &Path) -> Result<Arc<SqliteStore>, Exit> {
     SqliteStore::open(path)
         .map(Arc::new)
         .map_err(|e| Exit::Internal(e.to_string()))
 }
 
+pub async fn open_store(choice: &StoreChoice) -> Result<Arc<dyn Store>, Exit> {
+    match choice {
+        StoreChoice::Sqlite(path) => Ok(open_sqlite(path)?),
+        StoreChoice::Dynamodb { table, aws } => {
+            let sdk = cutover_aws::config::load(aws).await;
+            Ok(Arc::new(cutover_aws::dynamodb::DynamoStore::new(
+                &sdk, table,
+            )))
+        }
+    }
+}
+
 /// The service and store a command is about: `target` is a plan file if
 /// such a file exists, otherwise a service name.
-pub fn resolve_target(args: &TargetArgs) -> Result<(String, Arc<SqliteStore>), Exit> {
+pub async fn resolve_target(args: &TargetArgs) -> Result<(String, Arc<dyn Store>), Exit> {
     let as_path = Path::new(&args.target);
     let (service, plan) = if as_path.is_file() {
         let plan = load_plan(as_path)?;
@@ -58,14 +94,16 @@ pub fn resolve_target(args: &TargetArgs) -> Result<(String, Arc<SqliteStore>), E
     } else {
         (args.target.clone(), None)
     };
-    let path = store_path(args.store.as_deref(), plan.as_ref())?;
-    if !path.exists() {
-        return Err(Exit::Usage(format!(
-            "no store at {}: nothing has run there yet (use --store to point at another)",
-            path.display()
-        )));
+    let choice = store_choice(args.store.as_deref(), plan.as_ref())?;
+    if let StoreChoice::Sqlite(path) = &choice {
+        if !path.exists() {
+            return Err(Exit::Usage(format!(
+                "no store at {}: nothing has run there yet (use --store to point at another)",
+                path.display()
+            )));
+        }
     }
-    Ok((service, open_store(&path)?))
+    Ok((service, open_store(&choice).await?))
 }
 
 /// The service's most recent rollout, if any.

@@ -454,3 +454,83 @@ async fn detach_keeps_the_rollout_running_in_the_background() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+fn example(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn aws_helpers_print_the_policy_rule_and_table_a_plan_needs() {
+    let o = cutover(&["iam-policy", &example("alb.toml")]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let policy: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let statements = policy["Statement"].as_array().unwrap();
+    let actions: Vec<&str> = statements
+        .iter()
+        .flat_map(|s| {
+            s["Action"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap())
+        })
+        .collect();
+    for want in [
+        "elasticloadbalancing:ModifyListener",
+        "cloudwatch:GetMetricData",
+        "dynamodb:PutItem",
+    ] {
+        assert!(actions.contains(&want), "{want} missing from {actions:?}");
+    }
+    let modify = statements
+        .iter()
+        .find(|s| {
+            s["Action"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a == "elasticloadbalancing:ModifyListener")
+        })
+        .unwrap();
+    assert!(
+        modify["Resource"]
+            .to_string()
+            .contains("listener/app/web/50dc6c495c0c9188/f2f7dc8efc522ab2"),
+        "{modify}"
+    );
+
+    let o = cutover(&["print", "eventbridge", &example("ecs-events.toml")]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(
+        text(&o).contains("\"ECS Task State Change\"") && text(&o).contains("service:web-green"),
+        "{}",
+        text(&o)
+    );
+
+    let o = cutover(&["init-store", &example("alb.toml"), "--print"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(text(&o).contains("PAY_PER_REQUEST"), "{}", text(&o));
+
+    // Plans without the parts a command needs are refused clearly.
+    for (args, want) in [
+        (
+            vec!["print", "eventbridge", &example("alb.toml")],
+            "no `[trigger]`",
+        ),
+        (vec!["init-store", &example("local.toml")], "not DynamoDB"),
+        (vec!["watch", &example("local.toml")], "needs a `[trigger]`"),
+    ] {
+        let o = cutover(&args);
+        assert_eq!(code(&o), 2, "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
+    }
+    // --image needs a platform.
+    let o = cutover(&["run", &example("alb.toml"), "--image", "repo:tag"]);
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    assert!(text(&o).contains("need a `[platform]`"), "{}", text(&o));
+}

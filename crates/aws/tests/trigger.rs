@@ -1,0 +1,443 @@
+//! The ECS event trigger against moto's SQS: duplicated, reordered and
+//! concurrent delivery start exactly one rollout per (service, revision).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use cutover_aws::trigger::{PollReport, StartRequest, Watcher};
+use cutover_core::plan::EcsEventsTrigger;
+use cutover_core::{Command, Timestamp};
+use cutover_engine::store::{PostedCommand, RolloutRecord, SqliteStore, Store, StoreError};
+use serde_json::json;
+
+const ACCOUNT: &str = "123456789012";
+
+fn task_def(family: &str, revision: u32) -> String {
+    format!("arn:aws:ecs:us-east-1:{ACCOUNT}:task-definition/{family}:{revision}")
+}
+
+fn event(service: &str, task_def: &str, task: &str, version: u64, last: &str) -> String {
+    json!({
+        "version": "0",
+        "id": format!("{task}-{version}"),
+        "detail-type": "ECS Task State Change",
+        "source": "aws.ecs",
+        "account": ACCOUNT,
+        "time": "2026-11-26T10:00:00Z",
+        "region": "us-east-1",
+        "resources": [format!("arn:aws:ecs:us-east-1:{ACCOUNT}:task/prod/{task}")],
+        "detail": {
+            "clusterArn": format!("arn:aws:ecs:us-east-1:{ACCOUNT}:cluster/prod"),
+            "group": format!("service:{service}"),
+            "taskArn": format!("arn:aws:ecs:us-east-1:{ACCOUNT}:task/prod/{task}"),
+            "taskDefinitionArn": task_def,
+            "lastStatus": last,
+            "desiredStatus": "RUNNING",
+            "containers": [{"name": "app"}, {"name": "envoy"}],
+            "version": version,
+        }
+    })
+    .to_string()
+}
+
+async fn setup() -> (aws_config::SdkConfig, aws_sdk_sqs::Client, String) {
+    let sdk = cutover_aws::config::load(&common::aws()).await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let url = sqs
+        .create_queue()
+        .queue_name(common::unique("events"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    (sdk, sqs, url)
+}
+
+fn trigger(queue_url: &str) -> EcsEventsTrigger {
+    EcsEventsTrigger {
+        queue_url: queue_url.to_owned(),
+        cluster: Some("prod".into()),
+        services: vec!["green-app".into(), "blue-app".into()],
+        containers: vec!["app".into()],
+    }
+}
+
+async fn send(sqs: &aws_sdk_sqs::Client, url: &str, body: &str) {
+    sqs.send_message()
+        .queue_url(url)
+        .message_body(body)
+        .send()
+        .await
+        .unwrap();
+}
+
+async fn queue_len(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap_or_default();
+    attrs.values().map(|v| v.parse::<u64>().unwrap()).sum()
+}
+
+fn handled_in(r: &PollReport) -> usize {
+    r.started + r.duplicates + r.stale + r.ignored + r.malformed.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_watchers_start_each_revision_exactly_once() {
+    let (sdk, sqs, url) = setup().await;
+    let green1 = task_def("green", 1);
+    let green2 = task_def("green", 2);
+    let blue1 = task_def("blue", 1);
+    let mut bodies = vec![
+        // One task, its versions out of order and repeated.
+        event("green-app", &green1, "t1", 1, "PENDING"),
+        event("green-app", &green1, "t1", 3, "RUNNING"),
+        event("green-app", &green1, "t1", 2, "RUNNING"),
+        event("green-app", &green1, "t1", 3, "RUNNING"),
+        // The same revision from two more tasks.
+        event("green-app", &green1, "t2", 2, "RUNNING"),
+        event("green-app", &green1, "t3", 2, "RUNNING"),
+        // A second revision, delivered twice.
+        event("green-app", &green2, "t4", 2, "RUNNING"),
+        event("green-app", &green2, "t4", 2, "RUNNING"),
+        // Another watched service.
+        event("blue-app", &blue1, "t5", 2, "RUNNING"),
+        // A service nobody watches.
+        event("other-app", &task_def("other", 1), "t6", 2, "RUNNING"),
+        // Malformed: not JSON, and a field missing.
+        "this is not an event".to_owned(),
+        {
+            let mut v: serde_json::Value =
+                serde_json::from_str(&event("green-app", &green1, "t7", 2, "RUNNING")).unwrap();
+            v["detail"].as_object_mut().unwrap().remove("group");
+            v.to_string()
+        },
+    ];
+    // Every event twice more, to make the watchers race on each key.
+    let again = bodies.clone();
+    bodies.extend(again.iter().cloned());
+    bodies.extend(again);
+    for body in &bodies {
+        send(&sqs, &url, body).await;
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cutover.db");
+    let starts: Arc<Mutex<Vec<(String, StartRequest)>>> = Arc::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..4 {
+        // Each watcher has its own connection to the same file.
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).unwrap());
+        let owner = format!("watcher-{n}");
+        let mut watcher = Watcher::new(&sdk, trigger(&url), store, owner.clone())
+            .with_wait(Duration::from_secs(1));
+        let starts = starts.clone();
+        tasks.spawn(async move {
+            let mut malformed = Vec::new();
+            let mut handled = 0;
+            let mut empty_polls = 0;
+            while empty_polls < 2 {
+                let report = watcher
+                    .poll_once(|s| starts.lock().unwrap().push((owner.clone(), s)))
+                    .await
+                    .unwrap();
+                assert!(report.deferred.is_empty(), "{report:?}");
+                assert!(report.delete_failures.is_empty(), "{report:?}");
+                handled += handled_in(&report);
+                assert_eq!(handled_in(&report), report.received, "{report:?}");
+                malformed.extend(report.malformed);
+                empty_polls = if report.received == 0 {
+                    empty_polls + 1
+                } else {
+                    0
+                };
+            }
+            (malformed, handled)
+        });
+    }
+    let mut malformed = Vec::new();
+    let mut handled = 0;
+    while let Some(result) = tasks.join_next().await {
+        let (m, h) = result.unwrap();
+        malformed.extend(m);
+        handled += h;
+    }
+    // Every message was handled exactly once, by one watcher.
+    assert_eq!(handled, bodies.len());
+
+    let starts = std::mem::take(&mut *starts.lock().unwrap());
+    let mut per_key: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for (_, s) in starts.iter() {
+        *per_key
+            .entry((s.service.clone(), s.task_definition_arn.clone()))
+            .or_default() += 1;
+    }
+    let expected: BTreeMap<(String, String), usize> = [
+        (("blue-app".to_owned(), blue1.clone()), 1),
+        (("green-app".to_owned(), green1.clone()), 1),
+        (("green-app".to_owned(), green2.clone()), 1),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(per_key, expected, "start requests: {starts:?}");
+    for (_, s) in starts.iter() {
+        assert_eq!(
+            s.claim_key,
+            format!("ecs:{}:{}", s.service, s.task_definition_arn)
+        );
+        assert_eq!(
+            s.cluster_arn,
+            format!("arn:aws:ecs:us-east-1:{ACCOUNT}:cluster/prod")
+        );
+    }
+
+    // Three copies of each of the two malformed bodies, each reported once.
+    assert_eq!(malformed.len(), 6, "{malformed:?}");
+    assert_eq!(
+        malformed
+            .iter()
+            .filter(|m| m.error == "detail.group missing")
+            .count(),
+        3
+    );
+    assert!(malformed
+        .iter()
+        .filter(|m| m.error != "detail.group missing")
+        .all(|m| m.error.starts_with("not JSON")));
+
+    assert_eq!(queue_len(&sqs, &url).await, 0, "queue drained");
+
+    // The claims are durable: a new watcher seeing the same event again
+    // (a late redelivery) starts nothing.
+    send(&sqs, &url, &event("green-app", &green1, "t9", 7, "RUNNING")).await;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).unwrap());
+    let mut late =
+        Watcher::new(&sdk, trigger(&url), store, "late").with_wait(Duration::from_secs(1));
+    let mut started = 0;
+    let report = late.poll_once(|_| started += 1).await.unwrap();
+    assert_eq!((report.received, report.duplicates, started), (1, 1, 0));
+    assert_eq!(queue_len(&sqs, &url).await, 0);
+}
+
+#[tokio::test]
+async fn an_older_event_of_a_known_task_is_ignored() {
+    let (sdk, sqs, url) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
+    let mut watcher =
+        Watcher::new(&sdk, trigger(&url), store, "w").with_wait(Duration::from_secs(1));
+    let def = task_def("green", 5);
+
+    // The task is already stopping (version 4) when its RUNNING event
+    // (version 3) arrives late: no rollout for a task that is going away.
+    let mut stopping: serde_json::Value =
+        serde_json::from_str(&event("green-app", &def, "t1", 4, "RUNNING")).unwrap();
+    stopping["detail"]["desiredStatus"] = json!("STOPPED");
+    send(&sqs, &url, &stopping.to_string()).await;
+    let mut starts = Vec::new();
+    let report = watcher.poll_once(|s| starts.push(s)).await.unwrap();
+    assert_eq!((report.received, report.ignored), (1, 1));
+
+    send(&sqs, &url, &event("green-app", &def, "t1", 3, "RUNNING")).await;
+    let report = watcher.poll_once(|s| starts.push(s)).await.unwrap();
+    assert_eq!((report.received, report.stale), (1, 1));
+    assert!(starts.is_empty());
+
+    // A newer RUNNING state of the same task does start it.
+    send(&sqs, &url, &event("green-app", &def, "t1", 5, "RUNNING")).await;
+    let report = watcher.poll_once(|s| starts.push(s)).await.unwrap();
+    assert_eq!((report.received, report.started), (1, 1));
+    assert_eq!(starts.len(), 1);
+    assert_eq!(starts[0].task_definition_arn, def);
+    assert_eq!(queue_len(&sqs, &url).await, 0);
+}
+
+#[tokio::test]
+async fn a_missing_queue_is_an_error_not_a_panic() {
+    let sdk = cutover_aws::config::load(&common::aws()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
+    let url = format!("{}/{ACCOUNT}/no-such-queue", common::moto_url());
+    let mut watcher =
+        Watcher::new(&sdk, trigger(&url), store, "w").with_wait(Duration::from_secs(0));
+    let err = watcher.poll_once(|_| {}).await.unwrap_err();
+    assert!(err.message.contains("no-such-queue"), "{err}");
+}
+
+/// A store whose trigger claims fail while `down` is set.
+struct FlakyStore {
+    inner: SqliteStore,
+    down: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Store for FlakyStore {
+    async fn create(
+        &self,
+        id: &str,
+        service: &str,
+        state: &str,
+        active: bool,
+        now: Timestamp,
+    ) -> Result<RolloutRecord, StoreError> {
+        self.inner.create(id, service, state, active, now).await
+    }
+    async fn load(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError> {
+        self.inner.load(id).await
+    }
+    async fn update(
+        &self,
+        id: &str,
+        expected_version: u64,
+        state: &str,
+        active: bool,
+        now: Timestamp,
+    ) -> Result<RolloutRecord, StoreError> {
+        self.inner
+            .update(id, expected_version, state, active, now)
+            .await
+    }
+    async fn list_active(&self) -> Result<Vec<RolloutRecord>, StoreError> {
+        self.inner.list_active().await
+    }
+    async fn list_for_service(
+        &self,
+        service: &str,
+        limit: usize,
+    ) -> Result<Vec<RolloutRecord>, StoreError> {
+        self.inner.list_for_service(service, limit).await
+    }
+    async fn claim_trigger(
+        &self,
+        key: &str,
+        owner: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Backend("store unreachable".into()));
+        }
+        self.inner.claim_trigger(key, owner, now).await
+    }
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.acquire_lease(name, holder, now, ttl).await
+    }
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.inner.release_lease(name, holder).await
+    }
+    async fn post_command(
+        &self,
+        rollout_id: &str,
+        command: Command,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        self.inner.post_command(rollout_id, command, now).await
+    }
+    async fn commands_after(
+        &self,
+        rollout_id: &str,
+        after: u64,
+    ) -> Result<Vec<PostedCommand>, StoreError> {
+        self.inner.commands_after(rollout_id, after).await
+    }
+}
+
+#[tokio::test]
+async fn an_event_whose_claim_fails_stays_in_the_queue_and_is_retried() {
+    let sdk = cutover_aws::config::load(&common::aws()).await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let url = sqs
+        .create_queue()
+        .queue_name(common::unique("events"))
+        .attributes(QueueAttributeName::VisibilityTimeout, "1")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FlakyStore {
+        inner: SqliteStore::open(&dir.path().join("db")).unwrap(),
+        down: true.into(),
+    });
+    let mut watcher =
+        Watcher::new(&sdk, trigger(&url), store.clone(), "w").with_wait(Duration::from_secs(1));
+    let def = task_def("green", 9);
+    send(&sqs, &url, &event("green-app", &def, "t1", 2, "RUNNING")).await;
+
+    let mut starts = Vec::new();
+    let report = watcher.poll_once(|s| starts.push(s)).await.unwrap();
+    assert_eq!((report.received, report.started), (1, 0));
+    assert_eq!(report.deferred.len(), 1, "{report:?}");
+    assert!(
+        report.deferred[0].contains("store unreachable"),
+        "{report:?}"
+    );
+    assert_eq!(queue_len(&sqs, &url).await, 1, "not deleted");
+
+    // The store is back; the message becomes visible again and, since the
+    // failed attempt did not count as seen, it is claimed now.
+    store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut report = PollReport::default();
+    for _ in 0..5 {
+        report = watcher.poll_once(|s| starts.push(s)).await.unwrap();
+        if report.received > 0 {
+            break;
+        }
+    }
+    assert_eq!((report.received, report.started), (1, 1), "{report:?}");
+    assert_eq!(starts.len(), 1);
+    assert_eq!(queue_len(&sqs, &url).await, 0);
+}
+
+#[tokio::test]
+async fn run_hands_out_start_requests_until_shut_down() {
+    let (sdk, sqs, url) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
+    let mut watcher =
+        Watcher::new(&sdk, trigger(&url), store, "w").with_wait(Duration::from_secs(1));
+    let def = task_def("green", 11);
+    send(&sqs, &url, &event("green-app", &def, "t1", 2, "RUNNING")).await;
+    send(&sqs, &url, &event("green-app", &def, "t2", 2, "RUNNING")).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        watcher
+            .run(move |s| tx.send(s).unwrap(), async move {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.task_definition_arn, def);
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("run stops on shutdown")
+        .unwrap();
+    // The second task's event was a duplicate: no second request.
+    assert!(rx.recv().await.is_none());
+    assert_eq!(queue_len(&sqs, &url).await, 0);
+}

@@ -1,0 +1,200 @@
+//! Commands for the AWS side: init-store, watch, print eventbridge, iam-policy.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cutover_core::plan::{StoreConfig, TriggerConfig};
+use cutover_core::Rollout;
+use cutover_engine::{Clock, Engine, Options};
+
+use crate::cli::Output;
+use crate::progress::Progress;
+use crate::settings::{holder, load_plan, open_store, store_choice};
+use crate::Exit;
+
+pub async fn init_store(file: &Path, print: bool) -> Exit {
+    let plan = match load_plan(file) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let StoreConfig::Dynamodb { table } = &plan.store else {
+        return Exit::Usage(format!(
+            "{}: `[store]` is not DynamoDB; the SQLite store needs no set-up",
+            file.display()
+        ));
+    };
+    if print {
+        outln!(
+            "{}",
+            cutover_aws::dynamodb::DynamoStore::table_definition(table)
+        );
+        return Exit::Ok;
+    }
+    let sdk = cutover_aws::config::load(&plan.aws).await;
+    if let Err(e) = cutover_aws::config::require_region(&sdk) {
+        return Exit::Usage(e);
+    }
+    let store = cutover_aws::dynamodb::DynamoStore::new(&sdk, table);
+    match store.table_exists().await {
+        Ok(true) => {
+            outln!("table {table} already exists; nothing to do");
+            Exit::Ok
+        }
+        Ok(false) => match store.create_table().await {
+            Ok(()) => {
+                outln!("created table {table} (on-demand billing)");
+                Exit::Ok
+            }
+            Err(e) => Exit::Internal(e.to_string()),
+        },
+        Err(e) => Exit::Internal(e.to_string()),
+    }
+}
+
+pub fn print_eventbridge(file: &Path) -> Exit {
+    let plan = match load_plan(file) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let Some(TriggerConfig::EcsEvents(trigger)) = &plan.trigger else {
+        return Exit::Usage(format!(
+            "{}: no `[trigger]` to print a rule for",
+            file.display()
+        ));
+    };
+    outln!(
+        "# EventBridge rule event pattern (target: the SQS queue {}):",
+        trigger.queue_url
+    );
+    outln!("{}", cutover_aws::trigger::eventbridge_rule(trigger));
+    outln!("\n# SQS queue policy letting the rule send to the queue:");
+    let queue_arn = cutover_aws::trigger::queue_arn_from_url(&trigger.queue_url)
+        .unwrap_or_else(|| "arn:aws:sqs:REGION:ACCOUNT:QUEUE".into());
+    outln!(
+        "{}",
+        cutover_aws::trigger::queue_policy(
+            &queue_arn,
+            "arn:aws:events:REGION:ACCOUNT:rule/RULE_NAME"
+        )
+    );
+    Exit::Ok
+}
+
+pub fn iam_policy(file: &Path) -> Exit {
+    match load_plan(file) {
+        Ok(plan) => {
+            let policy = cutover_aws::iam::policy(&plan);
+            outln!("{}", serde_json::to_string_pretty(&policy).expect("json"));
+            Exit::Ok
+        }
+        Err(e) => e,
+    }
+}
+
+/// Long-polls the plan's queue; each (service, revision) that wins its
+/// claim in the store starts one rollout, driven in the background.
+pub async fn watch(file: &Path, wait: Duration) -> Exit {
+    let plan = match load_plan(file) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let Some(TriggerConfig::EcsEvents(trigger)) = plan.trigger.clone() else {
+        return Exit::Usage(format!(
+            "{}: `cutover watch` needs a `[trigger]`",
+            file.display()
+        ));
+    };
+    let choice = match store_choice(None, Some(&plan)) {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    let store = match open_store(&choice).await {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
+    let sdk = cutover_aws::config::load(&plan.aws).await;
+    if let Err(e) = cutover_aws::config::require_region(&sdk) {
+        return Exit::Usage(e);
+    }
+    let adapters = match crate::adapters::build(&plan).await {
+        Ok(a) => a,
+        Err(e) => return e,
+    };
+    let progress = Progress::new(Output::Text, "").plain();
+    let observer = Arc::new(move |r: &Rollout| progress.update(r));
+    let engine = Arc::new(
+        Engine::new(store.clone(), Clock::system(), holder(), Options::default())
+            .with_observer(observer),
+    );
+    let mut watcher =
+        cutover_aws::trigger::Watcher::new(&sdk, trigger, store.clone(), holder()).with_wait(wait);
+    outln!(
+        "watching {} for ECS task events of `{}` ({choice})",
+        watcher.trigger().queue_url,
+        plan.service
+    );
+    loop {
+        let mut starts = Vec::new();
+        let polled = tokio::select! {
+            r = watcher.poll_once(|s| starts.push(s)) => r,
+            _ = tokio::signal::ctrl_c() => return Exit::Ok,
+        };
+        match polled {
+            Ok(report) => {
+                for m in &report.malformed {
+                    eprintln!(
+                        "set aside a malformed message {}: {}",
+                        m.message_id.as_deref().unwrap_or("(no id)"),
+                        m.error
+                    );
+                }
+                for d in &report.deferred {
+                    eprintln!("left a message in the queue for later: {d}");
+                }
+                if report.received > 0 {
+                    outln!(
+                        "received {}: {} started, {} duplicate, {} stale, {} ignored",
+                        report.received,
+                        report.started,
+                        report.duplicates,
+                        report.stale,
+                        report.ignored
+                    );
+                }
+            }
+            Err(e) => eprintln!("receiving from the queue failed (retrying): {e}"),
+        }
+        for start in starts {
+            let revision = start
+                .task_definition_arn
+                .rsplit('/')
+                .next()
+                .unwrap_or(&start.task_definition_arn)
+                .replace(':', "-");
+            let id = format!("{}-{revision}", plan.service);
+            match engine.create(&id, plan.clone(), false).await {
+                Ok(_) => {
+                    outln!(
+                        "rollout {id}: started by {}",
+                        format!(
+                            "task {} running {}",
+                            start.task_arn, start.task_definition_arn
+                        )
+                    );
+                    let (engine, adapters) = (engine.clone(), adapters.clone());
+                    tokio::spawn(async move {
+                        match engine.drive(&id, &adapters).await {
+                            Ok(r) => outln!("rollout {id}: {}", r.phase.name()),
+                            Err(e) => eprintln!("rollout {id}: {e}"),
+                        }
+                    });
+                }
+                Err(e) => eprintln!(
+                    "not starting a rollout for task {} running {}: {e}",
+                    start.task_arn, start.task_definition_arn
+                ),
+            }
+        }
+    }
+}
