@@ -7,6 +7,9 @@
 
 #![allow(dead_code)]
 
+pub mod cbor_shim;
+pub mod fixtures;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -69,12 +72,28 @@ pub fn moto_url() -> String {
 pub fn aws() -> AwsConfig {
     std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-    AwsConfig { region: Some("us-east-1".into()), profile: None, endpoint_url: Some(moto_url()) }
+    AwsConfig {
+        region: Some("us-east-1".into()),
+        profile: None,
+        endpoint_url: Some(moto_url()),
+    }
 }
 
 /// A name unique within this test binary's run.
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// SDK configuration for moto, with CloudWatch's CBOR protocol translated
+/// by [`cbor_shim`] (every other service passes through untouched).
+pub async fn sdk() -> aws_config::SdkConfig {
+    let mut aws = aws();
+    aws.endpoint_url = Some(cbor_shim::url());
+    cutover_aws::config::load(&aws).await
 }
