@@ -5,109 +5,14 @@ mod common;
 
 use std::time::Duration;
 
-use aws_sdk_ecs::types::{ContainerDefinition, KeyValuePair};
+use common::fixtures::{register, Ecs as Fixture};
 use cutover_aws::ecs::{live_colour, Colour, EcsPlatform, NewVersion};
-use cutover_core::plan::EcsPlatform as EcsPlatformConfig;
 use cutover_core::Split;
 use cutover_engine::ports::Platform;
 
-struct Fixture {
-    sdk: aws_config::SdkConfig,
-    ecs: aws_sdk_ecs::Client,
-    config: EcsPlatformConfig,
-    blue_def: String,
-    green_def: String,
-}
-
-fn container(name: &str, image: &str) -> ContainerDefinition {
-    ContainerDefinition::builder()
-        .name(name)
-        .image(image)
-        .memory(256)
-        .essential(true)
-        .environment(KeyValuePair::builder().name("COLOUR").value(name).build())
-        .build()
-}
-
-async fn register(ecs: &aws_sdk_ecs::Client, family: &str, image: &str) -> String {
-    ecs.register_task_definition()
-        .family(family)
-        .cpu("256")
-        .memory("512")
-        .container_definitions(container("app", image))
-        .container_definitions(container("envoy", "envoyproxy/envoy:v1.30"))
-        .send()
-        .await
-        .unwrap()
-        .task_definition
-        .unwrap()
-        .task_definition_arn
-        .unwrap()
-}
-
+/// Blue runs 3 tasks of `registry/app:v1`; green is idle.
 async fn fixture(scale_down_after: Option<Duration>) -> Fixture {
-    let sdk = cutover_aws::config::load(&common::aws()).await;
-    let ecs = aws_sdk_ecs::Client::new(&sdk);
-    let cluster = common::unique("cluster");
-    ecs.create_cluster()
-        .cluster_name(&cluster)
-        .send()
-        .await
-        .unwrap();
-    let blue_family = common::unique("blue");
-    let green_family = common::unique("green");
-    let blue_def = register(&ecs, &blue_family, "registry/app:v1").await;
-    let green_def = register(&ecs, &green_family, "registry/app:v0").await;
-    for (service, def, count) in [(&blue_family, &blue_def, 3), (&green_family, &green_def, 0)] {
-        ecs.create_service()
-            .cluster(&cluster)
-            .service_name(service)
-            .task_definition(def)
-            .desired_count(count)
-            .send()
-            .await
-            .unwrap();
-    }
-    Fixture {
-        sdk,
-        ecs,
-        config: EcsPlatformConfig {
-            cluster,
-            blue_service: blue_family,
-            green_service: green_family,
-            container: "app".into(),
-            ready_deadline: Duration::from_secs(10),
-            scale_down_after,
-        },
-        blue_def,
-        green_def,
-    }
-}
-
-impl Fixture {
-    async fn service(&self, name: &str) -> aws_sdk_ecs::types::Service {
-        self.ecs
-            .describe_services()
-            .cluster(&self.config.cluster)
-            .services(name)
-            .send()
-            .await
-            .unwrap()
-            .services
-            .unwrap()
-            .remove(0)
-    }
-
-    async fn task_definition(&self, arn: &str) -> aws_sdk_ecs::types::TaskDefinition {
-        self.ecs
-            .describe_task_definition()
-            .task_definition(arn)
-            .send()
-            .await
-            .unwrap()
-            .task_definition
-            .unwrap()
-    }
+    Fixture::new(3, scale_down_after).await
 }
 
 #[tokio::test]

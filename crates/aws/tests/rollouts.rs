@@ -13,12 +13,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use common::fixtures::{alb_dims, alb_traffic, Alb, Zone};
+use common::fixtures::{
+    alb_dims, alb_traffic, ecs_trigger, event, event_queue, queue_len, send, task_def, Alb, Ecs,
+    Zone,
+};
 use cutover_aws::dynamodb::DynamoStore;
-use cutover_core::plan::RouterConfig;
-use cutover_core::{Phase, Rollout, Split, Verdict};
-use cutover_engine::ports::{AdapterError, Router};
-use cutover_engine::{Adapters, Clock, Engine, Options};
+use cutover_aws::ecs::{EcsPlatform, NewVersion};
+use cutover_aws::trigger::{StartRequest, Watcher};
+use cutover_core::plan::{PlatformConfig, Release, RouterConfig};
+use cutover_core::{Command, Input, Phase, Rollout, Split, Verdict};
+use cutover_engine::ports::{AdapterError, Platform, Router};
+use cutover_engine::store::{RolloutRecord, Store, StoreError};
+use cutover_engine::{Adapters, Clock, Engine, EngineError, Options};
 
 /// Where the recorder reads weights back from.
 enum Readback {
@@ -140,8 +146,8 @@ struct Run {
     elapsed: Duration,
 }
 
-/// Builds the plan's adapters from the plan itself (as `cutover run` does),
-/// wraps the router in a [`Recording`], and drives a new rollout to its
+/// Builds the plan's adapters (and platform, if any) from the plan itself
+/// (as `cutover run` does), wraps the router in a [`Recording`], and drives a new rollout to its
 /// end with its state in a fresh DynamoDB table.
 async fn drive(plan: cutover_core::Plan, readback: Readback) -> Run {
     let sdk = cutover_aws::config::load(&plan.aws).await;
@@ -161,10 +167,25 @@ async fn drive(plan: cutover_core::Plan, readback: Readback) -> Run {
         .iter()
         .map(|spec| cutover_aws::checks::build_check(spec, &sdk).expect("an AWS check"))
         .collect();
+    // The platform acts when the plan has one and a release (as `cutover
+    // run` builds it), looking at the idle service every 50 ms.
+    let platform: Option<Arc<dyn Platform>> = match (&plan.platform, &plan.release) {
+        (Some(PlatformConfig::Ecs(ecs)), Some(release)) => {
+            let version = match release {
+                Release::Image(i) => NewVersion::Image(i.clone()),
+                Release::TaskDefinition(t) => NewVersion::TaskDefinition(t.clone()),
+            };
+            Some(Arc::new(
+                EcsPlatform::new(ecs, &sdk, version).with_poll_interval(Duration::from_millis(50)),
+            ))
+        }
+        _ => None,
+    };
+    let has_platform = platform.is_some();
     let adapters = Adapters {
         router: recording.clone(),
         checks,
-        platform: None,
+        platform,
     };
 
     let store_sdk = cutover_aws::config::load(&common::aws()).await;
@@ -180,7 +201,7 @@ async fn drive(plan: cutover_core::Plan, readback: Readback) -> Run {
         },
     );
     let id = common::unique("web");
-    engine.create(&id, plan, false).await.unwrap();
+    engine.create(&id, plan, has_platform).await.unwrap();
     let started = Instant::now();
     let rollout = tokio::time::timeout(Duration::from_secs(30), engine.drive(&id, &adapters))
         .await
@@ -505,4 +526,391 @@ min_requests = 50"#,
     assert_eq!(run.recording.trail(), [(1_000, (100, 900)), (0, (0, 999))]);
     assert_eq!(alb.listener_weights().await, (0, 999));
     assert_first_analysis_failed(&run);
+}
+
+// ---------------------------------------------------------------- ECS platform
+
+/// `[[analysis.checks]]` of a healthy green (0 errors in 200 requests,
+/// published now), through the CloudWatch shim.
+async fn healthy_check() -> String {
+    let (lb, tg) = route53_dims();
+    alb_traffic(
+        &cloudwatch().await,
+        &alb_dims(&lb, &tg),
+        a_little_while_ago(),
+        200.0,
+        Some(0.0),
+    )
+    .await;
+    format!(
+        r#"[[analysis.checks]]
+kind = "alb-error-rate"
+load_balancer = "{lb}"
+target_group = "{tg}"
+max_percent = 5
+min_requests = 50"#
+    )
+}
+
+/// `[platform] kind = "ecs"` on the fixture's services, replacing the
+/// image of `container`; blue is scaled down 1 ms after the bake.
+fn ecs_platform(ecs: &Ecs, container: &str) -> String {
+    format!(
+        r#"[platform]
+kind = "ecs"
+cluster = "{}"
+blue_service = "{}"
+green_service = "{}"
+container = "{container}"
+ready_deadline = "10s"
+scale_down_after = "1ms""#,
+        ecs.config.cluster, ecs.config.blue_service, ecs.config.green_service
+    )
+}
+
+/// A route53 rollout (blue 100 %) of `repo/app:v2` on the ECS fixture
+/// (blue: 2 tasks of v1, green idle), its platform replacing `container`.
+async fn ecs_rollout(container: &str) -> (Ecs, Arc<Zone>, Run) {
+    let ecs = Ecs::new(2, None).await;
+    let zone = zone().await;
+    let checks = healthy_check().await;
+    let mut plan = plan(
+        &route53_router(&zone),
+        &format!("{checks}\n\n{}", ecs_platform(&ecs, container)),
+    );
+    assert!(
+        matches!(&plan.platform, Some(PlatformConfig::Ecs(p)) if p.scale_down_after == Some(Duration::from_millis(1))),
+        "{:?}",
+        plan.platform
+    );
+    // As `cutover run --image` does: the release is not in the file.
+    plan.release = Some(Release::Image("repo/app:v2".into()));
+    let run = drive(plan, Readback::Zone(zone.clone())).await;
+    (ecs, zone, run)
+}
+
+/// Index of the first history entry in `phase`.
+fn first_in(rollout: &Rollout, phase: &str) -> Option<usize> {
+    rollout.history.iter().position(|e| e.phase == phase)
+}
+
+#[tokio::test]
+async fn ecs_rollout_readies_green_before_traffic_and_retires_blue_after() {
+    let (ecs, zone, run) = ecs_rollout("app").await;
+
+    assert_eq!(
+        run.rollout.phase,
+        Phase::Succeeded,
+        "{:?}",
+        run.rollout.phase
+    );
+    assert!(run.rollout.has_platform);
+    // Green was prepared before any traffic moved, and retired blue last.
+    let preparing = first_in(&run.rollout, "preparing").expect("a preparing entry");
+    let shifting = first_in(&run.rollout, "shifting").expect("a shifting entry");
+    assert!(preparing < shifting, "{:?}", run.rollout.history);
+    assert!(run.rollout.history[..shifting]
+        .iter()
+        .all(|e| e.split == Split::ZERO));
+    let finalizing = first_in(&run.rollout, "finalizing").expect("a finalizing entry");
+    assert!(finalizing > shifting);
+
+    // Green runs a new revision of its own family: the old one with only
+    // the app container's image replaced.
+    let green = ecs.service(&ecs.config.green_service).await;
+    let new_arn = green.task_definition.clone().unwrap();
+    assert_ne!(new_arn, ecs.green_def);
+    assert!(
+        new_arn.ends_with(&format!("{}:2", ecs.config.green_service)),
+        "{new_arn}"
+    );
+    let old = ecs.task_definition(&ecs.green_def).await;
+    let new = ecs.task_definition(&new_arn).await;
+    let old_containers = old.container_definitions.clone().unwrap();
+    let new_containers = new.container_definitions.clone().unwrap();
+    assert_eq!(new_containers.len(), 2);
+    let mut expected = old_containers[0].clone();
+    assert_eq!(expected.name.as_deref(), Some("app"));
+    expected.image = Some("repo/app:v2".into());
+    assert_eq!(new_containers[0], expected);
+    assert_eq!(new_containers[1], old_containers[1]);
+    assert_eq!(
+        (&new.family, &new.cpu, &new.memory, &new.network_mode),
+        (&old.family, &old.cpu, &old.memory, &old.network_mode)
+    );
+    // Scaled like blue was; blue (still on v1) scaled to 0 by finalize.
+    assert_eq!(green.desired_count, 2);
+    let blue = ecs.service(&ecs.config.blue_service).await;
+    assert_eq!(
+        (blue.desired_count, blue.task_definition.as_deref()),
+        (0, Some(ecs.blue_def.as_str()))
+    );
+
+    // And the traffic ended on green.
+    assert_eq!(run.rollout.split, Split::FULL);
+    assert_eq!(
+        run.recording.trail(),
+        [(1_000, (10, 90)), (5_000, (50, 50)), (10_000, (100, 0))]
+    );
+    assert_eq!(zone.weights().await, (100, 0));
+}
+
+#[tokio::test]
+async fn ecs_rollout_fails_without_moving_traffic_when_green_cannot_be_prepared() {
+    // The task definitions have containers `app` and `envoy`, not `web`.
+    let (ecs, zone, run) = ecs_rollout("web").await;
+
+    let Phase::Failed { reason } = &run.rollout.phase else {
+        panic!("not failed: {:?}", run.rollout.phase);
+    };
+    assert!(
+        reason.contains("no traffic moved") && reason.contains("no container `web`"),
+        "{reason}"
+    );
+    assert_eq!(run.rollout.split, Split::ZERO);
+    assert!(first_in(&run.rollout, "shifting").is_none());
+    // The router never applied a non-zero split (here: nothing at all).
+    assert!(
+        run.recording.trail().iter().all(|(bp, _)| *bp == 0),
+        "{:?}",
+        run.recording.trail()
+    );
+    assert_eq!(zone.weights().await, (0, 100));
+    // Neither service changed.
+    let green = ecs.service(&ecs.config.green_service).await;
+    assert_eq!(
+        (green.desired_count, green.task_definition.as_deref()),
+        (0, Some(ecs.green_def.as_str()))
+    );
+    let blue = ecs.service(&ecs.config.blue_service).await;
+    assert_eq!(
+        (blue.desired_count, blue.task_definition.as_deref()),
+        (2, Some(ecs.blue_def.as_str()))
+    );
+}
+
+// ---------------------------------------------------------------- trigger to rollout
+
+/// The rollout id for a start request: the service and the task
+/// definition's `family-revision`, so one revision always maps to one id.
+fn rollout_id(s: &StartRequest) -> String {
+    let revision = s
+        .task_definition_arn
+        .rsplit_once(":task-definition/")
+        .map_or(s.task_definition_arn.as_str(), |(_, r)| r)
+        .replace(':', "-");
+    format!("{}-{revision}", s.service)
+}
+
+/// The plan a triggered rollout runs: the watched service, deploying the
+/// event's task definition.
+fn triggered_plan(s: &StartRequest) -> cutover_core::Plan {
+    let mut plan = plan(
+        r#"kind = "route53"
+hosted_zone_id = "Z0000000000000"
+record_name = "green-app.example.com."
+insync_timeout = "10s""#,
+        "",
+    );
+    plan.service = s.service.clone();
+    plan.release = Some(Release::TaskDefinition(s.task_definition_arn.clone()));
+    plan
+}
+
+/// What one watcher did with one start request.
+struct Created {
+    request: StartRequest,
+    id: String,
+    result: Result<RolloutRecord, EngineError>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn triggered_revisions_become_exactly_one_rollout_each() {
+    let (sdk, sqs, url) = event_queue().await;
+    let rev1 = task_def("green", 1);
+    let rev2 = task_def("green", 2);
+    // Two revisions of the watched service, duplicated and out of order
+    // (the newer revision first), then every event twice more.
+    let once = vec![
+        event("green-app", &rev2, "t3", 2, "RUNNING"),
+        event("green-app", &rev1, "t1", 3, "RUNNING"),
+        event("green-app", &rev1, "t1", 1, "PENDING"),
+        event("green-app", &rev1, "t1", 2, "RUNNING"),
+        event("green-app", &rev2, "t3", 2, "RUNNING"),
+        event("green-app", &rev1, "t2", 2, "RUNNING"),
+        event("green-app", &rev2, "t4", 3, "RUNNING"),
+    ];
+    let mut bodies = once.clone();
+    bodies.extend(once.iter().cloned());
+    bodies.extend(once);
+    for body in &bodies {
+        send(&sqs, &url, body).await;
+    }
+
+    // One DynamoDB table for the watchers' claims and the rollouts.
+    let store_sdk = cutover_aws::config::load(&common::aws()).await;
+    let table = common::unique("triggered");
+    DynamoStore::new(&store_sdk, &table)
+        .create_table()
+        .await
+        .unwrap();
+    let created: Arc<Mutex<Vec<Created>>> = Arc::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..4 {
+        // Each watcher has its own store client and engine on the table.
+        let store: Arc<dyn Store> = Arc::new(DynamoStore::new(&store_sdk, &table));
+        let owner = format!("watcher-{n}");
+        let engine = Engine::new(store.clone(), Clock::system(), &owner, Options::default());
+        let mut watcher =
+            Watcher::new(&sdk, ecs_trigger(&url), store, owner).with_wait(Duration::from_secs(1));
+        let created = created.clone();
+        tasks.spawn(async move {
+            let mut handled = 0;
+            let mut empty_polls = 0;
+            while empty_polls < 2 {
+                let mut starts = Vec::new();
+                let report = watcher.poll_once(|s| starts.push(s)).await.unwrap();
+                assert!(report.deferred.is_empty(), "{report:?}");
+                assert!(report.malformed.is_empty(), "{report:?}");
+                handled += report.received;
+                empty_polls = if report.received == 0 {
+                    empty_polls + 1
+                } else {
+                    0
+                };
+                // Each claim won becomes a rollout (created, not driven).
+                for request in starts {
+                    let id = rollout_id(&request);
+                    let result = engine.create(&id, triggered_plan(&request), false).await;
+                    created.lock().unwrap().push(Created {
+                        request,
+                        id,
+                        result,
+                    });
+                }
+            }
+            handled
+        });
+    }
+    let mut handled = 0;
+    while let Some(result) = tasks.join_next().await {
+        handled += result.unwrap();
+    }
+    assert_eq!(handled, bodies.len());
+    assert_eq!(queue_len(&sqs, &url).await, 0, "queue drained");
+
+    // Each revision's claim was won exactly once, across the 4 watchers.
+    let created = std::mem::take(&mut *created.lock().unwrap());
+    let mut revisions: Vec<&str> = created
+        .iter()
+        .map(|c| c.request.task_definition_arn.as_str())
+        .collect();
+    revisions.sort_unstable();
+    assert_eq!(revisions, [rev1.as_str(), rev2.as_str()]);
+
+    // One active rollout per service is the store's rule: whichever
+    // revision was claimed first got its rollout; the other's create was
+    // refused with ActiveExists naming it, and that revision must wait.
+    // Its claim is not won again (the event is gone), so whoever got the
+    // refusal holds on to the request and creates once the first ends.
+    let (won, refused): (Vec<_>, Vec<_>) = created.into_iter().partition(|c| c.result.is_ok());
+    assert_eq!((won.len(), refused.len()), (1, 1));
+    let (first, waiting) = (&won[0], &refused[0]);
+    match &waiting.result {
+        Err(EngineError::Store(StoreError::ActiveExists { service, id })) => {
+            assert_eq!(
+                (service.as_str(), id.as_str()),
+                ("green-app", first.id.as_str())
+            );
+        }
+        other => panic!("expected ActiveExists, got {:?}", other.as_ref().err()),
+    }
+    let store = DynamoStore::new(&store_sdk, &table);
+    let records = store.list_for_service("green-app", 10).await.unwrap();
+    assert_eq!(
+        records
+            .iter()
+            .map(|r| (r.id.as_str(), r.active))
+            .collect::<Vec<_>>(),
+        [(first.id.as_str(), true)]
+    );
+
+    // A late redelivery of either revision starts nothing: the claims are
+    // in the table.
+    send(&sqs, &url, &event("green-app", &rev1, "t9", 7, "RUNNING")).await;
+    send(&sqs, &url, &event("green-app", &rev2, "t9", 8, "RUNNING")).await;
+    let mut late = Watcher::new(
+        &sdk,
+        ecs_trigger(&url),
+        Arc::new(DynamoStore::new(&store_sdk, &table)),
+        "late",
+    )
+    .with_wait(Duration::from_secs(1));
+    let mut started = 0;
+    let mut seen = 0;
+    for _ in 0..5 {
+        let report = late.poll_once(|_| started += 1).await.unwrap();
+        seen += report.duplicates;
+        if seen == 2 {
+            break;
+        }
+    }
+    assert_eq!((seen, started), (2, 0));
+
+    // The first rollout ends (an operator aborts it before traffic moved);
+    // now the waiting revision's rollout is created.
+    let engine = Engine::new(
+        Arc::new(DynamoStore::new(&store_sdk, &table)),
+        Clock::system(),
+        "operator",
+        Options::default(),
+    );
+    let (record, mut rollout) = engine.load(&first.id).await.unwrap();
+    let now = engine.now();
+    assert!(rollout
+        .handle(now, Input::Command(Command::Abort))
+        .is_empty());
+    assert!(matches!(rollout.phase, Phase::Aborted { .. }));
+    store
+        .update(
+            &first.id,
+            record.version,
+            &serde_json::to_string(&rollout).unwrap(),
+            false,
+            now,
+        )
+        .await
+        .unwrap();
+    engine
+        .create(&waiting.id, triggered_plan(&waiting.request), false)
+        .await
+        .unwrap();
+
+    // One rollout per revision, never two.
+    let mut records = store.list_for_service("green-app", 10).await.unwrap();
+    records.sort_by(|a, b| a.id.cmp(&b.id));
+    let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["green-app-green-1", "green-app-green-2"]);
+    for record in &records {
+        let (_, rollout) = engine.load(&record.id).await.unwrap();
+        let arn = if record.id.ends_with('1') {
+            &rev1
+        } else {
+            &rev2
+        };
+        assert_eq!(
+            rollout.plan.release,
+            Some(Release::TaskDefinition(arn.clone()))
+        );
+        assert_eq!(record.active, record.id == waiting.id);
+    }
+    // Creating a revision's rollout again is refused, whatever the reason.
+    assert!(engine
+        .create(&first.id, triggered_plan(&first.request), false)
+        .await
+        .is_err());
+    assert_eq!(
+        store.list_for_service("green-app", 10).await.unwrap().len(),
+        2
+    );
 }

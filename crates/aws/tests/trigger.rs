@@ -8,86 +8,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
+use common::fixtures::{ecs_trigger, event, event_queue, queue_len, send, task_def, ACCOUNT};
 use cutover_aws::trigger::{PollReport, StartRequest, Watcher};
 use cutover_core::plan::EcsEventsTrigger;
 use cutover_core::{Command, Timestamp};
 use cutover_engine::store::{PostedCommand, RolloutRecord, SqliteStore, Store, StoreError};
 use serde_json::json;
 
-const ACCOUNT: &str = "123456789012";
-
-fn task_def(family: &str, revision: u32) -> String {
-    format!("arn:aws:ecs:us-east-1:{ACCOUNT}:task-definition/{family}:{revision}")
-}
-
-fn event(service: &str, task_def: &str, task: &str, version: u64, last: &str) -> String {
-    json!({
-        "version": "0",
-        "id": format!("{task}-{version}"),
-        "detail-type": "ECS Task State Change",
-        "source": "aws.ecs",
-        "account": ACCOUNT,
-        "time": "2026-11-26T10:00:00Z",
-        "region": "us-east-1",
-        "resources": [format!("arn:aws:ecs:us-east-1:{ACCOUNT}:task/prod/{task}")],
-        "detail": {
-            "clusterArn": format!("arn:aws:ecs:us-east-1:{ACCOUNT}:cluster/prod"),
-            "group": format!("service:{service}"),
-            "taskArn": format!("arn:aws:ecs:us-east-1:{ACCOUNT}:task/prod/{task}"),
-            "taskDefinitionArn": task_def,
-            "lastStatus": last,
-            "desiredStatus": "RUNNING",
-            "containers": [{"name": "app"}, {"name": "envoy"}],
-            "version": version,
-        }
-    })
-    .to_string()
-}
-
 async fn setup() -> (aws_config::SdkConfig, aws_sdk_sqs::Client, String) {
-    let sdk = cutover_aws::config::load(&common::aws()).await;
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let url = sqs
-        .create_queue()
-        .queue_name(common::unique("events"))
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    (sdk, sqs, url)
+    event_queue().await
 }
 
 fn trigger(queue_url: &str) -> EcsEventsTrigger {
-    EcsEventsTrigger {
-        queue_url: queue_url.to_owned(),
-        cluster: Some("prod".into()),
-        services: vec!["green-app".into(), "blue-app".into()],
-        containers: vec!["app".into()],
-    }
-}
-
-async fn send(sqs: &aws_sdk_sqs::Client, url: &str, body: &str) {
-    sqs.send_message()
-        .queue_url(url)
-        .message_body(body)
-        .send()
-        .await
-        .unwrap();
-}
-
-async fn queue_len(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
-    let attrs = sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap_or_default();
-    attrs.values().map(|v| v.parse::<u64>().unwrap()).sum()
+    ecs_trigger(queue_url)
 }
 
 fn handled_in(r: &PollReport) -> usize {

@@ -1,7 +1,8 @@
 //! AWS resources on moto shared by the test binaries: raw EC2 query calls
 //! (the EC2 SDK crate is not a dependency of this crate, and is not worth
 //! one), a Route53 hosted zone with weighted records, an ALB with a
-//! weighted listener and rule, and CloudWatch datapoints.
+//! weighted listener and rule, CloudWatch datapoints, an ECS cluster with a
+//! service per colour, and ECS task state change events on an SQS queue.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -506,4 +507,205 @@ pub async fn alb_traffic(
         )
         .await;
     }
+}
+
+// ---------------------------------------------------------------- ECS
+
+/// A cluster with two services, one per colour, each on a task definition
+/// of its own family (containers `app` and `envoy`): blue on
+/// `registry/app:v1` with `blue_count` tasks, green (idle) on
+/// `registry/app:v0` with none.
+pub struct Ecs {
+    pub sdk: aws_config::SdkConfig,
+    pub ecs: aws_sdk_ecs::Client,
+    /// Platform settings for the two services, container `app`.
+    pub config: cutover_core::plan::EcsPlatform,
+    pub blue_def: String,
+    pub green_def: String,
+}
+
+pub fn ecs_container(name: &str, image: &str) -> aws_sdk_ecs::types::ContainerDefinition {
+    aws_sdk_ecs::types::ContainerDefinition::builder()
+        .name(name)
+        .image(image)
+        .memory(256)
+        .essential(true)
+        .environment(
+            aws_sdk_ecs::types::KeyValuePair::builder()
+                .name("COLOUR")
+                .value(name)
+                .build(),
+        )
+        .build()
+}
+
+/// Registers a revision of `family` with containers `app` (on `image`) and
+/// `envoy`; returns its ARN.
+pub async fn register(ecs: &aws_sdk_ecs::Client, family: &str, image: &str) -> String {
+    ecs.register_task_definition()
+        .family(family)
+        .cpu("256")
+        .memory("512")
+        .container_definitions(ecs_container("app", image))
+        .container_definitions(ecs_container("envoy", "envoyproxy/envoy:v1.30"))
+        .send()
+        .await
+        .unwrap()
+        .task_definition
+        .unwrap()
+        .task_definition_arn
+        .unwrap()
+}
+
+impl Ecs {
+    pub async fn new(blue_count: i32, scale_down_after: Option<Duration>) -> Ecs {
+        let sdk = cutover_aws::config::load(&super::aws()).await;
+        let ecs = aws_sdk_ecs::Client::new(&sdk);
+        let cluster = super::unique("cluster");
+        ecs.create_cluster()
+            .cluster_name(&cluster)
+            .send()
+            .await
+            .unwrap();
+        let blue_family = super::unique("blue");
+        let green_family = super::unique("green");
+        let blue_def = register(&ecs, &blue_family, "registry/app:v1").await;
+        let green_def = register(&ecs, &green_family, "registry/app:v0").await;
+        for (service, def, count) in [
+            (&blue_family, &blue_def, blue_count),
+            (&green_family, &green_def, 0),
+        ] {
+            ecs.create_service()
+                .cluster(&cluster)
+                .service_name(service)
+                .task_definition(def)
+                .desired_count(count)
+                .send()
+                .await
+                .unwrap();
+        }
+        Ecs {
+            sdk,
+            ecs,
+            config: cutover_core::plan::EcsPlatform {
+                cluster,
+                blue_service: blue_family,
+                green_service: green_family,
+                container: "app".into(),
+                ready_deadline: Duration::from_secs(10),
+                scale_down_after,
+            },
+            blue_def,
+            green_def,
+        }
+    }
+
+    pub async fn service(&self, name: &str) -> aws_sdk_ecs::types::Service {
+        self.ecs
+            .describe_services()
+            .cluster(&self.config.cluster)
+            .services(name)
+            .send()
+            .await
+            .unwrap()
+            .services
+            .unwrap()
+            .remove(0)
+    }
+
+    pub async fn task_definition(&self, arn: &str) -> aws_sdk_ecs::types::TaskDefinition {
+        self.ecs
+            .describe_task_definition()
+            .task_definition(arn)
+            .send()
+            .await
+            .unwrap()
+            .task_definition
+            .unwrap()
+    }
+}
+
+// ---------------------------------------------------------------- ECS events (SQS)
+
+pub const ACCOUNT: &str = "123456789012";
+
+pub fn task_def(family: &str, revision: u32) -> String {
+    format!("arn:aws:ecs:us-east-1:{ACCOUNT}:task-definition/{family}:{revision}")
+}
+
+/// An EventBridge "ECS Task State Change" event of `task` of `service` in
+/// cluster `prod`, as delivered to SQS.
+pub fn event(service: &str, task_def: &str, task: &str, version: u64, last: &str) -> String {
+    serde_json::json!({
+        "version": "0",
+        "id": format!("{task}-{version}"),
+        "detail-type": "ECS Task State Change",
+        "source": "aws.ecs",
+        "account": ACCOUNT,
+        "time": "2026-11-26T10:00:00Z",
+        "region": "us-east-1",
+        "resources": [format!("arn:aws:ecs:us-east-1:{ACCOUNT}:task/prod/{task}")],
+        "detail": {
+            "clusterArn": format!("arn:aws:ecs:us-east-1:{ACCOUNT}:cluster/prod"),
+            "group": format!("service:{service}"),
+            "taskArn": format!("arn:aws:ecs:us-east-1:{ACCOUNT}:task/prod/{task}"),
+            "taskDefinitionArn": task_def,
+            "lastStatus": last,
+            "desiredStatus": "RUNNING",
+            "containers": [{"name": "app"}, {"name": "envoy"}],
+            "version": version,
+        }
+    })
+    .to_string()
+}
+
+/// An SDK config for moto, an SQS client and a new queue's URL.
+pub async fn event_queue() -> (aws_config::SdkConfig, aws_sdk_sqs::Client, String) {
+    let sdk = cutover_aws::config::load(&super::aws()).await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let url = sqs
+        .create_queue()
+        .queue_name(super::unique("events"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    (sdk, sqs, url)
+}
+
+/// Trigger settings watching `green-app` and `blue-app` in cluster `prod`,
+/// container `app`.
+pub fn ecs_trigger(queue_url: &str) -> cutover_core::plan::EcsEventsTrigger {
+    cutover_core::plan::EcsEventsTrigger {
+        queue_url: queue_url.to_owned(),
+        cluster: Some("prod".into()),
+        services: vec!["green-app".into(), "blue-app".into()],
+        containers: vec!["app".into()],
+    }
+}
+
+pub async fn send(sqs: &aws_sdk_sqs::Client, url: &str, body: &str) {
+    sqs.send_message()
+        .queue_url(url)
+        .message_body(body)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Messages in the queue, visible or not.
+pub async fn queue_len(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap_or_default();
+    attrs.values().map(|v| v.parse::<u64>().unwrap()).sum()
 }
