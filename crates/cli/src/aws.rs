@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use cutover_core::plan::{StoreConfig, TriggerConfig};
 use cutover_core::Rollout;
-use cutover_engine::{Clock, Engine, Options};
+use cutover_engine::store::StoreError;
+use cutover_engine::{Clock, Engine, EngineError, Options};
 
 use crate::cli::Output;
 use crate::progress::Progress;
@@ -134,6 +135,7 @@ pub async fn watch(file: &Path, wait: Duration) -> Exit {
         watcher.trigger().queue_url,
         plan.service
     );
+    let mut pending = Vec::new();
     loop {
         let mut starts = Vec::new();
         let polled = tokio::select! {
@@ -165,7 +167,12 @@ pub async fn watch(file: &Path, wait: Duration) -> Exit {
             }
             Err(e) => eprintln!("receiving from the queue failed (retrying): {e}"),
         }
-        for start in starts {
+        // A revision whose claim this watcher won waits here while the
+        // service has another active rollout (one at a time per service),
+        // and starts as soon as that one ends.
+        pending.extend(starts);
+        let mut waiting = Vec::new();
+        for start in pending.drain(..) {
             let revision = start
                 .task_definition_arn
                 .rsplit('/')
@@ -176,11 +183,9 @@ pub async fn watch(file: &Path, wait: Duration) -> Exit {
             match engine.create(&id, plan.clone(), false).await {
                 Ok(_) => {
                     outln!(
-                        "rollout {id}: started by {}",
-                        format!(
-                            "task {} running {}",
-                            start.task_arn, start.task_definition_arn
-                        )
+                        "rollout {id}: started by task {} running {}",
+                        start.task_arn,
+                        start.task_definition_arn
                     );
                     let (engine, adapters) = (engine.clone(), adapters.clone());
                     tokio::spawn(async move {
@@ -190,11 +195,16 @@ pub async fn watch(file: &Path, wait: Duration) -> Exit {
                         }
                     });
                 }
+                Err(EngineError::Store(StoreError::ActiveExists { id: active, .. })) => {
+                    outln!("rollout {id}: waiting for rollout {active} of the service to end");
+                    waiting.push(start);
+                }
                 Err(e) => eprintln!(
                     "not starting a rollout for task {} running {}: {e}",
                     start.task_arn, start.task_definition_arn
                 ),
             }
         }
+        pending = waiting;
     }
 }
