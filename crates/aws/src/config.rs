@@ -2,8 +2,8 @@
 //! credentials from the plan, else the standard chain (environment,
 //! profile, instance or task role); nothing hard-coded.
 
-pub use aws_config::SdkConfig;
 use aws_config::BehaviorVersion;
+pub use aws_config::SdkConfig;
 use cutover_core::plan::AwsConfig;
 
 /// Loads the SDK configuration the plan asks for.
@@ -24,6 +24,7 @@ pub async fn load(aws: &AwsConfig) -> SdkConfig {
 /// Fails clearly when no region could be found anywhere.
 pub fn require_region(config: &SdkConfig) -> Result<String, String> {
     config.region().map(|r| r.to_string()).ok_or_else(|| {
-        "no AWS region: set `[aws] region` in the plan, AWS_REGION, or a profile's region".to_string()
+        "no AWS region: set `[aws] region` in the plan, AWS_REGION, or a profile's region"
+            .to_string()
     })
 }

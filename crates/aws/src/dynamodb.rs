@@ -705,15 +705,7 @@ impl Store for DynamoStore {
         active: bool,
         now: Timestamp,
     ) -> Result<RolloutRecord, StoreError> {
-        let record = RolloutRecord {
-            id: id.to_owned(),
-            service: service.to_owned(),
-            version: 1,
-            active,
-            state: state.to_owned(),
-            created_at: now,
-            updated_at: now,
-        };
+        let record = RolloutRecord::created(id, service, state, active, now);
         let op = "create rollout";
         for attempt in 0..ATTEMPTS {
             let new = "attribute_not_exists(pk)";

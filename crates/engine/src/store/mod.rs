@@ -34,6 +34,27 @@ pub struct RolloutRecord {
     pub updated_at: Timestamp,
 }
 
+impl RolloutRecord {
+    /// The record `Store::create` writes: version 1, created and updated `now`.
+    pub fn created(
+        id: &str,
+        service: &str,
+        state: &str,
+        active: bool,
+        now: Timestamp,
+    ) -> RolloutRecord {
+        RolloutRecord {
+            id: id.to_owned(),
+            service: service.to_owned(),
+            version: 1,
+            active,
+            state: state.to_owned(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 /// An operator command waiting for the engine that drives the rollout.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PostedCommand {

@@ -338,15 +338,7 @@ impl Store for SqliteStore {
         active: bool,
         now: Timestamp,
     ) -> Result<RolloutRecord, StoreError> {
-        let record = RolloutRecord {
-            id: id.to_owned(),
-            service: service.to_owned(),
-            version: 1,
-            active,
-            state: state.to_owned(),
-            created_at: now,
-            updated_at: now,
-        };
+        let record = RolloutRecord::created(id, service, state, active, now);
         self.with_conn("create rollout", move |conn| {
             let at = to_sql(now.as_millis(), "timestamp")?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
