@@ -216,7 +216,9 @@ impl Engine {
             // Perform what the machine asked, persisting after each answer.
             while !queue.is_empty() {
                 let action = queue.remove(0);
-                let input = self.perform(&action, adapters, &cur.rollout).await;
+                let input = self
+                    .perform_leased(&action, adapters, &cur.rollout, lease, &mut lease_renewed)
+                    .await?;
                 let now = self.clock.now();
                 queue.extend(cur.rollout.handle(now, input));
                 self.persist(&mut cur).await?;
@@ -229,14 +231,7 @@ impl Engine {
 
             let now = self.clock.now();
             if now.since(lease_renewed) >= self.options.lease_ttl / 3 {
-                if !self
-                    .store
-                    .acquire_lease(lease, &self.holder, now, self.options.lease_ttl)
-                    .await?
-                {
-                    return Err(EngineError::LostLease(id.to_string()));
-                }
-                lease_renewed = now;
+                self.renew(lease, &mut lease_renewed).await?;
             }
 
             queue.extend(self.take_commands(&mut cur).await?);
@@ -259,6 +254,45 @@ impl Engine {
                 self.persist(&mut cur).await?;
             }
         }
+    }
+
+    /// Performs an action, renewing the lease while it runs: a router may
+    /// take minutes (Route53 waits for INSYNC), longer than the lease lasts.
+    /// If the lease is lost meanwhile, the action is dropped: its intent is
+    /// persisted, and the new holder performs it again.
+    async fn perform_leased(
+        &self,
+        action: &Action,
+        adapters: &Adapters,
+        rollout: &Rollout,
+        lease: &str,
+        renewed: &mut Timestamp,
+    ) -> Result<Input, EngineError> {
+        let work = self.perform(action, adapters, rollout);
+        tokio::pin!(work);
+        loop {
+            let renew_at = renewed.after(self.options.lease_ttl / 3);
+            tokio::select! {
+                input = &mut work => return Ok(input),
+                _ = tokio::time::sleep_until(self.clock.instant_of(renew_at)) => {
+                    self.renew(lease, renewed).await?;
+                }
+            }
+        }
+    }
+
+    async fn renew(&self, lease: &str, renewed: &mut Timestamp) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        if !self
+            .store
+            .acquire_lease(lease, &self.holder, now, self.options.lease_ttl)
+            .await?
+        {
+            let id = lease.trim_start_matches("rollout:").to_string();
+            return Err(EngineError::LostLease(id));
+        }
+        *renewed = now;
+        Ok(())
     }
 
     /// Feeds pending operator commands to the machine; persists if any.

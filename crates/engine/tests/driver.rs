@@ -275,3 +275,49 @@ async fn a_driver_killed_at_any_point_is_replaced_and_the_rollout_ends_as_it_wou
         );
     }
 }
+
+/// A router whose every call takes much longer than a lease lasts (as a
+/// Route53 change waiting for INSYNC can).
+struct SlowRouter;
+
+#[async_trait]
+impl Router for SlowRouter {
+    fn describe(&self) -> String {
+        "slow".into()
+    }
+    async fn apply(&self, split: Split) -> Result<Split, AdapterError> {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        Ok(split)
+    }
+    async fn current(&self) -> Result<Split, AdapterError> {
+        Ok(Split::ZERO)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_lease_is_renewed_while_a_slow_action_runs() {
+    let f = Fixture::new();
+    let first = Arc::new(f.engine("first"));
+    first
+        .create("r1", plan("preset = \"all-at-once\"\nhold = \"5s\""), false)
+        .await
+        .unwrap();
+    let adapters = Adapters {
+        router: Arc::new(SlowRouter),
+        checks: vec![],
+        platform: None,
+    };
+    let driving = {
+        let (first, adapters) = (first.clone(), adapters.clone());
+        tokio::spawn(async move { first.drive("r1", &adapters).await })
+    };
+    // 10 s into a 20 s apply, with a 3 s lease: still held by the first driver.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let second = f.engine("second");
+    assert!(matches!(
+        second.drive("r1", &adapters).await,
+        Err(EngineError::LeaseHeld { .. })
+    ));
+    let end = driving.await.unwrap().unwrap();
+    assert_eq!(end.phase, Phase::Succeeded);
+}
