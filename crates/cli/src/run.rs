@@ -219,10 +219,15 @@ fn detach() -> Exit {
 }
 
 pub async fn proxy(config: &Path) -> Exit {
-    let config = match cutover_local::ProxyConfig::from_file(config) {
+    let mut config = match cutover_local::ProxyConfig::from_file(config) {
         Ok(c) => c,
         Err(e) => return Exit::Usage(e.to_string()),
     };
+    // A standalone proxy gets data-plane threads of its own, one per core,
+    // unless the file says otherwise (see docs/benchmarks.md for why).
+    if config.workers.is_none() {
+        config.workers = Some(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    }
     let handle = match cutover_local::start(config).await {
         Ok(h) => h,
         Err(e) => return Exit::Internal(e.to_string()),

@@ -13,7 +13,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -106,46 +106,134 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     tokio::spawn(async move {
-        let mut builder = http1::Builder::new();
-        builder
-            .keep_alive(true)
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30));
+        let builder = builder();
+        while let Some((stream, peer)) = accept(&listener, &mut signal).await {
+            spawn_connection(&builder, stream, peer, &make_handler, &signal);
+        }
+    })
+}
+
+/// Accepts on `listener` until shut down and hands each connection to the
+/// next of `to` in turn (round-robin: each data-plane thread gets the same
+/// number of connections, whatever their timing).
+pub fn dispatch(
+    listener: TcpListener,
+    mut signal: Signal,
+    to: Vec<mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut next = 0;
+        while let Some((stream, peer)) = accept(&listener, &mut signal).await {
+            let Ok(mut stream) = stream.into_std() else {
+                continue;
+            };
+            // A thread that is gone (it panicked) gets no more connections.
+            for _ in 0..to.len() {
+                let i = next % to.len();
+                next += 1;
+                match to[i].send((stream, peer)) {
+                    Ok(()) => break,
+                    Err(back) => stream = back.0 .0,
+                }
+            }
+        }
+    })
+}
+
+/// Like [`serve`], for connections accepted elsewhere ([`dispatch`]);
+/// ends when they stop coming (the dispatcher ended) or at shutdown.
+pub fn serve_dispatched<M, H, Fut, B>(
+    mut from: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    mut signal: Signal,
+    make_handler: M,
+) -> JoinHandle<()>
+where
+    M: Fn(SocketAddr) -> H + Send + 'static,
+    H: Fn(Request<Incoming>) -> Fut + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::spawn(async move {
+        let builder = builder();
         loop {
             let (stream, peer) = tokio::select! {
                 biased;
                 _ = signal.reached(Phase::Draining) => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off briefly.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
+                got = from.recv() => match got {
+                    Some(x) => x,
+                    None => break,
                 },
             };
-            let _ = stream.set_nodelay(true);
-            let handler = make_handler(peer);
-            let mut conn_signal = signal.clone();
-            let conn = builder.serve_connection(
-                TokioIo::new(stream),
-                service_fn(move |req| {
-                    let fut = handler(req);
-                    async move { Ok::<_, Infallible>(fut.await) }
-                }),
-            );
-            tokio::spawn(async move {
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => return,
-                    _ = conn_signal.reached(Phase::Draining) => conn.as_mut().graceful_shutdown(),
-                }
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = conn_signal.reached(Phase::Abort) => {}
-                }
-            });
+            match TcpStream::from_std(stream) {
+                Ok(stream) => spawn_connection(&builder, stream, peer, &make_handler, &signal),
+                Err(e) => tracing::warn!("cannot serve a connection from {peer}: {e}"),
+            }
         }
     })
+}
+
+fn builder() -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    builder
+}
+
+/// The next connection, or `None` once shutting down.
+async fn accept(listener: &TcpListener, signal: &mut Signal) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            biased;
+            _ = signal.reached(Phase::Draining) => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(x) => return Some(x),
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Serves one connection in a task of its own until it closes or the
+/// shutdown says stop (gracefully at `Draining`, at once at `Abort`).
+fn spawn_connection<M, H, Fut, B>(
+    builder: &http1::Builder,
+    stream: TcpStream,
+    peer: SocketAddr,
+    make_handler: &M,
+    signal: &Signal,
+) where
+    M: Fn(SocketAddr) -> H + Send + 'static,
+    H: Fn(Request<Incoming>) -> Fut + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let _ = stream.set_nodelay(true);
+    let handler = make_handler(peer);
+    let mut conn_signal = signal.clone();
+    let conn = builder.serve_connection(
+        TokioIo::new(stream),
+        service_fn(move |req| {
+            let fut = handler(req);
+            async move { Ok::<_, Infallible>(fut.await) }
+        }),
+    );
+    tokio::spawn(async move {
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = conn_signal.reached(Phase::Draining) => conn.as_mut().graceful_shutdown(),
+        }
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = conn_signal.reached(Phase::Abort) => {}
+        }
+    });
 }

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::Mutex;
 
 use cutover_core::Split;
+use hyper::header::HeaderValue;
 
 use crate::api::{Colour, ProbeResult, ProbeState};
 use crate::proxy::config::UpstreamUrl;
@@ -72,6 +73,10 @@ impl SplitState {
 pub struct Upstream {
     pub colour: Colour,
     pub url: UpstreamUrl,
+    /// This upstream's index among all upstreams (blue first).
+    pub slot: usize,
+    /// `Host` for requests that come without one: the URL's authority.
+    pub host: HeaderValue,
     /// What the data plane reads: false only when probes say unhealthy.
     pub healthy: AtomicBool,
     pub status: Mutex<ProbeStatus>,
@@ -87,10 +92,13 @@ pub struct ProbeStatus {
 }
 
 impl Upstream {
-    pub fn new(colour: Colour, url: UpstreamUrl) -> Upstream {
+    pub fn new(colour: Colour, url: UpstreamUrl, slot: usize) -> Upstream {
         Upstream {
             colour,
+            host: HeaderValue::from_str(url.authority().as_str())
+                .expect("an authority is a header value"),
             url,
+            slot,
             healthy: AtomicBool::new(true),
             status: Mutex::new(ProbeStatus {
                 state: ProbeState::Unknown,
@@ -109,11 +117,13 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(colour: Colour, urls: &[UpstreamUrl]) -> Pool {
+    /// A pool whose upstreams take slots `first_slot..`.
+    pub fn new(colour: Colour, urls: &[UpstreamUrl], first_slot: usize) -> Pool {
         Pool {
             upstreams: urls
                 .iter()
-                .map(|u| Upstream::new(colour, u.clone()))
+                .enumerate()
+                .map(|(i, u)| Upstream::new(colour, u.clone(), first_slot + i))
                 .collect(),
             next: AtomicUsize::new(0),
         }
@@ -171,7 +181,7 @@ mod tests {
             .iter()
             .map(|u| UpstreamUrl::parse(u).unwrap())
             .collect();
-        let p = Pool::new(Colour::Blue, &urls);
+        let p = Pool::new(Colour::Blue, &urls, 0);
         let picks: Vec<_> = (0..6).map(|_| p.pick().url.as_str().to_string()).collect();
         assert_eq!(picks[..3], picks[3..]);
         p.upstreams[1].healthy.store(false, Relaxed);

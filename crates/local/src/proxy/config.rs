@@ -9,6 +9,7 @@
 //! connect_timeout = "2s"
 //! request_timeout = "30s"             # until the upstream's response head
 //! metrics_window = "60s"              # longest sliding window for per-colour stats
+//! workers = 2                         # optional: data-plane threads of its own (see below)
 //! [blue]
 //! upstreams = ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]
 //! [green]
@@ -20,6 +21,15 @@
 //! unhealthy_after = 2                 # consecutive failures (default 2)
 //! healthy_after = 1                   # consecutive successes (default 1)
 //! ```
+//!
+//! `workers = N` runs the data plane on N threads of its own, each a
+//! single-threaded event loop with its share of the client connections
+//! (handed out round-robin) and its own keep-alive connections to the
+//! upstreams, the way nginx runs `worker_processes`: less CPU per request
+//! and no cross-thread wake-ups, compared with sharing the process's
+//! multi-threaded runtime (figures in `docs/benchmarks.md`). Without it the
+//! data plane shares the runtime of whoever started the proxy (`cutover
+//! proxy`: one tokio worker per core, or `TOKIO_WORKER_THREADS`).
 //!
 //! Errors name the file, line and column and say what was expected.
 
@@ -55,6 +65,8 @@ pub struct ProxyConfig {
     pub request_timeout: Duration,
     /// The longest window the metrics keep (and the default for queries).
     pub metrics_window: Duration,
+    /// Data-plane threads of its own; `None`: the caller's runtime.
+    pub workers: Option<usize>,
     pub blue: Vec<UpstreamUrl>,
     pub green: Vec<UpstreamUrl>,
     pub health_probe: Option<HealthProbeConfig>,
@@ -185,6 +197,7 @@ struct RawConfig {
     connect_timeout: Option<Spanned<String>>,
     request_timeout: Option<Spanned<String>>,
     metrics_window: Option<Spanned<String>>,
+    workers: Option<Spanned<i64>>,
     blue: RawPool,
     green: RawPool,
     health_probe: Option<RawProbe>,
@@ -210,6 +223,8 @@ struct RawProbe {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default admin API address.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+/// The most data-plane threads `workers` may ask for.
+pub const MAX_WORKERS: usize = 256;
 
 struct Ctx<'a> {
     text: &'a str,
@@ -413,6 +428,19 @@ impl ProxyConfig {
         if metrics_window > Duration::from_secs(24 * 3600) {
             return Err(cx.error(window_span, "`metrics_window` is at most 24h"));
         }
+        let workers = match raw.workers {
+            None => None,
+            Some(w) if (1..=MAX_WORKERS as i64).contains(w.get_ref()) => Some(*w.get_ref() as usize),
+            Some(w) => {
+                return Err(cx.error(
+                    Some(w.span()),
+                    format!(
+                        "`workers` is {}; expected 1 to {MAX_WORKERS} data-plane threads (e.g. the number of cores), or no `workers` to share the process's runtime",
+                        w.get_ref()
+                    ),
+                ))
+            }
+        };
         let blue = cx.pool(Colour::Blue, raw.blue)?;
         let green = cx.pool(Colour::Green, raw.green)?;
         let health_probe = match raw.health_probe {
@@ -472,6 +500,7 @@ impl ProxyConfig {
             connect_timeout,
             request_timeout,
             metrics_window,
+            workers,
             blue,
             green,
             health_probe,
@@ -550,6 +579,7 @@ sticky_cookie = "cutover-colour"
 connect_timeout = "2s"
 request_timeout = "30s"
 metrics_window = "60s"
+workers = 2
 [blue]
 upstreams = ["http://127.0.0.1:9001", "http://127.0.0.1:9002/"]
 [green]
@@ -566,6 +596,7 @@ timeout = "1s"
         assert_eq!(c.green[0].authority().as_str(), "localhost:9003");
         assert_eq!(c.admin_token.as_deref(), Some("secret"));
         assert_eq!(c.sticky_cookie.as_deref(), Some("cutover-colour"));
+        assert_eq!(c.workers, Some(2));
         let p = c.health_probe.unwrap();
         assert_eq!(
             (p.interval, p.timeout, p.unhealthy_after, p.healthy_after),
@@ -582,6 +613,7 @@ timeout = "1s"
         assert_eq!(c.request_timeout, Duration::from_secs(30));
         assert_eq!(c.metrics_window, Duration::from_secs(60));
         assert!(c.health_probe.is_none() && c.sticky_cookie.is_none() && c.admin_token.is_none());
+        assert_eq!(c.workers, None);
         let c =
             ProxyConfig::for_upstreams(&["http://127.0.0.1:1"], &["http://127.0.0.1:2"]).unwrap();
         assert_eq!(c.listen.port(), 0);
@@ -620,6 +652,10 @@ timeout = "1s"
         check(
             &format!("sticky_cookie = \"a b\"\n{MINIMAL}"),
             Err((1, 17, "not a valid cookie name")),
+        );
+        check(
+            &format!("workers = 0\n{MINIMAL}"),
+            Err((1, 11, "expected 1 to 256 data-plane threads")),
         );
         check(
             "[blue]\nupstreams = []\n[green]\nupstreams = [\"http://h:1\"]\n",

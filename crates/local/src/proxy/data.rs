@@ -18,16 +18,17 @@ use cutover_core::time::Human;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::http::uri::{PathAndQuery, Scheme};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::time::Instant;
 
-use super::Shared;
+use super::upstream::PooledBody;
+use super::{Connections, Shared};
 use crate::api::Colour;
 use crate::util::error_chain;
 
 /// Response bodies of the data plane: the upstream's, streamed, or one we made.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
 
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -39,6 +40,8 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// What a connection's requests share: the proxy and the peer's address.
 pub struct Conn {
     pub shared: Arc<Shared>,
+    /// This event loop's connections to the upstreams.
+    pub connections: Connections,
     /// The peer's IP as a header value, for X-Forwarded-For.
     pub peer_ip: HeaderValue,
 }
@@ -71,51 +74,55 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
     if let Some(host) = host {
         parts.headers.insert(X_FORWARDED_HOST.clone(), host);
     }
-    let mut uri = hyper::http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(upstream.url.authority().clone());
-    uri.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a URI");
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        // Absolute-form (a client talking to us as to a forward proxy):
+        // upstreams get origin-form.
+        parts.uri = Uri::from(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+    }
+    if !parts.headers.contains_key(header::HOST) {
+        parts.headers.insert(header::HOST, upstream.host.clone());
+    }
     parts.version = Version::HTTP_11;
 
-    let sent = shared.client.request(Request::from_parts(parts, body));
-    let mut response = match tokio::time::timeout(shared.config.request_timeout, sent).await {
-        Ok(Ok(response)) => {
-            let (mut head, body) = response.into_parts();
-            strip_hop_by_hop(&mut head.headers);
-            head.version = client_version;
-            Response::from_parts(head, Either::Left(body))
-        }
-        Ok(Err(e)) => {
-            let reason = if e.is_connect() {
-                "unreachable"
-            } else {
-                "failed"
-            };
-            error_response(
-                StatusCode::BAD_GATEWAY,
+    let sent = conn.connections[upstream.slot].request(Request::from_parts(parts, body));
+    let mut response =
+        match tokio::time::timeout_at(start + shared.config.request_timeout, sent).await {
+            Ok(Ok(response)) => {
+                let (mut head, body) = response.into_parts();
+                strip_hop_by_hop(&mut head.headers);
+                head.version = client_version;
+                Response::from_parts(head, Either::Left(body))
+            }
+            Ok(Err(e)) => {
+                let reason = if e.is_connect() {
+                    "unreachable"
+                } else {
+                    "failed"
+                };
+                error_response(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "cutover: {colour} upstream {} {reason}: {}\n",
+                        upstream.url,
+                        error_chain(&e)
+                    ),
+                )
+            }
+            Err(_) => error_response(
+                StatusCode::GATEWAY_TIMEOUT,
                 format!(
-                    "cutover: {colour} upstream {} {reason}: {}\n",
+                    "cutover: {colour} upstream {} sent no response within {}\n",
                     upstream.url,
-                    error_chain(&e)
+                    Human(shared.config.request_timeout)
                 ),
-            )
-        }
-        Err(_) => error_response(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!(
-                "cutover: {colour} upstream {} sent no response within {}\n",
-                upstream.url,
-                Human(shared.config.request_timeout)
             ),
-        ),
-    };
+        };
     let headers = response.headers_mut();
     headers.insert(
         X_CUTOVER_COLOUR.clone(),
@@ -189,36 +196,84 @@ fn cookie_colour(headers: &HeaderMap, name: &str) -> Option<Colour> {
     None
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == KEEP_ALIVE
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name.as_str().starts_with("proxy-")
+const CONNECTION_BIT: u8 = 1;
+const PROXY_BIT: u8 = 2;
+
+/// Which hop-by-hop header `name` is, as a bit; 0 for an end-to-end one.
+/// Standard names compare by tag; only custom ones look at the string.
+#[inline]
+fn hop_by_hop_bit(name: &HeaderName) -> u8 {
+    if name == header::CONNECTION {
+        CONNECTION_BIT
+    } else if name == header::TE {
+        4
+    } else if name == header::TRAILER {
+        8
+    } else if name == header::TRANSFER_ENCODING {
+        16
+    } else if name == header::UPGRADE {
+        32
+    } else if name == KEEP_ALIVE {
+        64
+    } else if name.as_str().starts_with("proxy-") {
+        PROXY_BIT
+    } else {
+        0
+    }
 }
 
 /// Removes hop-by-hop headers: Connection and every header it names,
 /// Keep-Alive, Proxy-*, TE, Trailer, Transfer-Encoding and Upgrade.
+///
+/// One pass over the names finds which are there; the common cases (none,
+/// or `Connection: keep-alive` from an upstream) allocate nothing.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(is_hop_by_hop) {
-        return; // the common case: one pass, no allocation
+    let found = headers.keys().fold(0, |acc, k| acc | hop_by_hop_bit(k));
+    if found == 0 {
+        return;
     }
-    let mut doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| is_hop_by_hop(k))
-        .cloned()
-        .collect();
-    for value in headers.get_all(header::CONNECTION) {
-        for token in value.to_str().unwrap_or("").split(',') {
-            if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
-                doomed.push(name);
+    if found & CONNECTION_BIT != 0 {
+        let mut named = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                // `keep-alive` names a header removed anyway; `close` is an option.
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case(b"keep-alive")
+                    || token.eq_ignore_ascii_case(b"close")
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token) {
+                    named.push(name);
+                }
             }
         }
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(header::CONNECTION);
     }
-    for name in doomed {
-        headers.remove(name);
+    for (bit, name) in [
+        (4, &header::TE),
+        (8, &header::TRAILER),
+        (16, &header::TRANSFER_ENCODING),
+        (32, &header::UPGRADE),
+        (64, &KEEP_ALIVE),
+    ] {
+        if found & bit != 0 {
+            headers.remove(name);
+        }
+    }
+    if found & PROXY_BIT != 0 {
+        let proxy: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for name in proxy {
+            headers.remove(name);
+        }
     }
 }
 

@@ -12,7 +12,11 @@
 //!
 //! [`start`] binds both listeners and returns a [`ProxyHandle`]; the
 //! `cutover proxy` command, `cutover demo` and the tests all run it
-//! in-process.
+//! in-process. The data plane runs on the caller's tokio runtime, or, with
+//! `workers = N` in the configuration, on N threads of its own, each with a
+//! single-threaded event loop and its own upstream connections (like
+//! nginx's worker processes; faster, see `docs/benchmarks.md`). The admin
+//! API and the probes always run on the caller's runtime.
 
 mod admin;
 mod balancer;
@@ -20,22 +24,20 @@ pub mod config;
 mod data;
 mod metrics;
 mod probe;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cutover_core::Split;
-use hyper::body::Incoming;
 use hyper::header::HeaderValue;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api::{Colour, HealthReport, MetricsReport};
-use crate::server::{serve, Shutdown};
+use crate::server::{dispatch, serve, serve_dispatched, Shutdown, Signal};
 use balancer::{Pool, SplitState};
 pub use config::{ConfigError, HealthProbeConfig, ProxyConfig, UpstreamUrl};
 pub use data::X_CUTOVER_COLOUR;
@@ -48,7 +50,6 @@ pub(crate) struct Shared {
     /// Indexed by [`Colour`]: blue, green.
     pub pools: [Pool; 2],
     pub metrics: Metrics,
-    pub(crate) client: Client<HttpConnector, Incoming>,
     colour_header: [HeaderValue; 2],
     /// `Set-Cookie` values per colour, when sticky sessions are on.
     set_cookie: Option<[HeaderValue; 2]>,
@@ -56,15 +57,6 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn new(config: ProxyConfig) -> Shared {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
         let set_cookie = config.sticky_cookie.as_ref().map(|name| {
             Colour::BOTH.map(|c| {
                 HeaderValue::from_str(&format!("{name}={c}; Path=/; HttpOnly; SameSite=Lax"))
@@ -74,11 +66,10 @@ impl Shared {
         Shared {
             split: SplitState::new(config.initial_split),
             pools: [
-                Pool::new(Colour::Blue, &config.blue),
-                Pool::new(Colour::Green, &config.green),
+                Pool::new(Colour::Blue, &config.blue, 0),
+                Pool::new(Colour::Green, &config.green, config.blue.len()),
             ],
             metrics: Metrics::new(config.metrics_window),
-            client,
             colour_header: [
                 HeaderValue::from_static("blue"),
                 HeaderValue::from_static("green"),
@@ -92,7 +83,23 @@ impl Shared {
     pub fn upstreams(&self) -> impl Iterator<Item = &balancer::Upstream> {
         self.pools.iter().flat_map(|p| p.upstreams.iter())
     }
+
+    /// A fresh set of connection pools, one per upstream, indexed by
+    /// [`balancer::Upstream::slot`].
+    fn connections(&self) -> Connections {
+        self.upstreams()
+            .map(|u| {
+                Arc::new(upstream::Connections::new(
+                    &u.url,
+                    self.config.connect_timeout,
+                ))
+            })
+            .collect()
+    }
 }
+
+/// One event loop's connections to the upstreams, by upstream slot.
+pub(crate) type Connections = Arc<[Arc<upstream::Connections>]>;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +108,11 @@ pub enum StartError {
     Bind {
         what: &'static str,
         addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start a data-plane thread: {source}")]
+    Worker {
         #[source]
         source: std::io::Error,
     },
@@ -114,6 +126,14 @@ pub struct ProxyHandle {
     admin_addr: SocketAddr,
     shutdown: Shutdown,
     tasks: Vec<JoinHandle<()>>,
+    workers: Vec<WorkerThread>,
+}
+
+/// A data-plane thread: told to stop once its connections are gone (or
+/// when the handle is dropped), says when it has.
+struct WorkerThread {
+    _stop: oneshot::Sender<()>,
+    done: oneshot::Receiver<()>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -141,16 +161,28 @@ pub async fn start(config: ProxyConfig) -> Result<ProxyHandle, StartError> {
     let shutdown = Shutdown::new();
     let mut tasks = Vec::new();
 
-    let s = shared.clone();
-    tasks.push(serve(data, shutdown.signal(), move |peer: SocketAddr| {
-        let peer_ip = HeaderValue::from_str(&peer.ip().to_canonical().to_string())
-            .expect("an IP is a header value");
-        let conn = Arc::new(data::Conn {
-            shared: s.clone(),
-            peer_ip,
-        });
-        move |req| data::handle(conn.clone(), req)
-    }));
+    let mut workers = Vec::new();
+    match shared.config.workers {
+        None => {
+            let (s, connections) = (shared.clone(), shared.connections());
+            tasks.push(serve(data, shutdown.signal(), move |peer| {
+                let conn = data_conn(&s, &connections, peer);
+                move |req| data::handle(conn.clone(), req)
+            }));
+        }
+        Some(n) => {
+            // Accepting stays here; the connections go round-robin to the threads.
+            let mut to = Vec::with_capacity(n);
+            for i in 0..n {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let spawned = spawn_worker(i, rx, shutdown.signal(), shared.clone())
+                    .map_err(|source| StartError::Worker { source })?;
+                workers.push(spawned);
+                to.push(tx);
+            }
+            tasks.push(dispatch(data, shutdown.signal(), to));
+        }
+    }
     let s = shared.clone();
     tasks.push(serve(admin, shutdown.signal(), move |_peer| {
         let s = s.clone();
@@ -164,6 +196,53 @@ pub async fn start(config: ProxyConfig) -> Result<ProxyHandle, StartError> {
         admin_addr,
         shutdown,
         tasks,
+        workers,
+    })
+}
+
+/// What a data-plane connection from `peer` shares with its requests.
+fn data_conn(shared: &Arc<Shared>, connections: &Connections, peer: SocketAddr) -> Arc<data::Conn> {
+    let peer_ip = HeaderValue::from_str(&peer.ip().to_canonical().to_string())
+        .expect("an IP is a header value");
+    Arc::new(data::Conn {
+        shared: shared.clone(),
+        connections: connections.clone(),
+        peer_ip,
+    })
+}
+
+/// Starts data-plane thread `i`: a single-threaded runtime serving the
+/// connections [`dispatch`] hands it, with its own upstream connections.
+fn spawn_worker(
+    i: usize,
+    accepted: tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    signal: Signal,
+    shared: Arc<Shared>,
+) -> std::io::Result<WorkerThread> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name(format!("cutover-data-{i}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                let connections = shared.connections();
+                let _ = serve_dispatched(accepted, signal, move |peer| {
+                    let conn = data_conn(&shared, &connections, peer);
+                    move |req| data::handle(conn.clone(), req)
+                })
+                .await;
+                // Connections keep being served until the handle says stop.
+                let _ = stop_rx.await;
+            });
+            drop(runtime);
+            let _ = done_tx.send(());
+        })?;
+    Ok(WorkerThread {
+        _stop: stop_tx,
+        done: done_rx,
     })
 }
 
@@ -227,5 +306,138 @@ impl ProxyHandle {
         for t in self.tasks {
             let _ = t.await;
         }
+        for w in self.workers {
+            let WorkerThread { _stop, done } = w;
+            drop(_stop);
+            let _ = done.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::demo_app::{start_demo_app, DemoAppConfig};
+
+    type TestClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+
+    async fn get(client: &TestClient, url: &str) -> (u16, String, String) {
+        let response = client.get(url.parse().unwrap()).await.unwrap();
+        let status = response.status().as_u16();
+        let colour = response
+            .headers()
+            .get(&X_CUTOVER_COLOUR)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, colour, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn worker_threads_serve_split_and_shut_down() {
+        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let blue = start_demo_app(loopback, DemoAppConfig::new("blue"))
+            .await
+            .unwrap();
+        let green = start_demo_app(loopback, DemoAppConfig::new("green"))
+            .await
+            .unwrap();
+        let mut config = ProxyConfig::for_upstreams(&[&blue.url()], &[&green.url()]).unwrap();
+        config.workers = Some(2);
+        config.initial_split = Split::from_percent(25.0).unwrap();
+        let proxy = start(config).await.unwrap();
+        // Several clients, so that both threads get connections.
+        let clients: Vec<TestClient> = (0..4)
+            .map(|_| Client::builder(TokioExecutor::new()).build_http())
+            .collect();
+        let mut green_served = 0;
+        for i in 0..40 {
+            let (status, colour, _) = get(&clients[i % 4], &proxy.data_url()).await;
+            assert_eq!(status, 200);
+            green_served += usize::from(colour == "green");
+        }
+        assert_eq!(green_served, 10, "25 % of 40, exactly");
+        let m = proxy.metrics(Duration::from_secs(60));
+        assert_eq!((m.blue.requests, m.green.requests), (30, 10));
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            proxy.shutdown_within(Duration::from_secs(1)),
+        )
+        .await
+        .expect("the worker threads stop");
+        blue.shutdown().await;
+        green.shutdown().await;
+    }
+
+    /// An upstream that answers each request on a connection and closes
+    /// the connection `close_after` after its first response; counts
+    /// connections.
+    async fn closing_upstream(close_after: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                count.fetch_add(1, Relaxed);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut seen = Vec::new();
+                    let deadline = tokio::time::sleep(Duration::from_secs(3600));
+                    tokio::pin!(deadline);
+                    loop {
+                        tokio::select! {
+                            n = s.read(&mut buf) => {
+                                let Ok(n) = n else { return };
+                                if n == 0 { return; }
+                                seen.extend_from_slice(&buf[..n]);
+                                while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                                    seen.drain(..end + 4);
+                                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                                    deadline.as_mut().reset(tokio::time::Instant::now() + close_after);
+                                }
+                            }
+                            _ = &mut deadline => return,
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn upstream_connections_are_reused_and_replaced_when_closed() {
+        let (addr, accepted) = closing_upstream(Duration::from_millis(100)).await;
+        let url = format!("http://{addr}");
+        let proxy = start(ProxyConfig::for_upstreams(&[&url], &[&url]).unwrap())
+            .await
+            .unwrap();
+        let client: TestClient = Client::builder(TokioExecutor::new()).build_http();
+        for _ in 0..5 {
+            assert_eq!(get(&client, &proxy.data_url()).await.2, "ok");
+        }
+        assert_eq!(
+            accepted.load(Relaxed),
+            1,
+            "one keep-alive connection upstream"
+        );
+        // The upstream closes its idle connection; the next request takes a new one.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, _, body) = get(&client, &proxy.data_url()).await;
+        assert_eq!((status, body.as_str()), (200, "ok"));
+        assert_eq!(accepted.load(Relaxed), 2);
+        proxy.shutdown().await;
     }
 }
