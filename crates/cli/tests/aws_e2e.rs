@@ -1,0 +1,173 @@
+//! The real `cutover` binary against moto: the DynamoDB store made by
+//! `init-store`, a Route53 router, the ECS platform deploying with
+//! `run --image`, and the next deploy going the other way.
+
+#[path = "../../aws/tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::fixtures::{Ecs, Zone};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cutover");
+
+fn cutover(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+async fn blocking(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        cutover(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap()
+}
+
+fn write_plan(dir: &Path, zone: &Zone, ecs: &Ecs, table: &str) -> String {
+    let p = &ecs.config;
+    let text = format!(
+        r#"[service]
+name = "web"
+
+[aws]
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+
+[router]
+kind = "route53"
+hosted_zone_id = "{zone}"
+record_name = "{record}"
+
+[strategy]
+steps = [{{ split = 50, hold = "1s" }}, {{ split = 100, hold = "1s" }}]
+
+[analysis]
+interval = "500ms"
+
+[[analysis.checks]]
+kind = "ecs-service"
+
+[platform]
+kind = "ecs"
+cluster = "{cluster}"
+blue_service = "{blue}"
+green_service = "{green}"
+container = "app"
+ready_deadline = "20s"
+scale_down_after = "1ms"
+
+[store]
+kind = "dynamodb"
+table = "{table}"
+"#,
+        endpoint = common::moto_url(),
+        zone = zone.id,
+        record = zone.record,
+        cluster = p.cluster,
+        blue = p.blue_service,
+        green = p.green_service,
+    );
+    let path = dir.join("plan.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+async fn image_of(ecs: &Ecs, service: &str) -> (i32, String) {
+    let s = ecs.service(service).await;
+    let def = ecs
+        .task_definition(s.task_definition.as_deref().unwrap())
+        .await;
+    let app = def
+        .container_definitions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.name.as_deref() == Some("app"))
+        .unwrap();
+    (s.desired_count, app.image.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploys_go_to_the_idle_colour_and_alternate() {
+    let zone = Zone::new().await;
+    zone.create(vec![
+        zone.plain("blue", 100, 1, "192.0.2.10"),
+        zone.plain("green", 0, 1, "192.0.2.20"),
+    ])
+    .await;
+    let ecs = Ecs::new(2, Some(Duration::from_millis(1))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(dir.path(), &zone, &ecs, &common::unique("cutover"));
+    let (blue, green) = (
+        ecs.config.blue_service.clone(),
+        ecs.config.green_service.clone(),
+    );
+
+    let o = blocking(vec!["init-store".into(), plan.clone()]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("created table"), "{}", text(&o));
+    let o = blocking(vec!["init-store".into(), plan.clone()]).await;
+    assert!(text(&o).contains("already exists"), "{}", text(&o));
+
+    // First deploy: blue is live, so v2 goes to green and traffic follows.
+    let o = blocking(vec![
+        "run".into(),
+        plan.clone(),
+        "--image".into(),
+        "repo/app:v2".into(),
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(image_of(&ecs, &green).await, (2, "repo/app:v2".into()));
+    assert_eq!(image_of(&ecs, &blue).await, (0, "registry/app:v1".into()));
+    let (g, b) = zone.weights().await;
+    assert!(g > 0 && b == 0, "weights green {g} blue {b}");
+
+    // Second deploy: green is live, so v3 goes to blue and traffic moves back.
+    let o = blocking(vec![
+        "run".into(),
+        plan.clone(),
+        "--image".into(),
+        "repo/app:v3".into(),
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("green is live"), "{}", text(&o));
+    assert_eq!(image_of(&ecs, &blue).await, (2, "repo/app:v3".into()));
+    assert_eq!(image_of(&ecs, &green).await, (0, "repo/app:v2".into()));
+    let (g, b) = zone.weights().await;
+    assert!(b > 0 && g == 0, "weights green {g} blue {b}");
+
+    let o = blocking(vec![
+        "history".into(),
+        plan.clone(),
+        "--all".into(),
+        "--output".into(),
+        "json".into(),
+    ])
+    .await;
+    let list: Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    let phases: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["succeeded", "succeeded"]);
+}
