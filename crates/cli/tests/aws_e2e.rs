@@ -171,3 +171,115 @@ async fn deploys_go_to_the_idle_colour_and_alternate() {
         .collect();
     assert_eq!(phases, ["succeeded", "succeeded"]);
 }
+
+/// Polls `cutover status` until `cond` holds; at most 30 s.
+fn wait_for_status(plan: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = cutover(&["status", plan, "--output", "json"]);
+        if let Ok(s) = serde_json::from_slice::<Value>(&o.stdout) {
+            if cond(&s) {
+                return s;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out; last: {}",
+            text(&o)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_turns_duplicated_events_into_one_rollout() {
+    let zone = Zone::new().await;
+    zone.create(vec![
+        zone.plain("blue", 100, 1, "192.0.2.10"),
+        zone.plain("green", 0, 1, "192.0.2.20"),
+    ])
+    .await;
+    let (_, sqs, queue) = common::fixtures::event_queue().await;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            "[service]\nname = \"web\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\
+             [router]\nkind = \"route53\"\nhosted_zone_id = \"{}\"\nrecord_name = \"{}\"\n\
+             [strategy]\nsteps = [{{ split = 50, hold = \"1s\" }}, {{ split = 100, hold = \"1s\" }}]\n[analysis]\ninterval = \"500ms\"\n\
+             [trigger]\nkind = \"ecs-events\"\nqueue_url = \"{queue}\"\ncluster = \"prod\"\nservices = [\"green-app\"]\ncontainers = [\"app\"]\n\
+             [store]\nkind = \"sqlite\"\npath = \"{}\"\n",
+            common::moto_url(),
+            zone.id,
+            zone.record,
+            dir.path().join("store.db").display()
+        ),
+    )
+    .unwrap();
+    let plan = plan.to_str().unwrap().to_string();
+
+    // The same revision from two tasks, each delivered twice and out of
+    // order, an unwatched service, and a body that is not an event.
+    let def = common::fixtures::task_def("green-app", 7);
+    for body in [
+        common::fixtures::event("green-app", &def, "t1", 3, "RUNNING"),
+        common::fixtures::event("green-app", &def, "t2", 2, "RUNNING"),
+        common::fixtures::event("green-app", &def, "t1", 2, "RUNNING"),
+        common::fixtures::event("green-app", &def, "t2", 2, "RUNNING"),
+        common::fixtures::event(
+            "other-app",
+            &common::fixtures::task_def("other-app", 1),
+            "t3",
+            1,
+            "RUNNING",
+        ),
+        "{not json".to_string(),
+    ] {
+        common::fixtures::send(&sqs, &queue, &body).await;
+    }
+
+    let child = Command::new(BIN)
+        .args(["watch", &plan, "--wait", "1s"])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let p = plan.clone();
+    tokio::task::spawn_blocking(move || wait_for_status(&p, |s| s["phase"] == "succeeded"))
+        .await
+        .unwrap();
+    let (g, b) = zone.weights().await;
+    assert!(g > 0 && b == 0, "weights green {g} blue {b}");
+
+    // Stop the watcher as an operator would (Ctrl-C).
+    let stopped = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert_eq!(log.matches("started by task").count(), 1, "{log}");
+    assert!(log.contains("set aside a malformed message"), "{log}");
+
+    let o = blocking(vec![
+        "history".into(),
+        plan,
+        "--all".into(),
+        "--output".into(),
+        "json".into(),
+    ])
+    .await;
+    let list: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "exactly one rollout: {list}"
+    );
+}
