@@ -10,23 +10,28 @@ use crate::Exit;
 
 /// Whether green holds the traffic now (half or more), as the router says.
 pub async fn green_is_live(plan: &Plan) -> Result<bool, Exit> {
-    let adapters = build_router(plan).await?;
-    let split = adapters
+    let sdk = match plan.router {
+        RouterConfig::Local(_) => None,
+        _ => Some(sdk(plan).await?),
+    };
+    let split = build_router(plan, sdk.as_ref())
         .current()
         .await
         .map_err(|e| Exit::Internal(format!("reading the current split: {e}")))?;
     Ok(split.basis_points() >= 5_000)
 }
 
-async fn build_router(plan: &Plan) -> Result<Arc<dyn Router>, Exit> {
-    Ok(match &plan.router {
-        RouterConfig::Local(l) => Arc::new(cutover_local::LocalRouter::new(l)),
-        RouterConfig::Route53(r) => Arc::new(cutover_aws::route53::Route53Router::new(
-            r,
-            &sdk(plan).await?,
-        )),
-        RouterConfig::Alb(a) => Arc::new(cutover_aws::alb::AlbRouter::new(a, &sdk(plan).await?)),
-    })
+/// The plan's router; `sdk` is loaded by the caller whenever the router is
+/// an AWS one.
+fn build_router(plan: &Plan, sdk: Option<&cutover_aws::config::SdkConfig>) -> Arc<dyn Router> {
+    match (&plan.router, sdk) {
+        (RouterConfig::Local(l), _) => Arc::new(cutover_local::LocalRouter::new(l)),
+        (RouterConfig::Route53(r), Some(sdk)) => {
+            Arc::new(cutover_aws::route53::Route53Router::new(r, sdk))
+        }
+        (RouterConfig::Alb(a), Some(sdk)) => Arc::new(cutover_aws::alb::AlbRouter::new(a, sdk)),
+        (_, None) => unreachable!("callers load the SDK configuration for AWS routers"),
+    }
 }
 
 async fn sdk(plan: &Plan) -> Result<cutover_aws::config::SdkConfig, Exit> {
@@ -52,7 +57,7 @@ pub async fn build(plan: &Plan) -> Result<Adapters, Exit> {
     } else {
         None
     };
-    let router = build_router(plan).await?;
+    let router = build_router(plan, sdk.as_ref());
 
     let mut checks: Vec<Arc<dyn Check>> = Vec::new();
     for spec in &plan.analysis.checks {
