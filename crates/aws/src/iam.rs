@@ -17,6 +17,7 @@
 //! | platform `ecs` | `UpdateService`, `DescribeServices` | both colours' services |
 //! | | `RegisterTaskDefinition`, `DescribeTaskDefinition` | `*` |
 //! | | `TagResource` (tags copied on register) | task definitions, only on create |
+//! | | `elasticloadbalancing:DescribeTargetHealth` (the idle service's targets) | `*` |
 //! | | `iam:PassRole` | roles, only passed to ECS tasks |
 //! | trigger `ecs-events` | `sqs:ReceiveMessage`, `sqs:DeleteMessage` | the queue |
 //!
@@ -293,6 +294,13 @@ pub fn policy(plan: &Plan) -> Value {
                 place.ecs_service(&e.cluster, &e.green_service),
             ],
         );
+        // prepare waits for the idle service's load-balancer targets to be
+        // healthy; DescribeTargetHealth takes no resource-level permissions.
+        b.allow(
+            "ElbDescribe",
+            &["elasticloadbalancing:DescribeTargetHealth"],
+            &["*".into()],
+        );
         b.allow(
             "EcsTaskDefinitions",
             &["ecs:DescribeTaskDefinition", "ecs:RegisterTaskDefinition"],
@@ -363,7 +371,7 @@ pub fn notes(plan: &Plan) -> Vec<String> {
                 .into(),
         );
     }
-    if matches!(plan.router, RouterConfig::Alb(_)) {
+    if matches!(plan.router, RouterConfig::Alb(_)) || plan.platform.is_some() {
         notes.push("elasticloadbalancing:Describe* support no resource-level permissions: they are granted on `*`".into());
     }
     if plan.analysis.checks.iter().any(|c| {

@@ -22,7 +22,7 @@ use aws_sdk_elasticloadbalancingv2::types::{
     TargetDescription, TargetHealth, TargetHealthDescription, TargetHealthReasonEnum,
     TargetHealthStateEnum,
 };
-use common::fixtures::{alb_dims, alb_traffic, ec2, put_metric as put, xml_values};
+use common::fixtures::{alb_dims, alb_traffic, ec2, put_metric as put, run_instance, xml_values};
 use common::sdk;
 use cutover_aws::checks::{self, Clock};
 use cutover_core::plan::{CheckConfig, CheckSpec, CompareToBlue};
@@ -595,19 +595,6 @@ async fn alarms_without_data_are_inconclusive_and_missing_alarms_an_error() {
 }
 
 // ---------------------------------------------------------------- target health
-
-fn run_instance() -> String {
-    let out = ec2(&[
-        ("Action", "RunInstances"),
-        ("ImageId", "ami-12c6146b"),
-        ("MinCount", "1"),
-        ("MaxCount", "1"),
-    ]);
-    xml_values(&out, "instanceId")
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| panic!("no instance: {out}"))
-}
 
 #[tokio::test]
 async fn target_health_reads_every_target_of_the_group() {

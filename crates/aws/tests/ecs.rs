@@ -1,14 +1,21 @@
 //! The ECS platform against moto: a new revision on the idle colour, scaled
-//! like the live one; the old colour scaled to 0 afterwards.
+//! like the live one and ready once steady with healthy load-balancer
+//! targets; the old colour scaled to 0 afterwards.
+//!
+//! moto registers no ECS task with a target group: tests register EC2
+//! instances as the idle service's targets, and stop one to make it
+//! `unused` (moto reports every other registered target `healthy`).
 
 mod common;
 
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
-use common::fixtures::{register, Ecs as Fixture};
+use common::fixtures::{register, run_instance, set_instance_running, Ecs as Fixture};
 use cutover_aws::ecs::{live_colour, Colour, EcsPlatform, NewVersion};
 use cutover_core::Split;
 use cutover_engine::ports::Platform;
+use tokio::sync::Notify;
 
 /// Blue runs 3 tasks of `registry/app:v1`; green is idle.
 async fn fixture(scale_down_after: Option<Duration>) -> Fixture {
@@ -154,4 +161,225 @@ async fn prepare_gives_up_at_the_deadline_when_the_idle_service_never_settles() 
             && err.message.contains("0 deployment(s)"),
         "{err}"
     );
+}
+
+/// Blue runs 3 tasks; each colour's service is behind its own target group,
+/// with no targets yet; the idle colour has at most `ready_deadline`.
+async fn balanced(ready_deadline: Duration) -> Fixture {
+    let mut f = Fixture::behind_target_groups(3, None).await;
+    f.config.ready_deadline = ready_deadline;
+    f
+}
+
+fn green_platform(f: &Fixture) -> EcsPlatform {
+    EcsPlatform::new(
+        &f.config,
+        &f.sdk,
+        NewVersion::Image("registry/app:v2".into()),
+    )
+    .with_live(Colour::Blue)
+    .with_poll_interval(Duration::from_millis(50))
+}
+
+#[tokio::test]
+async fn prepare_is_ready_once_the_idle_services_targets_are_healthy() {
+    let f = balanced(Duration::from_secs(10)).await;
+    let groups = f.target_groups.as_ref().unwrap();
+    let instances: Vec<String> = (0..3).map(|_| run_instance()).collect();
+    groups.register(&groups.green, &instances).await;
+    // Blue's target group is not green's business.
+    groups.register(&groups.blue, &[run_instance()]).await;
+
+    green_platform(&f)
+        .prepare(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let green = f.service(&f.config.green_service).await;
+    assert_eq!(green.desired_count, 3);
+    assert_eq!(
+        green.load_balancers()[0].target_group_arn(),
+        Some(groups.green.as_str())
+    );
+}
+
+#[tokio::test]
+async fn prepare_fails_at_the_deadline_naming_the_targets_not_healthy() {
+    let f = balanced(Duration::from_secs(1)).await;
+    let groups = f.target_groups.as_ref().unwrap();
+    let platform = green_platform(&f);
+
+    // Two targets for three tasks: too few.
+    let instances: Vec<String> = (0..3).map(|_| run_instance()).collect();
+    groups.register(&groups.green, &instances[..2]).await;
+    let started = std::time::Instant::now();
+    let err = platform.prepare(Duration::from_secs(10)).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5), "{err}");
+    assert!(!err.transient);
+    assert!(
+        err.message.contains(&format!(
+            "ECS service `{}` steady on ",
+            f.config.green_service
+        )) && err.message.contains(&format!(
+            "but its targets not healthy within 1s: target group `{}`: 2 healthy, 3 required",
+            groups.green
+        )),
+        "{err}"
+    );
+
+    // Three targets, one of them on a stopped instance: named, with why.
+    groups.register(&groups.green, &instances[2..]).await;
+    set_instance_running(&instances[0], false);
+    let started = std::time::Instant::now();
+    let err = platform.prepare(Duration::from_secs(10)).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5), "{err}");
+    assert!(!err.transient);
+    assert!(
+        err.message.contains(&format!(
+            "target group `{}`: 1 of 3 target(s) not healthy: target {}:8080 unused \
+             (Target.InvalidState: Target is in the stopped state); 2 healthy, 3 required",
+            groups.green, instances[0]
+        )),
+        "{err}"
+    );
+    assert!(
+        !err.message.contains(&instances[1]) && !err.message.contains(&groups.blue),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn prepare_fails_at_once_on_a_target_group_that_does_not_exist() {
+    let mut f = Fixture::new(3, None).await;
+    f.config.ready_deadline = Duration::from_secs(10);
+    let missing =
+        "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/nope/943f017f100becff";
+    let idle = common::unique("idle");
+    f.ecs
+        .create_service()
+        .cluster(&f.config.cluster)
+        .service_name(&idle)
+        .task_definition(&f.green_def)
+        .desired_count(0)
+        .load_balancers(
+            aws_sdk_ecs::types::LoadBalancer::builder()
+                .target_group_arn(missing)
+                .container_name("app")
+                .container_port(8080)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    f.config.green_service = idle;
+    let started = std::time::Instant::now();
+    let err = green_platform(&f)
+        .prepare(Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5), "{err}");
+    assert!(!err.transient);
+    assert!(
+        err.message.contains(&format!(
+            "describing the health of target group `{missing}`"
+        )) && err.message.contains("TargetGroupNotFound"),
+        "{err}"
+    );
+}
+
+const TARGET_WAIT: &str = "waiting for the idle service's targets to be healthy";
+
+/// Services whose platform's waits for healthy targets are watched, each
+/// with what to wake.
+static TARGET_WATCHERS: Mutex<Vec<(String, Arc<Notify>)>> = Mutex::new(Vec::new());
+
+/// Wakes the watcher of a service whenever the ECS platform logs that it
+/// waits for that service's targets: what the tests synchronise on. It is
+/// the process's global subscriber, so a callsite's interest is the same on
+/// every test thread.
+struct TargetWaits;
+
+impl tracing::Subscriber for TargetWaits {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        metadata.target() == "cutover_aws::ecs"
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        #[derive(Default)]
+        struct Fields {
+            message: String,
+            service: String,
+        }
+        impl tracing::field::Visit for Fields {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "service" {
+                    self.service = value.to_owned();
+                }
+            }
+
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.message = format!("{value:?}");
+                }
+            }
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        if fields.message != TARGET_WAIT {
+            return;
+        }
+        let watchers = TARGET_WATCHERS.lock().unwrap_or_else(|e| e.into_inner());
+        for (service, waiting) in watchers.iter() {
+            if *service == fields.service {
+                waiting.notify_one();
+            }
+        }
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Notified each time the ECS platform waits for `service`'s targets.
+fn watch_target_waits(service: &str) -> Arc<Notify> {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        tracing::subscriber::set_global_default(TargetWaits)
+            .expect("no other global subscriber in this test binary");
+    });
+    let waiting = Arc::new(Notify::new());
+    TARGET_WATCHERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((service.to_owned(), Arc::clone(&waiting)));
+    waiting
+}
+
+#[tokio::test]
+async fn prepare_waits_for_a_target_to_become_healthy() {
+    let f = balanced(Duration::from_secs(20)).await;
+    let groups = f.target_groups.as_ref().unwrap();
+    let instances: Vec<String> = (0..3).map(|_| run_instance()).collect();
+    groups.register(&groups.green, &instances).await;
+    set_instance_running(&instances[1], false);
+
+    let waiting = watch_target_waits(&f.config.green_service);
+    let platform = green_platform(&f);
+    let prepare = platform.prepare(Duration::from_secs(20));
+    tokio::pin!(prepare);
+    tokio::select! {
+        ended = &mut prepare => panic!("prepare ended without waiting for its targets: {ended:?}"),
+        () = waiting.notified() => {}
+    }
+    // prepare has seen the stopped target and is waiting: start it.
+    set_instance_running(&instances[1], true);
+    prepare.await.unwrap();
 }

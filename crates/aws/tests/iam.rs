@@ -290,3 +290,65 @@ min_requests = 100
         ["this plan calls no AWS API; it needs no IAM permissions"]
     );
 }
+
+#[test]
+fn the_ecs_platform_reads_its_targets_health_even_without_an_elb_check() {
+    let p = plan(
+        r#"
+[service]
+name = "web"
+
+[aws]
+region = "eu-west-1"
+
+[router]
+kind = "route53"
+hosted_zone_id = "Z0123456789ABCDEFGHIJ"
+record_name = "web.example.com."
+
+[strategy]
+preset = "seed"
+
+[platform]
+kind = "ecs"
+cluster = "prod"
+blue_service = "web-blue"
+green_service = "web-green"
+container = "app"
+"#,
+    );
+    let got = statements(&policy(&p));
+    let elb: Vec<_> = got.iter().filter(|s| s.0 == "ElbDescribe").collect();
+    assert_eq!(
+        elb,
+        [&(
+            "ElbDescribe".to_owned(),
+            s(&["elasticloadbalancing:DescribeTargetHealth"]),
+            s(&["*"]),
+            None,
+        )]
+    );
+    assert!(
+        !got.iter().any(|st| st.0 != "ElbDescribe"
+            && st.1.iter().any(|a| a.starts_with("elasticloadbalancing:"))),
+        "{got:?}"
+    );
+    let services = got
+        .iter()
+        .find(|st| st.0 == "EcsPlatformServices")
+        .unwrap_or_else(|| panic!("{got:?}"));
+    assert_eq!(
+        services.2,
+        s(&[
+            "arn:aws:ecs:eu-west-1:*:service/prod/web-blue",
+            "arn:aws:ecs:eu-west-1:*:service/prod/web-green",
+        ])
+    );
+    let notes = notes(&p);
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("elasticloadbalancing:Describe*")),
+        "{notes:?}"
+    );
+}

@@ -43,6 +43,7 @@ impl TargetHealthCheck {
     }
 }
 
+/// `ID:PORT` (or `ID` without a port) of a target.
 fn target_text(d: &TargetHealthDescription) -> String {
     let t = d.target();
     let id = t.and_then(|t| t.id()).unwrap_or("?");
@@ -52,10 +53,12 @@ fn target_text(d: &TargetHealthDescription) -> String {
     }
 }
 
-fn state_of(d: &TargetHealthDescription) -> Option<&TargetHealthStateEnum> {
+/// A target's health state, if it has one.
+pub(crate) fn state_of(d: &TargetHealthDescription) -> Option<&TargetHealthStateEnum> {
     d.target_health().and_then(|h| h.state())
 }
 
+/// ` (REASON: DESCRIPTION)` of a target's health, or nothing without either.
 fn why(d: &TargetHealthDescription) -> String {
     let h = d.target_health();
     let reason = h.and_then(|h| h.reason()).map(|r| r.as_str());
@@ -66,6 +69,13 @@ fn why(d: &TargetHealthDescription) -> String {
         (None, Some(d)) => format!(" ({d})"),
         (None, None) => String::new(),
     }
+}
+
+/// `target 10.0.0.5:8080 unhealthy (REASON: DESCRIPTION)`: a target, its
+/// state (`without a state` when it has none) and why.
+pub(crate) fn target_state_text(d: &TargetHealthDescription) -> String {
+    let state = state_of(d).map_or("without a state", |s| s.as_str());
+    format!("target {} {state}{}", target_text(d), why(d))
 }
 
 /// Judges a target group from its DescribeTargetHealth answer.
@@ -82,10 +92,7 @@ pub fn judge_targets(targets: &[TargetHealthDescription], min_healthy: u32) -> (
     let bad: Vec<String> = targets
         .iter()
         .filter(|d| !matches!(state_of(d), Some(S::Healthy | S::Initial | S::Draining)))
-        .map(|d| {
-            let state = state_of(d).map_or("without a state", |s| s.as_str());
-            format!("target {} {state}{}", target_text(d), why(d))
-        })
+        .map(target_state_text)
         .collect();
     let registered = targets.len() - draining;
     let draining_note = if draining > 0 {

@@ -2,7 +2,8 @@
 //! (the EC2 SDK crate is not a dependency of this crate, and is not worth
 //! one), a Route53 hosted zone with weighted records, an ALB with a
 //! weighted listener and rule, CloudWatch datapoints, an ECS cluster with a
-//! service per colour, and ECS task state change events on an SQS queue.
+//! service per colour (optionally each behind a target group of its own),
+//! and ECS task state change events on an SQS queue.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -11,7 +12,8 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum};
 use aws_sdk_elasticloadbalancingv2::types::{
     Action, ActionTypeEnum, ForwardActionConfig, LoadBalancerTypeEnum, PathPatternConditionConfig,
-    ProtocolEnum, RuleCondition, TargetGroupStickinessConfig, TargetGroupTuple, TargetTypeEnum,
+    ProtocolEnum, RuleCondition, TargetDescription, TargetGroupStickinessConfig, TargetGroupTuple,
+    TargetTypeEnum,
 };
 use aws_sdk_route53::types::{
     AliasTarget, Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
@@ -55,6 +57,33 @@ fn encode(v: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Runs one EC2 instance (moto: `running` at once); returns its id.
+pub fn run_instance() -> String {
+    let out = ec2(&[
+        ("Action", "RunInstances"),
+        ("ImageId", "ami-12c6146b"),
+        ("MinCount", "1"),
+        ("MaxCount", "1"),
+    ]);
+    xml_values(&out, "instanceId")
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no instance: {out}"))
+}
+
+/// Starts (`running`) or stops an EC2 instance. moto reports a registered
+/// instance target `unused` while its instance is stopped and `healthy`
+/// otherwise.
+pub fn set_instance_running(id: &str, running: bool) {
+    let action = if running {
+        "StartInstances"
+    } else {
+        "StopInstances"
+    };
+    let out = ec2(&[("Action", action), ("InstanceId.1", id)]);
+    assert!(out.contains(id), "{action} {id}: {out}");
 }
 
 /// The text of every `<tag>` in `xml`.
@@ -522,6 +551,65 @@ pub struct Ecs {
     pub config: cutover_core::plan::EcsPlatform,
     pub blue_def: String,
     pub green_def: String,
+    /// Each service's target group, with [`Ecs::behind_target_groups`].
+    pub target_groups: Option<EcsTargetGroups>,
+}
+
+/// One target group (instance targets, HTTP, in the default VPC) per
+/// colour, named in the service's `loadBalancers` (container `app`, port
+/// 8080). moto registers no task as a target: tests do, with
+/// [`EcsTargetGroups::register`].
+pub struct EcsTargetGroups {
+    pub elb: aws_sdk_elasticloadbalancingv2::Client,
+    pub blue: String,
+    pub green: String,
+}
+
+impl EcsTargetGroups {
+    async fn new(sdk: &aws_config::SdkConfig) -> EcsTargetGroups {
+        let elb = aws_sdk_elasticloadbalancingv2::Client::new(sdk);
+        let vpc = xml_values(&ec2(&[("Action", "DescribeVpcs")]), "vpcId")
+            .into_iter()
+            .next()
+            .expect("moto has a default VPC");
+        let mut arns = Vec::new();
+        for colour in ["blue", "green"] {
+            let out = elb
+                .create_target_group()
+                .name(super::unique(colour))
+                .protocol(ProtocolEnum::Http)
+                .port(8080)
+                .vpc_id(&vpc)
+                .target_type(TargetTypeEnum::Instance)
+                .send()
+                .await
+                .unwrap();
+            arns.push(
+                out.target_groups()[0]
+                    .target_group_arn()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        let [blue, green] = <[String; 2]>::try_from(arns).unwrap();
+        EcsTargetGroups { elb, blue, green }
+    }
+
+    /// Registers `instances` (port 8080) as targets of `target_group`.
+    pub async fn register(&self, target_group: &str, instances: &[String]) {
+        self.elb
+            .register_targets()
+            .target_group_arn(target_group)
+            .set_targets(Some(
+                instances
+                    .iter()
+                    .map(|id| TargetDescription::builder().id(id).port(8080).build())
+                    .collect(),
+            ))
+            .send()
+            .await
+            .unwrap();
+    }
 }
 
 pub fn ecs_container(name: &str, image: &str) -> aws_sdk_ecs::types::ContainerDefinition {
@@ -559,6 +647,16 @@ pub async fn register(ecs: &aws_sdk_ecs::Client, family: &str, image: &str) -> S
 
 impl Ecs {
     pub async fn new(blue_count: i32, scale_down_after: Option<Duration>) -> Ecs {
+        Ecs::build(blue_count, scale_down_after, false).await
+    }
+
+    /// [`Ecs::new`] with each service behind a target group of its own
+    /// ([`Ecs::target_groups`]), with no target registered yet.
+    pub async fn behind_target_groups(blue_count: i32, scale_down_after: Option<Duration>) -> Ecs {
+        Ecs::build(blue_count, scale_down_after, true).await
+    }
+
+    async fn build(blue_count: i32, scale_down_after: Option<Duration>, balanced: bool) -> Ecs {
         let sdk = cutover_aws::config::load(&super::aws()).await;
         let ecs = aws_sdk_ecs::Client::new(&sdk);
         let cluster = super::unique("cluster");
@@ -571,15 +669,38 @@ impl Ecs {
         let green_family = super::unique("green");
         let blue_def = register(&ecs, &blue_family, "registry/app:v1").await;
         let green_def = register(&ecs, &green_family, "registry/app:v0").await;
-        for (service, def, count) in [
-            (&blue_family, &blue_def, blue_count),
-            (&green_family, &green_def, 0),
+        let target_groups = if balanced {
+            Some(EcsTargetGroups::new(&sdk).await)
+        } else {
+            None
+        };
+        for (service, def, count, target_group) in [
+            (
+                &blue_family,
+                &blue_def,
+                blue_count,
+                target_groups.as_ref().map(|t| &t.blue),
+            ),
+            (
+                &green_family,
+                &green_def,
+                0,
+                target_groups.as_ref().map(|t| &t.green),
+            ),
         ] {
+            let load_balancer = target_group.map(|arn| {
+                aws_sdk_ecs::types::LoadBalancer::builder()
+                    .target_group_arn(arn)
+                    .container_name("app")
+                    .container_port(8080)
+                    .build()
+            });
             ecs.create_service()
                 .cluster(&cluster)
                 .service_name(service)
                 .task_definition(def)
                 .desired_count(count)
+                .set_load_balancers(load_balancer.map(|lb| vec![lb]))
                 .send()
                 .await
                 .unwrap();
@@ -597,6 +718,7 @@ impl Ecs {
             },
             blue_def,
             green_def,
+            target_groups,
         }
     }
 
