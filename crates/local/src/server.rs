@@ -93,11 +93,7 @@ pub type FullBody = Full<Bytes>;
 /// Serves HTTP/1.1 with keep-alive on `listener` until shut down.
 /// `make_handler` is called once per connection with the peer's address;
 /// the handler it returns answers that connection's requests.
-pub fn serve<M, H, Fut, B>(
-    listener: TcpListener,
-    mut signal: Signal,
-    make_handler: M,
-) -> JoinHandle<()>
+pub fn serve<M, H, Fut, B>(listener: TcpListener, signal: Signal, make_handler: M) -> JoinHandle<()>
 where
     M: Fn(SocketAddr) -> H + Send + 'static,
     H: Fn(Request<Incoming>) -> Fut + Send + 'static,
@@ -105,10 +101,25 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let builder = builder();
+    accept_each(listener, signal, move |stream, peer, signal| {
+        spawn_connection(&builder, stream, peer, &make_handler, signal)
+    })
+}
+
+/// Accepts on `listener` until shut down and hands each connection, with
+/// the signal its task is to watch, to `on_connection`.
+pub fn accept_each<F>(
+    listener: TcpListener,
+    mut signal: Signal,
+    mut on_connection: F,
+) -> JoinHandle<()>
+where
+    F: FnMut(TcpStream, SocketAddr, &Signal) + Send + 'static,
+{
     tokio::spawn(async move {
-        let builder = builder();
         while let Some((stream, peer)) = accept(&listener, &mut signal).await {
-            spawn_connection(&builder, stream, peer, &make_handler, &signal);
+            on_connection(stream, peer, &signal);
         }
     })
 }
@@ -140,22 +151,17 @@ pub fn dispatch(
     })
 }
 
-/// Like [`serve`], for connections accepted elsewhere ([`dispatch`]);
+/// Like [`accept_each`], for connections accepted elsewhere ([`dispatch`]);
 /// ends when they stop coming (the dispatcher ended) or at shutdown.
-pub fn serve_dispatched<M, H, Fut, B>(
+pub fn receive_each<F>(
     mut from: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
     mut signal: Signal,
-    make_handler: M,
+    mut on_connection: F,
 ) -> JoinHandle<()>
 where
-    M: Fn(SocketAddr) -> H + Send + 'static,
-    H: Fn(Request<Incoming>) -> Fut + Send + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    F: FnMut(TcpStream, SocketAddr, &Signal) + Send + 'static,
 {
     tokio::spawn(async move {
-        let builder = builder();
         loop {
             let (stream, peer) = tokio::select! {
                 biased;
@@ -166,7 +172,7 @@ where
                 },
             };
             match TcpStream::from_std(stream) {
-                Ok(stream) => spawn_connection(&builder, stream, peer, &make_handler, &signal),
+                Ok(stream) => on_connection(stream, peer, &signal),
                 Err(e) => tracing::warn!("cannot serve a connection from {peer}: {e}"),
             }
         }

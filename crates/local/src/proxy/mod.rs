@@ -21,7 +21,8 @@
 mod admin;
 mod balancer;
 pub mod config;
-mod data;
+mod forward;
+mod http1;
 mod metrics;
 mod probe;
 mod upstream;
@@ -31,17 +32,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cutover_core::Split;
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderName, HeaderValue};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api::{Colour, HealthReport, MetricsReport};
-use crate::server::{dispatch, serve, serve_dispatched, Shutdown, Signal};
+use crate::server::{accept_each, dispatch, receive_each, serve, Shutdown, Signal};
 use balancer::{Pool, SplitState};
 pub use config::{ConfigError, HealthProbeConfig, ProxyConfig, UpstreamUrl};
-pub use data::X_CUTOVER_COLOUR;
 use metrics::Metrics;
+
+/// Response header naming the colour that served the request.
+pub static X_CUTOVER_COLOUR: HeaderName = HeaderName::from_static("x-cutover-colour");
 
 /// State shared by the data plane, the admin API and the probes.
 pub(crate) struct Shared {
@@ -86,20 +89,12 @@ impl Shared {
 
     /// A fresh set of connection pools, one per upstream, indexed by
     /// [`balancer::Upstream::slot`].
-    fn connections(&self) -> Connections {
+    fn upstream_pools(&self) -> forward::Upstreams {
         self.upstreams()
-            .map(|u| {
-                Arc::new(upstream::Connections::new(
-                    &u.url,
-                    self.config.connect_timeout,
-                ))
-            })
+            .map(|u| upstream::UpstreamPool::new(&u.url, self.config.connect_timeout))
             .collect()
     }
 }
-
-/// One event loop's connections to the upstreams, by upstream slot.
-pub(crate) type Connections = Arc<[Arc<upstream::Connections>]>;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -164,11 +159,14 @@ pub async fn start(config: ProxyConfig) -> Result<ProxyHandle, StartError> {
     let mut workers = Vec::new();
     match shared.config.workers {
         None => {
-            let (s, connections) = (shared.clone(), shared.connections());
-            tasks.push(serve(data, shutdown.signal(), move |peer| {
-                let conn = data_conn(&s, &connections, peer);
-                move |req| data::handle(conn.clone(), req)
-            }));
+            let (s, pools) = (shared.clone(), shared.upstream_pools());
+            tasks.push(accept_each(
+                data,
+                shutdown.signal(),
+                move |stream, peer, signal| {
+                    forward::spawn(stream, peer, s.clone(), pools.clone(), signal)
+                },
+            ));
         }
         Some(n) => {
             // Accepting stays here; the connections go round-robin to the threads.
@@ -200,17 +198,6 @@ pub async fn start(config: ProxyConfig) -> Result<ProxyHandle, StartError> {
     })
 }
 
-/// What a data-plane connection from `peer` shares with its requests.
-fn data_conn(shared: &Arc<Shared>, connections: &Connections, peer: SocketAddr) -> Arc<data::Conn> {
-    let peer_ip = HeaderValue::from_str(&peer.ip().to_canonical().to_string())
-        .expect("an IP is a header value");
-    Arc::new(data::Conn {
-        shared: shared.clone(),
-        connections: connections.clone(),
-        peer_ip,
-    })
-}
-
 /// Starts data-plane thread `i`: a single-threaded runtime serving the
 /// connections [`dispatch`] hands it, with its own upstream connections.
 fn spawn_worker(
@@ -228,10 +215,9 @@ fn spawn_worker(
         .name(format!("cutover-data-{i}"))
         .spawn(move || {
             runtime.block_on(async move {
-                let connections = shared.connections();
-                let _ = serve_dispatched(accepted, signal, move |peer| {
-                    let conn = data_conn(&shared, &connections, peer);
-                    move |req| data::handle(conn.clone(), req)
+                let pools = shared.upstream_pools();
+                let _ = receive_each(accepted, signal, move |stream, peer, signal| {
+                    forward::spawn(stream, peer, shared.clone(), pools.clone(), signal)
                 })
                 .await;
                 // Connections keep being served until the handle says stop.

@@ -1,35 +1,26 @@
-//! Keep-alive connections to the upstreams: a small HTTP/1.1 client on
-//! hyper's connection API, made for the data plane.
+//! Keep-alive connections to one upstream: a stack of idle TCP streams.
 //!
-//! Each upstream has a stack of idle connections (most recently used on
-//! top, so the warmest socket is reused). A request pops one, or dials a
-//! new one when none is idle; the connection goes back on the stack when
-//! the response body has been read to its end ([`PooledBody`]). A
-//! connection still busy then (its request body still uploading) goes back
-//! once it is ready, from a small task. Closed connections are dropped when
-//! met; idle ones older than [`IDLE_TIMEOUT`] too.
+//! A request pops the most recently used idle connection (the warmest
+//! socket) or dials a new one; after a complete response whose connection
+//! may be reused, the stream goes back on the stack. No task watches idle
+//! connections: when one is taken, its readiness (already tracked by the
+//! event loop, no system call) tells whether the upstream closed it or
+//! sent something unasked; such a connection is dropped and the next one
+//! tried. Idle connections older than [`IDLE_TIMEOUT`] are dropped too.
 //!
-//! A request that a reused connection refused before sending a byte (the
-//! upstream closed it while idle) is retried on another connection, as
-//! hyper-util's client does. Anything else is the caller's error (502).
+//! The upstream may still close a connection just as it is reused; the
+//! data plane then retries requests that are safe to send again (see
+//! `forward.rs`).
 //!
-//! Compared with hyper-util's pooling client this does not hash a pool key,
-//! spawn a task per request to wait for the connection to become idle, or
-//! race a connect against the checkout; under load through the proxy that
-//! saves ~1.5 µs of CPU per request (see `docs/benchmarks.md`).
+//! A pool belongs to one event loop (a data-plane thread, or the shared
+//! runtime): its streams are registered with that loop's reactor. The
+//! mutex is only ever contended on the shared runtime.
 
-use std::fmt;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -41,60 +32,27 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const MAX_IDLE: usize = 1024;
 
 struct Idle {
-    sender: SendRequest<Incoming>,
+    stream: TcpStream,
     since: Instant,
 }
 
-/// One upstream's idle connections.
-pub struct Connections {
+/// One upstream's idle connections, and how to make new ones.
+pub struct UpstreamPool {
     host: String,
     port: u16,
     connect_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
 }
 
-/// Why a request got no response head from the upstream.
-#[derive(Debug)]
-pub enum UpstreamError {
-    /// No connection could be made.
-    Connect(std::io::Error),
-    /// The connection failed while sending or receiving.
-    Request(hyper::Error),
-}
-
-impl fmt::Display for UpstreamError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            UpstreamError::Connect(e) => write!(f, "tcp connect error: {e}"),
-            UpstreamError::Request(e) => fmt::Display::fmt(e, f),
-        }
-    }
-}
-
-impl std::error::Error for UpstreamError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            UpstreamError::Connect(_) => None,
-            UpstreamError::Request(e) => e.source(),
-        }
-    }
-}
-
-impl UpstreamError {
-    pub fn is_connect(&self) -> bool {
-        matches!(self, UpstreamError::Connect(_))
-    }
-}
-
-impl Connections {
-    pub fn new(url: &UpstreamUrl, connect_timeout: Duration) -> Connections {
+impl UpstreamPool {
+    pub fn new(url: &UpstreamUrl, connect_timeout: Duration) -> UpstreamPool {
         let authority = url.authority();
         let host = authority.host();
         let host = host
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(host);
-        Connections {
+        UpstreamPool {
             host: host.to_string(),
             port: authority.port_u16().unwrap_or(80),
             connect_timeout,
@@ -102,82 +60,40 @@ impl Connections {
         }
     }
 
-    /// Sends `req` (origin-form URI, with a Host header) and returns the
-    /// response head; its body hands the connection back when read.
-    pub async fn request(
-        self: &Arc<Self>,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<PooledBody>, UpstreamError> {
-        loop {
-            let (mut sender, reused) = match self.checkout() {
-                Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
-            };
-            match sender.try_send_request(req).await {
-                Ok(response) => {
-                    let (head, body) = response.into_parts();
-                    let mut body = PooledBody {
-                        body,
-                        back: Some((sender, self.clone())),
-                    };
-                    if body.body.is_end_stream() {
-                        body.release();
-                    }
-                    return Ok(Response::from_parts(head, body));
-                }
-                Err(mut e) => match e.take_message() {
-                    // Refused before sending: the upstream closed the idle
-                    // connection. Try another one (a fresh one at worst).
-                    Some(back) if reused => req = back,
-                    _ => return Err(UpstreamError::Request(e.into_error())),
-                },
-            }
-        }
-    }
-
-    /// The most recently used idle connection that is still open.
-    fn checkout(&self) -> Option<SendRequest<Incoming>> {
+    /// The most recently used idle connection that still looks open.
+    pub fn checkout(&self, now: Instant) -> Option<TcpStream> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(c) = idle.pop() {
-            if c.sender.is_ready() && c.since.elapsed() < IDLE_TIMEOUT {
-                return Some(c.sender);
+            if now.saturating_duration_since(c.since) < IDLE_TIMEOUT && looks_open(&c.stream) {
+                return Some(c.stream);
             }
         }
         None
     }
 
-    fn checkin(&self, sender: SendRequest<Incoming>) {
+    /// Puts a connection that finished an exchange cleanly back.
+    pub fn checkin(&self, stream: TcpStream, now: Instant) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            idle.push(Idle { stream, since: now });
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Incoming>, UpstreamError> {
+    /// A new connection, within the connect timeout.
+    pub async fn connect(&self) -> std::io::Result<TcpStream> {
         let stream = tokio::time::timeout(self.connect_timeout, self.dial())
             .await
             .map_err(|_| {
-                UpstreamError::Connect(std::io::Error::new(
+                std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!(
                         "no connection within {}",
                         cutover_core::time::Human(self.connect_timeout)
                     ),
-                ))
-            })?
-            .map_err(UpstreamError::Connect)?;
+                )
+            })??;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(UpstreamError::Request)?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
+        Ok(stream)
     }
 
     /// Connects to the first address of the host that accepts.
@@ -201,57 +117,74 @@ impl Connections {
     }
 }
 
-/// An upstream's response body, streamed; once read to its end, its
-/// connection goes back to the idle stack. Dropped early, the connection
-/// is closed (hyper cannot reuse a connection with a body half read).
-pub struct PooledBody {
-    body: Incoming,
-    back: Option<(SendRequest<Incoming>, Arc<Connections>)>,
-}
-
-impl PooledBody {
-    fn release(&mut self) {
-        let Some((mut sender, upstream)) = self.back.take() else {
-            return;
-        };
-        if sender.is_ready() {
-            upstream.checkin(sender);
-        } else if !sender.is_closed() {
-            // Still writing the request body, or not yet past the response:
-            // back once the connection says it is ready.
-            tokio::spawn(async move {
-                if sender.ready().await.is_ok() {
-                    upstream.checkin(sender);
-                }
-            });
+/// Whether an idle connection is still usable: the reactor has seen
+/// nothing on it (no data, no EOF), or a read finds nothing to read.
+fn looks_open(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        // Readable: EOF, unasked bytes, or a stale readiness flag.
+        Poll::Ready(Ok(())) => {
+            let mut byte = [0u8; 1];
+            matches!(stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
         }
     }
 }
 
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => this.back = None,
-            _ => {}
+    use super::*;
+
+    #[tokio::test]
+    async fn closed_and_chatty_idle_connections_are_not_handed_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url =
+            UpstreamUrl::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let pool = UpstreamPool::new(&url, Duration::from_secs(1));
+        let now = Instant::now();
+        assert!(pool.checkout(now).is_none());
+
+        // Three connections: one the server closes, one it writes to, one it keeps.
+        let mut server_side = Vec::new();
+        for _ in 0..3 {
+            let client = pool.connect().await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            server_side.push(server);
+            pool.checkin(client, now);
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        let keep = server_side.remove(0);
+        let mut chatty = server_side.remove(0);
+        chatty.write_all(b"unasked").await.unwrap();
+        drop(server_side); // closes the third (top of the stack)
+                           // Let the reactor see both events: a readable check on each is
+                           // repeated until it reports them (no sleep).
+        let mut seen = false;
+        for _ in 0..1000 {
+            let states: Vec<bool> = {
+                let idle = pool.idle.lock().unwrap();
+                idle.iter().map(|c| looks_open(&c.stream)).collect()
+            };
+            if states == [true, false, false] {
+                seen = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(seen, "the reactor saw the close and the data");
+        // The closed and the chatty ones are skipped, the kept one is served.
+        let served = pool.checkout(now).expect("the open connection");
+        assert_eq!(
+            served.peer_addr().unwrap(),
+            keep.local_addr().unwrap(),
+            "the connection the server kept"
+        );
+        assert!(pool.checkout(now).is_none());
+        // Idle too long: dropped.
+        pool.checkin(served, now);
+        assert!(pool.checkout(now + IDLE_TIMEOUT).is_none());
     }
 }

@@ -1,0 +1,583 @@
+//! HTTP/1.x for the data plane: what a message head says about its body
+//! and connection, which headers are hop-by-hop, chunked framing, and the
+//! bytes of the heads the proxy writes. Pure functions over byte slices;
+//! the I/O is in [`super::forward`].
+//!
+//! Heads are parsed by `httparse` (which checks token and value syntax);
+//! the rules on top follow RFC 9112:
+//! - a request with both `Transfer-Encoding` and `Content-Length`, with
+//!   conflicting `Content-Length`s, or with a transfer coding other than
+//!   `chunked` is refused (400 / 501): the ways a request is smuggled;
+//! - a response says how its body ends: not at all (HEAD, 1xx, 204, 304),
+//!   by `chunked`, by `Content-Length`, or when the connection closes.
+
+use std::fmt;
+
+/// The longest message head accepted, request or response.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// The most header fields in one head.
+pub const MAX_HEADERS: usize = 128;
+
+/// How a message's body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the sender closes the connection (responses only).
+    UntilClose,
+}
+
+/// Why a request head is refused; each maps to a status the client gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestError {
+    /// 400: the head does not parse, or its framing is ambiguous.
+    Malformed(String),
+    /// 431: head larger than [`MAX_HEAD`] or more than [`MAX_HEADERS`] fields.
+    TooLarge,
+    /// 501: a transfer coding other than `chunked`.
+    UnsupportedCoding,
+}
+
+impl RequestError {
+    pub fn status(&self) -> (u16, &'static str) {
+        match self {
+            RequestError::Malformed(_) => (400, "Bad Request"),
+            RequestError::TooLarge => (431, "Request Header Fields Too Large"),
+            RequestError::UnsupportedCoding => (501, "Not Implemented"),
+        }
+    }
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestError::Malformed(why) => write!(f, "malformed request: {why}"),
+            RequestError::TooLarge => write!(
+                f,
+                "request head over {} KiB or {MAX_HEADERS} header fields",
+                MAX_HEAD / 1024
+            ),
+            RequestError::UnsupportedCoding => {
+                write!(f, "only the `chunked` transfer coding is supported")
+            }
+        }
+    }
+}
+
+/// What the data plane reads off a head's header fields.
+#[derive(Debug, Default)]
+pub struct Fields<'b> {
+    pub content_length: Option<u64>,
+    /// `Transfer-Encoding` present; `chunked` whether its last coding is.
+    pub transfer_encoding: bool,
+    pub chunked: bool,
+    /// `Connection: close` / `keep-alive`.
+    pub close: bool,
+    pub keep_alive: bool,
+    /// Other headers named in `Connection` (to be removed, hop-by-hop).
+    pub named: Vec<&'b [u8]>,
+    pub host: Option<&'b [u8]>,
+    /// `Expect: 100-continue`.
+    pub expect_continue: bool,
+}
+
+/// Reads the fields that matter for framing and forwarding.
+pub fn fields<'b>(headers: &[httparse::Header<'b>]) -> Result<Fields<'b>, String> {
+    let mut f = Fields::default();
+    for h in headers {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = parse_length(h.value)
+                .ok_or_else(|| format!("Content-Length `{}` is not a length", lossy(h.value)))?;
+            if f.content_length.is_some_and(|m| m != n) {
+                return Err("conflicting Content-Length fields".into());
+            }
+            f.content_length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            f.transfer_encoding = true;
+            // The last coding of the last field decides.
+            if let Some(last) = tokens(h.value).last() {
+                f.chunked = last.eq_ignore_ascii_case(b"chunked");
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in tokens(h.value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    f.close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    f.keep_alive = true;
+                } else {
+                    f.named.push(token);
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"host") {
+            f.host = Some(h.value);
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            f.expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        }
+    }
+    Ok(f)
+}
+
+/// A request body's framing (RFC 9112 §6.3, as a server).
+pub fn request_framing(f: &Fields<'_>) -> Result<Framing, RequestError> {
+    if f.transfer_encoding {
+        if f.content_length.is_some() {
+            return Err(RequestError::Malformed(
+                "both Transfer-Encoding and Content-Length".into(),
+            ));
+        }
+        return if f.chunked {
+            Ok(Framing::Chunked)
+        } else {
+            Err(RequestError::UnsupportedCoding)
+        };
+    }
+    Ok(match f.content_length {
+        None | Some(0) => Framing::None,
+        Some(n) => Framing::Length(n),
+    })
+}
+
+/// A response body's framing (RFC 9112 §6.3, as a client).
+pub fn response_framing(status: u16, head_request: bool, f: &Fields<'_>) -> Framing {
+    if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
+        Framing::None
+    } else if f.transfer_encoding {
+        if f.chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }
+    } else {
+        match f.content_length {
+            Some(0) => Framing::None,
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        }
+    }
+}
+
+/// Whether a connection stays open after this message, by its version and
+/// `Connection` field.
+pub fn persistent(minor_version: u8, f: &Fields<'_>) -> bool {
+    if minor_version == 0 {
+        f.keep_alive && !f.close
+    } else {
+        !f.close
+    }
+}
+
+/// Whether a header field is hop-by-hop: `Connection`, `Keep-Alive`,
+/// `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, or one that
+/// `Connection` names. These are not forwarded.
+#[inline]
+pub fn is_hop_by_hop(name: &str, named: &[&[u8]]) -> bool {
+    let n = name.as_bytes();
+    let fixed = match n.len() {
+        2 => n.eq_ignore_ascii_case(b"te"),
+        7 => n.eq_ignore_ascii_case(b"trailer") || n.eq_ignore_ascii_case(b"upgrade"),
+        10 => n.eq_ignore_ascii_case(b"connection") || n.eq_ignore_ascii_case(b"keep-alive"),
+        17 => n.eq_ignore_ascii_case(b"transfer-encoding"),
+        _ => false,
+    };
+    fixed
+        || (n.len() >= 6 && n[..6].eq_ignore_ascii_case(b"proxy-"))
+        || named.iter().any(|t| t.eq_ignore_ascii_case(n))
+}
+
+/// Comma-separated tokens of a field value, trimmed, empty ones skipped.
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+fn parse_length(value: &[u8]) -> Option<u64> {
+    let v = value.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// The origin-form of a request target: `/path?query` of an absolute-form
+/// `http://host/path?query` (`/` when it has no path); others as they are.
+pub fn origin_form(target: &str) -> &str {
+    if target.starts_with('/') || target == "*" {
+        return target;
+    }
+    let Some(after_scheme) = target.find("://").map(|i| &target[i + 3..]) else {
+        return target;
+    };
+    match after_scheme.find(['/', '?']) {
+        Some(i) if after_scheme.as_bytes()[i] == b'/' => &after_scheme[i..],
+        // `http://host?q` has an empty path: the caller writes `/` first.
+        Some(i) => &after_scheme[i..],
+        None => "",
+    }
+}
+
+pub fn lossy(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(b)
+}
+
+/// Appends `n` in decimal.
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends `name: value\r\n`.
+#[inline]
+pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A chunked body's framing error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkError(pub &'static str);
+
+impl fmt::Display for ChunkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "bad chunked body: {}", self.0)
+    }
+}
+
+/// Follows a chunked body byte by byte, to find where it ends (the
+/// proxy passes chunked bodies on as they are) or to take the data out of
+/// it (for an HTTP/1.0 client, which cannot read chunked).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chunks {
+    /// In a chunk-size line; `digits` read so far.
+    Size {
+        size: u64,
+        digits: u8,
+    },
+    /// After the size: extensions or whitespace until CR.
+    Extension {
+        size: u64,
+    },
+    /// After the size line's CR.
+    SizeLf {
+        size: u64,
+    },
+    /// In a chunk's data.
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or of the final empty line).
+    TrailerStart,
+    /// Inside a trailer field line.
+    Trailer,
+    /// After the final CR.
+    EndLf,
+    Done,
+}
+
+impl Default for Chunks {
+    fn default() -> Self {
+        Chunks::Size { size: 0, digits: 0 }
+    }
+}
+
+impl Chunks {
+    /// Reads `bytes`, handing chunk data to `data`; returns how many bytes
+    /// belong to the body (all of them, or up to the end of the body).
+    pub fn scan(&mut self, bytes: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, ChunkError> {
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            *self = match *self {
+                Chunks::Size { size, digits } => match hex(b) {
+                    Some(d) => {
+                        if digits >= 16 {
+                            return Err(ChunkError("chunk size too large"));
+                        }
+                        Chunks::Size {
+                            size: size << 4 | u64::from(d),
+                            digits: digits + 1,
+                        }
+                    }
+                    None if digits == 0 => return Err(ChunkError("no chunk size")),
+                    None => match b {
+                        b'\r' => Chunks::SizeLf { size },
+                        b';' | b' ' | b'\t' => Chunks::Extension { size },
+                        _ => return Err(ChunkError("invalid chunk size")),
+                    },
+                },
+                Chunks::Extension { size } => match b {
+                    b'\r' => Chunks::SizeLf { size },
+                    b'\n' => return Err(ChunkError("bare LF after a chunk size")),
+                    _ => Chunks::Extension { size },
+                },
+                Chunks::SizeLf { size } => match (b, size) {
+                    (b'\n', 0) => Chunks::TrailerStart,
+                    (b'\n', n) => Chunks::Data(n),
+                    _ => return Err(ChunkError("CR without LF after a chunk size")),
+                },
+                Chunks::Data(left) => {
+                    let take = (bytes.len() - i).min(usize::try_from(left).unwrap_or(usize::MAX));
+                    data(&bytes[i..i + take]);
+                    i += take;
+                    let left = left - take as u64;
+                    *self = if left == 0 {
+                        Chunks::DataCr
+                    } else {
+                        Chunks::Data(left)
+                    };
+                    continue;
+                }
+                Chunks::DataCr if b == b'\r' => Chunks::DataLf,
+                Chunks::DataLf if b == b'\n' => Chunks::default(),
+                Chunks::DataCr | Chunks::DataLf => {
+                    return Err(ChunkError("chunk data not followed by CRLF"))
+                }
+                Chunks::TrailerStart => match b {
+                    b'\r' => Chunks::EndLf,
+                    _ => Chunks::Trailer,
+                },
+                Chunks::Trailer => match b {
+                    b'\n' => Chunks::TrailerStart,
+                    _ => Chunks::Trailer,
+                },
+                Chunks::EndLf if b == b'\n' => {
+                    *self = Chunks::Done;
+                    return Ok(i + 1);
+                }
+                Chunks::EndLf => return Err(ChunkError("CR without LF at the end")),
+                Chunks::Done => return Ok(i),
+            };
+            i += 1;
+        }
+        Ok(i)
+    }
+
+    pub fn is_done(&self) -> bool {
+        *self == Chunks::Done
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(head: &str) -> (u16, Vec<(String, String)>) {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut r = httparse::Response::new(&mut headers);
+        r.parse(head.as_bytes()).unwrap();
+        let fields = r
+            .headers
+            .iter()
+            .map(|h| (h.name.to_string(), lossy(h.value).into_owned()))
+            .collect();
+        (r.code.unwrap(), fields)
+    }
+
+    fn with_fields<T>(fields: &[(&str, &str)], f: impl FnOnce(Fields<'_>) -> T) -> T {
+        let headers: Vec<httparse::Header<'_>> = fields
+            .iter()
+            .map(|(n, v)| httparse::Header {
+                name: n,
+                value: v.as_bytes(),
+            })
+            .collect();
+        f(super::fields(&headers).unwrap())
+    }
+
+    #[test]
+    fn request_framing_refuses_what_could_smuggle() {
+        let framing = |h: &[(&str, &str)]| {
+            let headers: Vec<_> = h
+                .iter()
+                .map(|(n, v)| httparse::Header {
+                    name: n,
+                    value: v.as_bytes(),
+                })
+                .collect();
+            fields(&headers)
+                .map_err(RequestError::Malformed)
+                .and_then(|f| request_framing(&f))
+        };
+        assert_eq!(framing(&[]), Ok(Framing::None));
+        assert_eq!(framing(&[("Content-Length", "0")]), Ok(Framing::None));
+        assert_eq!(
+            framing(&[("content-length", " 12 ")]),
+            Ok(Framing::Length(12))
+        );
+        assert_eq!(
+            framing(&[("Content-Length", "5"), ("Content-Length", "5")]),
+            Ok(Framing::Length(5))
+        );
+        assert!(matches!(
+            framing(&[("Content-Length", "5"), ("Content-Length", "6")]),
+            Err(RequestError::Malformed(_))
+        ));
+        assert!(matches!(
+            framing(&[("Content-Length", "-1")]),
+            Err(RequestError::Malformed(_))
+        ));
+        assert!(matches!(
+            framing(&[("Content-Length", "99999999999999999999")]),
+            Err(RequestError::Malformed(_))
+        ));
+        assert_eq!(
+            framing(&[("Transfer-Encoding", "Chunked")]),
+            Ok(Framing::Chunked)
+        );
+        assert!(matches!(
+            framing(&[("Transfer-Encoding", "chunked"), ("Content-Length", "3")]),
+            Err(RequestError::Malformed(_))
+        ));
+        assert_eq!(
+            framing(&[("Transfer-Encoding", "chunked, gzip")]),
+            Err(RequestError::UnsupportedCoding)
+        );
+    }
+
+    #[test]
+    fn response_framing_follows_the_status_and_fields() {
+        let f = |status, head, h: &[(&str, &str)]| {
+            with_fields(h, |f| response_framing(status, head, &f))
+        };
+        assert_eq!(
+            f(200, false, &[("Content-Length", "3")]),
+            Framing::Length(3)
+        );
+        assert_eq!(f(200, true, &[("Content-Length", "3")]), Framing::None);
+        assert_eq!(f(204, false, &[]), Framing::None);
+        assert_eq!(f(304, false, &[("Content-Length", "3")]), Framing::None);
+        assert_eq!(
+            f(200, false, &[("Transfer-Encoding", "chunked")]),
+            Framing::Chunked
+        );
+        assert_eq!(
+            f(200, false, &[("Transfer-Encoding", "gzip")]),
+            Framing::UntilClose
+        );
+        assert_eq!(f(200, false, &[]), Framing::UntilClose);
+        assert_eq!(f(200, false, &[("Content-Length", "0")]), Framing::None);
+    }
+
+    #[test]
+    fn persistence_by_version_and_connection() {
+        assert!(with_fields(&[], |f| persistent(1, &f)));
+        assert!(!with_fields(&[("Connection", "close")], |f| persistent(
+            1, &f
+        )));
+        assert!(!with_fields(&[], |f| persistent(0, &f)));
+        assert!(with_fields(
+            &[("Connection", "Keep-Alive")],
+            |f| persistent(0, &f)
+        ));
+    }
+
+    #[test]
+    fn hop_by_hop_names() {
+        let (_, h) = parsed("HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\n\r\n");
+        assert_eq!(h[0].0, "Connection");
+        let named: Vec<&[u8]> = vec![b"x-secret"];
+        for name in [
+            "Connection",
+            "keep-alive",
+            "TE",
+            "Trailer",
+            "Transfer-Encoding",
+            "Upgrade",
+            "Proxy-Authorization",
+            "proxy-foo",
+            "X-Secret",
+        ] {
+            assert!(is_hop_by_hop(name, &named), "{name}");
+        }
+        for name in ["Content-Length", "Host", "Te-Not", "X-Keep", "Proxy", "Tee"] {
+            assert!(!is_hop_by_hop(name, &named), "{name}");
+        }
+    }
+
+    #[test]
+    fn absolute_targets_become_origin_form() {
+        assert_eq!(origin_form("/a?b"), "/a?b");
+        assert_eq!(origin_form("*"), "*");
+        assert_eq!(origin_form("http://example.com/a/b?c"), "/a/b?c");
+        assert_eq!(origin_form("http://example.com"), "");
+        assert_eq!(origin_form("http://example.com?q=1"), "?q=1");
+    }
+
+    #[test]
+    fn decimal() {
+        for n in [0u64, 7, 10, 1234567890, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+    }
+
+    fn dechunk(body: &[u8], split_every: usize) -> Result<(Vec<u8>, usize), ChunkError> {
+        let mut c = Chunks::default();
+        let mut data = Vec::new();
+        let mut used = 0;
+        for piece in body.chunks(split_every) {
+            used += c.scan(piece, |d| data.extend_from_slice(d))?;
+            if c.is_done() {
+                break;
+            }
+        }
+        assert!(c.is_done(), "{c:?}");
+        Ok((data, used))
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_they_end_however_they_arrive() {
+        let body = b"5\r\nhello\r\n1;ext=1\r\n \r\nA\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        for split in [1, 2, 3, 7, body.len()] {
+            let (data, used) = dechunk(body, split).unwrap();
+            assert_eq!(data, b"hello 0123456789");
+            assert_eq!(used, body.len() - 4, "split every {split}");
+        }
+        let (data, used) = dechunk(b"0\r\n\r\n", 1).unwrap();
+        assert_eq!((data.len(), used), (0, 5));
+    }
+
+    #[test]
+    fn bad_chunked_bodies_are_errors() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"\r\n",
+            b"5\nhello",
+            b"5\r\nhelloXX",
+            b"11111111111111111\r\n",
+            b"0\r\n\rX",
+        ] {
+            let mut c = Chunks::default();
+            assert!(c.scan(bad, |_| {}).is_err(), "{}", lossy(bad));
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! The data plane's HTTP/1 handling, byte for byte: raw clients and raw
+//! upstreams on loopback, so that framing, pipelining, HTTP/1.0 and the
+//! refusals are seen exactly as they go over the wire.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// An upstream that reads each request whole (head, then a Content-Length
+/// or chunked body), reports its bytes, answers `response` verbatim, and
+/// closes the connection afterwards when `close` is set.
+async fn scripted_upstream(
+    response: &'static [u8],
+    close: bool,
+) -> (SocketAddr, mpsc::UnboundedReceiver<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(len) = whole_request(&buf) else {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                        continue;
+                    };
+                    let request: Vec<u8> = buf.drain(..len).collect();
+                    let _ = tx.send(request);
+                    if s.write_all(response).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// The length of the first whole request in `buf`, if it is all there.
+fn whole_request(buf: &[u8]) -> Option<usize> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    if head.contains("transfer-encoding: chunked") {
+        // The last chunk (`0`), then trailer lines up to an empty one.
+        let body = &buf[end..];
+        let last = body.windows(4).position(|w| w == b"\n0\r\n")? + 2;
+        let tail = body[last..].windows(4).position(|w| w == b"\r\n\r\n")?;
+        return Some(end + last + tail + 4);
+    }
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+    (buf.len() >= end + len).then_some(end + len)
+}
+
+/// Reads until the peer closes; everything it sent.
+async fn read_to_close(s: &mut TcpStream) -> String {
+    let mut all = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut all))
+        .await
+        .expect("the proxy closes the connection")
+        .unwrap();
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+/// Reads until `text` contains `needle` (or fails after [`WAIT`]).
+async fn read_until(s: &mut TcpStream, text: &mut String, needle: &str) {
+    tokio::time::timeout(WAIT, async {
+        let mut chunk = [0u8; 4096];
+        while !text.contains(needle) {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before `{needle}`: {text}");
+            text.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no `{needle}` in {text}"));
+}
+
+async fn connect(p: &cutover_local::ProxyHandle) -> TcpStream {
+    TcpStream::connect(p.data_addr()).await.unwrap()
+}
+
+#[tokio::test]
+async fn chunked_request_bodies_pass_through_chunked() {
+    let (up, mut seen) = scripted_upstream(
+        b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+        false,
+    )
+    .await;
+    let url = format!("http://{up}");
+    let p = proxy(&[&url], &[&url], "").await;
+    let mut c = connect(&p).await;
+    c.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n6;ext=x\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut text = String::new();
+    read_until(&mut c, &mut text, "\r\n\r\nok").await;
+    assert!(text.starts_with("HTTP/1.1 201 Created\r\n"), "{text}");
+    let request = String::from_utf8(seen.recv().await.unwrap()).unwrap();
+    let (head, body) = request.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("POST /upload HTTP/1.1\r\n"), "{head}");
+    assert_eq!(
+        head.to_ascii_lowercase()
+            .matches("transfer-encoding: chunked")
+            .count(),
+        1,
+        "{head}"
+    );
+    assert_eq!(
+        body,
+        "5\r\nhello\r\n6;ext=x\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn chunked_responses_pass_to_http11_and_are_decoded_for_http10() {
+    let (up, _seen) = scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-App: 1\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        false,
+    )
+    .await;
+    let url = format!("http://{up}");
+    let p = proxy(&[&url], &[&url], "").await;
+
+    // HTTP/1.1: passed on as it is, and the connection stays open.
+    let mut c = connect(&p).await;
+    let mut text = String::new();
+    for round in 1..=2 {
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        read_until(&mut c, &mut text, "0\r\n\r\n").await;
+        let lower = text.to_ascii_lowercase();
+        assert!(
+            lower.contains("transfer-encoding: chunked\r\n"),
+            "round {round}: {text}"
+        );
+        assert!(
+            text.ends_with("\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"),
+            "{text}"
+        );
+        assert!(!lower.contains("connection: close"), "{text}");
+        text.clear();
+    }
+
+    // HTTP/1.0: decoded, delimited by closing the connection.
+    let mut c = connect(&p).await;
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let text = read_to_close(&mut c).await;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(
+        head.contains("connection: close") && head.contains("x-app: 1"),
+        "{head}"
+    );
+    assert_eq!(body, "abcde");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn http10_keep_alive_is_honoured() {
+    let blue = demo("blue").await;
+    let p = proxy(&[&blue.url()], &[&blue.url()], "").await;
+    let mut c = connect(&p).await;
+    for _ in 0..2 {
+        c.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        read_until(&mut c, &mut text, "\r\n\r\n").await;
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("connection: keep-alive\r\n"),
+            "{text}"
+        );
+        let len: usize = text
+            .to_ascii_lowercase()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("content-length: ")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap();
+        let (_, body) = text.split_once("\r\n\r\n").unwrap();
+        let mut body = body.as_bytes().to_vec();
+        while body.len() < len {
+            let mut chunk = [0u8; 1024];
+            let n = c.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    assert_eq!(blue.received(), 2);
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let echo = echo_upstream().await;
+    let url = format!("http://{echo}");
+    let p = proxy(&[&url], &[&url], "").await;
+    let mut c = connect(&p).await;
+    c.write_all(
+        b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nHEAD /second HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /third HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let text = read_to_close(&mut c).await;
+    let first = text.find("\"/first\"").expect("first answered");
+    let third = text.find("\"/third\"").expect("third answered");
+    assert!(first < third, "{text}");
+    assert!(!text.contains("\"/second\""), "HEAD has no body: {text}");
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{text}");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn expect_continue_is_answered_here_and_not_forwarded() {
+    let echo = echo_upstream().await;
+    let url = format!("http://{echo}");
+    let p = proxy(&[&url], &[&url], "").await;
+    let mut c = connect(&p).await;
+    c.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut text = String::new();
+    read_until(&mut c, &mut text, "HTTP/1.1 100 Continue\r\n\r\n").await;
+    c.write_all(b"hello").await.unwrap();
+    read_until(&mut c, &mut text, "\"x-forwarded-proto\"").await;
+    read_until(&mut c, &mut text, "}").await;
+    assert!(!text.contains("\"expect\""), "{text}");
+    assert!(text.contains("\"content-length\":[\"5\"]"), "{text}");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_before_reaching_an_upstream() {
+    let blue = demo("blue").await;
+    let p = proxy(&[&blue.url()], &[&blue.url()], "").await;
+    let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(70 * 1024));
+    let cases: [(&str, &str, &str); 5] = [
+        (
+            "GET / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "400 Bad Request",
+            "both Transfer-Encoding and Content-Length",
+        ),
+        (
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            "400 Bad Request",
+            "conflicting Content-Length",
+        ),
+        (
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "501 Not Implemented",
+            "only the `chunked` transfer coding",
+        ),
+        (
+            "GE(T / HTTP/1.1\r\n\r\n",
+            "400 Bad Request",
+            "malformed request",
+        ),
+        (
+            &big,
+            "431 Request Header Fields Too Large",
+            "request head over 64 KiB",
+        ),
+    ];
+    for (request, status, says) in cases {
+        let mut c = connect(&p).await;
+        // The proxy may answer and close before it has read everything.
+        let _ = c.write_all(request.as_bytes()).await;
+        let text = read_to_close(&mut c).await;
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+            "{text}"
+        );
+        assert!(text.contains(says), "{text}");
+        assert!(
+            text.to_ascii_lowercase().contains("connection: close"),
+            "{text}"
+        );
+    }
+    assert_eq!(blue.received(), 0, "nothing reached the upstream");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_response_delimited_by_close_is_relayed_then_the_connection_closed() {
+    let (up, _seen) = scripted_upstream(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", true).await;
+    let url = format!("http://{up}");
+    let p = proxy(&[&url], &[&url], "").await;
+    let mut c = connect(&p).await;
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_to_close(&mut c).await;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    assert_eq!(body, "until the end");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upstream_dying_mid_body_closes_the_client_connection() {
+    let (up, _seen) = scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial",
+        true,
+    )
+    .await;
+    let url = format!("http://{up}");
+    let p = proxy(&[&url], &[&url], "").await;
+    let mut c = connect(&p).await;
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The client sees the head and what came of the body, then the close
+    // (it can tell the body is short of its Content-Length).
+    let text = read_to_close(&mut c).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\npartial"), "{text}");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_answer_before_the_whole_upload_closes_the_client_connection() {
+    // The upstream answers as soon as it has the head (a 413, say) and
+    // does not read on; the client is still sending.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let mut seen = Vec::new();
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            seen.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(
+            b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig",
+        )
+        .await
+        .unwrap();
+        // Keep the socket open, unread, until the test ends.
+        let _ = s.read(&mut buf).await;
+    });
+    let url = format!("http://{up}");
+    let p = proxy(&[&url], &[&url], "").await;
+    let mut c = connect(&p).await;
+    c.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nsome")
+        .await
+        .unwrap();
+    let text = read_to_close(&mut c).await;
+    assert!(
+        text.starts_with("HTTP/1.1 413 Content Too Large\r\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("\r\n\r\nbig"), "{text}");
+    p.shutdown_within(Duration::from_millis(100)).await;
+}
