@@ -135,7 +135,7 @@ async fn chunked_request_bodies_pass_through_chunked() {
 #[tokio::test]
 async fn chunked_responses_pass_to_http11_and_are_decoded_for_http10() {
     let (up, _seen) = scripted_upstream(
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-App: 1\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-App: 1\r\nX-Cutover-Colour: purple\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
         false,
     )
     .await;
@@ -160,6 +160,8 @@ async fn chunked_responses_pass_to_http11_and_are_decoded_for_http10() {
             "{text}"
         );
         assert!(!lower.contains("connection: close"), "{text}");
+        assert_eq!(lower.matches("x-cutover-colour:").count(), 1, "{text}");
+        assert!(!lower.contains("purple"), "the proxy's colour only: {text}");
         text.clear();
     }
 
@@ -262,7 +264,17 @@ async fn bad_requests_are_refused_before_reaching_an_upstream() {
     let blue = demo("blue").await;
     let p = proxy(&[&blue.url()], &[&blue.url()], "").await;
     let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(70 * 1024));
-    let cases: [(&str, &str, &str); 5] = [
+    let cases: [(&str, &str, &str); 7] = [
+        (
+            "GET / HTTP/1.1\r\n\r\n",
+            "400 Bad Request",
+            "an HTTP/1.1 request without Host",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+            "400 Bad Request",
+            "more than one Host field",
+        ),
         (
             "GET / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
             "400 Bad Request",
@@ -349,6 +361,40 @@ async fn an_upstream_dying_mid_body_closes_the_client_connection() {
 }
 
 #[tokio::test]
+async fn a_body_delimited_by_close_cut_short_resets_the_client_connection() {
+    // The upstream sends a head without a length, some body, then resets.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let mut seen = Vec::new();
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            seen.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\n\r\npartial")
+            .await
+            .unwrap();
+        s.set_zero_linger().unwrap();
+    });
+    let url = format!("http://{up}");
+    let p = proxy(&[&url], &[&url], "").await;
+    let mut c = connect(&p).await;
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // A clean close would pass the cut body off as whole; a reset does not.
+    let mut all = Vec::new();
+    let ended = tokio::time::timeout(WAIT, c.read_to_end(&mut all))
+        .await
+        .expect("the proxy ends the connection");
+    let err = ended.expect_err("a reset, not a clean end of stream");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    p.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_answer_before_the_whole_upload_closes_the_client_connection() {
     // The upstream answers as soon as it has the head (a 413, say) and
     // does not read on; the client is still sending.
@@ -382,5 +428,213 @@ async fn an_answer_before_the_whole_upload_closes_the_client_connection() {
         "{text}"
     );
     assert!(text.ends_with("\r\n\r\nbig"), "{text}");
+    // The head says so: the rest of the upload will not be read.
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{text}"
+    );
     p.shutdown_within(Duration::from_millis(100)).await;
+}
+
+/// A request whose `Connection` names `Content-Length` (or `Host`) keeps
+/// them: dropping the length while still forwarding the body by it would
+/// let the upstream read the body as a second request (smuggling).
+#[tokio::test]
+async fn connection_naming_content_length_does_not_smuggle_the_body() {
+    let (up, mut seen) =
+        scripted_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false).await;
+    let url = format!("http://{up}");
+    let p = proxy(&[&url], &[&url], "").await;
+    let mut c = connect(&p).await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    c.write_all(
+        format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nConnection: Content-Length\r\nContent-Length: {}\r\n\r\n{smuggled}",
+            smuggled.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut text = String::new();
+    read_until(&mut c, &mut text, "\r\n\r\nok").await;
+    let first = String::from_utf8(seen.recv().await.unwrap()).unwrap();
+    assert!(
+        first
+            .to_ascii_lowercase()
+            .contains(&format!("content-length: {}\r\n", smuggled.len())),
+        "the body's length is not forwarded: {first:?}"
+    );
+    assert!(
+        first.ends_with(smuggled),
+        "the body is one request's: {first:?}"
+    );
+    p.shutdown().await;
+}
+
+/// The same on the way back: the response keeps its `Content-Length`, so
+/// the client can tell where it ends.
+#[tokio::test]
+async fn connection_naming_content_length_in_a_response_keeps_its_framing() {
+    let (up, _seen) = scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 2\r\n\r\nok",
+        false,
+    )
+    .await;
+    let url = format!("http://{up}");
+    let p = proxy(&[&url], &[&url], "").await;
+    let mut c = connect(&p).await;
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    read_until(&mut c, &mut text, "\r\n\r\nok").await;
+    let head = text.split_once("\r\n\r\n").unwrap().0.to_ascii_lowercase();
+    assert!(
+        head.contains("content-length: 2\r\n") || head.contains("connection: close"),
+        "the client cannot delimit the body: {head}"
+    );
+    p.shutdown().await;
+}
+
+/// A chunked body whose trailer section ends in a bare LF is refused: an
+/// upstream that accepts LF line ends would see the body end there and
+/// what follows as another request, which the proxy would have forwarded
+/// as part of this body.
+#[tokio::test]
+async fn a_bare_lf_ending_the_trailers_is_not_forwarded() {
+    let (up, mut seen) = scripted_upstream(
+        b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+        false,
+    )
+    .await;
+    let url = format!("http://{up}");
+    let p = proxy(&[&url], &[&url], "").await;
+    let mut c = connect(&p).await;
+    c.write_all(
+        b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n\
+          1\r\na\r\n0\r\n\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let text = read_to_close(&mut c).await;
+    assert!(
+        !text.starts_with("HTTP/1.1 201"),
+        "the body with a bare-LF end was forwarded and answered: {text}"
+    );
+    if let Ok(request) = seen.try_recv() {
+        let request = String::from_utf8_lossy(&request);
+        assert!(!request.contains("/smuggled"), "{request}");
+    }
+    p.shutdown().await;
+}
+
+/// An HTTP/1.0 client's `Expect: 100-continue` is ignored (RFC 9110
+/// §10.1.1): it knows no interim responses and would take a 100 as final.
+#[tokio::test]
+async fn http10_expect_continue_gets_no_interim_response() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let (head_seen, head_came) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let _ = head_seen.send(());
+        let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        while seen.len() < end + 5 {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            seen.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            .await
+            .unwrap();
+    });
+    let url = format!("http://{up}");
+    let p = proxy(&[&url], &[&url], "").await;
+    let mut c = connect(&p).await;
+    c.write_all(b"POST / HTTP/1.0\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    // The head reached the upstream: anything the proxy wrote to the
+    // client before that is in the client's socket already.
+    head_came.await.unwrap();
+    c.write_all(b"hello").await.unwrap();
+    let text = read_to_close(&mut c).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    p.shutdown().await;
+}
+
+/// A response's transfer codings reach an HTTP/1.1 client as sent, so
+/// `gzip, chunked` is not passed off as plain `chunked`.
+#[tokio::test]
+async fn a_response_transfer_coding_besides_chunked_is_not_lost() {
+    let (up, _seen) = scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\n\x1f\x8b\x08\r\n0\r\n\r\n",
+        false,
+    )
+    .await;
+    let url = format!("http://{up}");
+    let p = proxy(&[&url], &[&url], "").await;
+    let mut c = connect(&p).await;
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    read_until(&mut c, &mut text, "0\r\n\r\n").await;
+    let head = text.split_once("\r\n\r\n").unwrap().0.to_ascii_lowercase();
+    assert!(head.contains("gzip"), "the gzip coding is lost: {head}");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_names_the_host() {
+    let echo = echo_upstream().await;
+    let url = format!("http://{echo}");
+    let p = proxy(&[&url], &[&url], "").await;
+    let (status, _, body) = raw_request(
+        p.data_addr(),
+        "GET http://shop.example:8080/p?q=1 HTTP/1.1\r\nHost: other.example\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let seen: std::collections::HashMap<String, Vec<String>> = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["host"], ["shop.example:8080"]);
+    assert_eq!(seen["x-forwarded-host"], ["shop.example:8080"]);
+    assert_eq!(seen[":path"], ["/p?q=1"]);
+    // HTTP/1.0 without Host is fine; the upstream gets its own authority.
+    let (status, _, body) = raw_request(p.data_addr(), "GET /p HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status, 200, "{body}");
+    let seen: std::collections::HashMap<String, Vec<String>> = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["host"], [echo.to_string()]);
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_http10_request_with_transfer_encoding_closes_after_its_response() {
+    let echo = echo_upstream().await;
+    let url = format!("http://{echo}");
+    let p = proxy(&[&url], &[&url], "").await;
+    let mut c = connect(&p).await;
+    c.write_all(
+        b"POST /echo HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n\
+          3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let text = read_to_close(&mut c).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{text}"
+    );
+    p.shutdown().await;
 }

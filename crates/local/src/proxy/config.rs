@@ -223,6 +223,10 @@ struct RawProbe {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default admin API address.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+/// The longest duration any key accepts (timeouts are added to clock
+/// readings; this keeps them far from overflowing).
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The most data-plane threads `workers` may ask for.
 pub const MAX_WORKERS: usize = 256;
 
@@ -260,6 +264,12 @@ impl Ctx<'_> {
             .map_err(|e| self.error(Some(v.span()), format!("`{field}`: {e}")))?;
         if d.is_zero() {
             return Err(self.error(Some(v.span()), format!("`{field}` must be longer than 0s")));
+        }
+        if d > MAX_DURATION {
+            return Err(self.error(
+                Some(v.span()),
+                format!("`{field}` is {}; at most 7d", v.get_ref()),
+            ));
         }
         Ok(d)
     }
@@ -644,6 +654,10 @@ timeout = "1s"
         check(
             &format!("connect_timeout = \"0s\"\n{MINIMAL}"),
             Err((1, 19, "longer than 0s")),
+        );
+        check(
+            &format!("request_timeout = \"1000000000d\"\n{MINIMAL}"),
+            Err((1, 19, "at most 7d")),
         );
         check(
             &format!("initial_split = 101\n{MINIMAL}"),

@@ -237,6 +237,9 @@ async fn serve(
                 let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
                 let mut req = httparse::Request::new(&mut []);
                 match req.parse_with_uninit_headers(inbuf.pending(), &mut headers) {
+                    Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => {
+                        break Err(Refused::Request(RequestError::TooLarge));
+                    }
                     Ok(httparse::Status::Complete(n)) => {
                         let decided = decide(shared, peer_ip.as_bytes(), &req, &mut up_head);
                         inbuf.consume(n);
@@ -275,7 +278,7 @@ async fn serve(
                     }
                 };
                 write_error(&mut out, status, reason, &body, None, false);
-                if client.write_all(&out).await.is_ok() {
+                if let Some(Ok(())) = deadline.run(client.write_all(&out)).await {
                     flags.idle.store(true, Relaxed);
                     linger(&mut client).await;
                 }
@@ -283,7 +286,7 @@ async fn serve(
             }
         };
         let start = Instant::now();
-        let keep = exchange(
+        let after = exchange(
             &mut client,
             &x,
             Bufs {
@@ -300,11 +303,40 @@ async fn serve(
         )
         .await;
         now = Instant::now();
-        if !keep {
-            // Nothing in flight: a shutdown need not wait for this.
-            flags.idle.store(true, Relaxed);
-            linger(&mut client).await;
-            return;
+        match after {
+            After::KeepOpen => {}
+            After::Close => {
+                // Nothing in flight: a shutdown need not wait for this.
+                flags.idle.store(true, Relaxed);
+                linger(&mut client).await;
+                return;
+            }
+            After::Abort => {
+                // A reset, not a close: a body delimited by the close (or
+                // a decoded chunked one) must not look complete when cut.
+                let _ = client.set_zero_linger();
+                return;
+            }
+        }
+    }
+}
+
+/// What becomes of the client connection after an exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum After {
+    KeepOpen,
+    /// Close cleanly (after the response, or a refusal).
+    Close,
+    /// The response was cut short: reset the connection.
+    Abort,
+}
+
+impl After {
+    fn keep_if(keep: bool) -> After {
+        if keep {
+            After::KeepOpen
+        } else {
+            After::Close
         }
     }
 }
@@ -347,6 +379,16 @@ fn decide<'s>(
     let fields =
         http1::fields(req.headers).map_err(|e| Refused::Request(RequestError::Malformed(e)))?;
     let framing = http1::request_framing(&fields).map_err(Refused::Request)?;
+    let malformed = |why: &str| Refused::Request(RequestError::Malformed(why.into()));
+    if fields.hosts > 1 {
+        return Err(malformed("more than one Host field"));
+    }
+    // An absolute-form target names the host; a Host field is then ignored.
+    let absolute_host = http1::target_authority(target);
+    if minor >= 1 && fields.host.is_none() && absolute_host.is_none() {
+        return Err(malformed("an HTTP/1.1 request without Host"));
+    }
+    let host = absolute_host.map(str::as_bytes).or(fields.host);
     let (colour, set_cookie) = choose_colour(shared, req.headers);
     let upstream = shared.pools[colour.index()].pick();
 
@@ -365,12 +407,17 @@ fn decide<'s>(
             RequestField::Forward if !http1::is_hop_by_hop(h.name, &fields.named) => {
                 http1::push_field(up_head, h.name.as_bytes(), h.value);
             }
+            RequestField::Host if absolute_host.is_none() => {
+                http1::push_field(up_head, h.name.as_bytes(), h.value);
+            }
             RequestField::ForwardedFor => forwarded_for = true,
             _ => {}
         }
     }
-    if fields.host.is_none() {
-        http1::push_field(up_head, b"Host", upstream.host.as_bytes());
+    match host {
+        Some(host) if absolute_host.is_some() => http1::push_field(up_head, b"Host", host),
+        Some(_) => {}
+        None => http1::push_field(up_head, b"Host", upstream.host.as_bytes()),
     }
     up_head.extend_from_slice(b"X-Forwarded-For: ");
     if forwarded_for {
@@ -383,7 +430,7 @@ fn decide<'s>(
     }
     up_head.extend_from_slice(peer_ip);
     up_head.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
-    if let Some(host) = fields.host {
+    if let Some(host) = host {
         http1::push_field(up_head, b"X-Forwarded-Host", host);
     }
     if framing == Framing::Chunked {
@@ -403,13 +450,18 @@ fn decide<'s>(
         head_request: method == "HEAD",
         retryable: idempotent && framing == Framing::None,
         client_minor: minor,
-        client_persistent: http1::persistent(minor, &fields),
+        // HTTP/1.0 with Transfer-Encoding: framing may be off; close after
+        // (RFC 9112 §6.1).
+        client_persistent: http1::persistent(minor, &fields)
+            && !(minor == 0 && fields.transfer_encoding),
         expect_continue: fields.expect_continue,
     })
 }
 
 enum RequestField {
     Forward,
+    /// Forwarded, unless the target is in absolute form.
+    Host,
     /// Merged into one `X-Forwarded-For` with the peer's address.
     ForwardedFor,
     /// Set by the proxy (`X-Forwarded-Proto`, `-Host`) or answered by it
@@ -421,6 +473,7 @@ enum RequestField {
 fn request_field(name: &str) -> RequestField {
     let n = name.as_bytes();
     match n.len() {
+        4 if n.eq_ignore_ascii_case(b"host") => RequestField::Host,
         6 if n.eq_ignore_ascii_case(b"expect") => RequestField::Replaced,
         15 if n.eq_ignore_ascii_case(b"x-forwarded-for") => RequestField::ForwardedFor,
         16 if n.eq_ignore_ascii_case(b"x-forwarded-host") => RequestField::Replaced,
@@ -490,7 +543,11 @@ struct Bufs<'a> {
 /// Why the upstream gave no (complete) response head.
 #[derive(Debug)]
 enum NoResponse {
-    Io(std::io::Error),
+    /// `after_bytes` if some of a response (an interim one, say) came.
+    Io {
+        error: std::io::Error,
+        after_bytes: bool,
+    },
     /// The connection closed; `after_bytes` if some of a response came.
     Closed {
         after_bytes: bool,
@@ -503,12 +560,15 @@ impl NoResponse {
     fn before_any_byte(&self) -> bool {
         match self {
             NoResponse::Closed { after_bytes } => !after_bytes,
-            NoResponse::Io(e) => matches!(
-                e.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::ConnectionAborted
-            ),
+            NoResponse::Io { error, after_bytes } => {
+                !after_bytes
+                    && matches!(
+                        error.kind(),
+                        std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::BrokenPipe
+                            | std::io::ErrorKind::ConnectionAborted
+                    )
+            }
             NoResponse::Malformed(_) => false,
         }
     }
@@ -517,7 +577,7 @@ impl NoResponse {
 impl fmt::Display for NoResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            NoResponse::Io(e) => write!(f, "{e}"),
+            NoResponse::Io { error, .. } => write!(f, "{error}"),
             NoResponse::Closed { after_bytes: false } => {
                 write!(f, "connection closed before a response")
             }
@@ -568,7 +628,7 @@ async fn exchange(
     deadline: &mut Deadline,
     start: Instant,
     flags: &Flags,
-) -> bool {
+) -> After {
     let Bufs {
         inbuf,
         ubuf,
@@ -577,15 +637,15 @@ async fn exchange(
     } = bufs;
     let request_timeout = shared.config.request_timeout;
     let has_body = x.framing != Framing::None;
-    if x.expect_continue
-        && has_body
-        && inbuf.pending().is_empty()
-        && client
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .await
-            .is_err()
-    {
-        return false;
+    deadline.set(start + request_timeout);
+    // An HTTP/1.0 client knows no interim responses (RFC 9110 §10.1.1).
+    if x.expect_continue && x.client_minor >= 1 && has_body && inbuf.pending().is_empty() {
+        let sent = deadline
+            .run(client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n"))
+            .await;
+        if !matches!(sent, Some(Ok(()))) {
+            return After::Close;
+        }
     }
     loop {
         deadline.set(start + request_timeout);
@@ -599,8 +659,12 @@ async fn exchange(
                         x.colour, x.upstream.url
                     );
                     // The request body, if any, was not read: close.
-                    return answer_error(client, out, x, shared, start, 502, &body, !has_body)
-                        .await;
+                    let answer = Answer {
+                        status: 502,
+                        body: &body,
+                        body_consumed: !has_body,
+                    };
+                    return answer_error(client, out, x, shared, deadline, start, answer).await;
                 }
             },
         };
@@ -624,10 +688,16 @@ async fn exchange(
             .await
         } else {
             let (mut ur, mut uw) = upstream.split();
+            let keep = AtomicBool::new(client_keep_wanted);
             let head = deadline
                 .run(async {
-                    uw.write_all(up_head).await.map_err(NoResponse::Io)?;
-                    read_response(&mut ur, ubuf, out, x, shared, client_keep_wanted).await
+                    uw.write_all(up_head)
+                        .await
+                        .map_err(|error| NoResponse::Io {
+                            error,
+                            after_bytes: false,
+                        })?;
+                    read_response(&mut ur, ubuf, out, x, shared, &keep).await
                 })
                 .await;
             let outcome = match head {
@@ -656,9 +726,17 @@ async fn exchange(
                 if clean && upload_complete && head.upstream_persistent {
                     pool.checkin(upstream, Instant::now());
                 }
-                head.client_keep && upload_complete
+                After::keep_if(head.client_keep && upload_complete)
             }
-            Outcome::Relayed(_, Relayed::Broken) | Outcome::ClientGone => false,
+            // Cut short: a client reading by length or chunks sees it from
+            // the framing; one reading to the close must see a reset.
+            Outcome::Relayed(head, Relayed::Broken)
+                if head.framing == Framing::UntilClose || head.decode =>
+            {
+                After::Abort
+            }
+            Outcome::Relayed(_, Relayed::Broken) => After::Close,
+            Outcome::ClientGone => After::Close,
             Outcome::NoResponse(e) if reused && x.retryable && e.before_any_byte() => {
                 // The upstream had closed this idle connection: another one.
                 continue;
@@ -668,7 +746,12 @@ async fn exchange(
                     "cutover: {} upstream {} failed: {e}\n",
                     x.colour, x.upstream.url
                 );
-                answer_error(client, out, x, shared, start, 502, &body, upload_complete).await
+                let answer = Answer {
+                    status: 502,
+                    body: &body,
+                    body_consumed: upload_complete,
+                };
+                answer_error(client, out, x, shared, deadline, start, answer).await
             }
             Outcome::TimedOut => {
                 let body = format!(
@@ -677,7 +760,12 @@ async fn exchange(
                     x.upstream.url,
                     Human(request_timeout)
                 );
-                answer_error(client, out, x, shared, start, 504, &body, upload_complete).await
+                let answer = Answer {
+                    status: 504,
+                    body: &body,
+                    body_consumed: upload_complete,
+                };
+                answer_error(client, out, x, shared, deadline, start, answer).await
             }
         };
     }
@@ -704,20 +792,19 @@ async fn duplex(
 ) -> (Outcome, bool) {
     let (mut cr, mut cw) = client.split();
     let (mut ur, mut uw) = upstream.split();
+    // The client connection carries on only if the whole request body has
+    // been read by the time the response head goes out (else that head
+    // says `Connection: close`).
+    let keep = AtomicBool::new(false);
     let upload = async {
         uw.write_all(up_head).await.map_err(|_| Upload::Upstream)?;
-        upload_body(&mut cr, inbuf, &mut uw, x.framing).await
+        upload_body(&mut cr, inbuf, &mut uw, x.framing).await?;
+        keep.store(client_keep_wanted, Relaxed);
+        Ok(())
     };
     let response = async {
         let head = deadline
-            .run(read_response(
-                &mut ur,
-                ubuf,
-                out,
-                x,
-                shared,
-                client_keep_wanted,
-            ))
+            .run(read_response(&mut ur, ubuf, out, x, shared, &keep))
             .await;
         match head {
             None => Outcome::TimedOut,
@@ -822,8 +909,9 @@ async fn read_response(
     out: &mut Vec<u8>,
     x: &Exchange<'_>,
     shared: &Shared,
-    client_keep_wanted: bool,
+    keep: &AtomicBool,
 ) -> Result<ResponseHead, NoResponse> {
+    let mut after_bytes = false;
     loop {
         if !ubuf.pending().is_empty() {
             let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
@@ -844,7 +932,7 @@ async fn read_response(
                         ubuf.consume(n);
                         continue;
                     }
-                    let head = client_head(&resp, x, shared, client_keep_wanted, out)?;
+                    let head = client_head(&resp, x, shared, keep.load(Relaxed), out)?;
                     ubuf.consume(n);
                     return Ok(head);
                 }
@@ -858,11 +946,10 @@ async fn read_response(
                 Err(e) => return Err(NoResponse::Malformed(e.to_string())),
             }
         }
-        let had = !ubuf.pending().is_empty();
         match ubuf.fill(ur).await {
-            Ok(0) => return Err(NoResponse::Closed { after_bytes: had }),
-            Ok(_) => {}
-            Err(e) => return Err(NoResponse::Io(e)),
+            Ok(0) => return Err(NoResponse::Closed { after_bytes }),
+            Ok(_) => after_bytes = true,
+            Err(error) => return Err(NoResponse::Io { error, after_bytes }),
         }
     }
 }
@@ -878,8 +965,24 @@ fn client_head(
     let status = resp.code.unwrap_or(0);
     let fields = http1::fields(resp.headers).map_err(NoResponse::Malformed)?;
     let framing = http1::response_framing(status, x.head_request, &fields);
-    let upstream_persistent =
-        http1::persistent(resp.version.unwrap_or(1), &fields) && framing != Framing::UntilClose;
+    // Both Transfer-Encoding and Content-Length: read by the former, but
+    // the connection is not trusted again (RFC 9112 §6.3).
+    let upstream_persistent = http1::persistent(resp.version.unwrap_or(1), &fields)
+        && framing != Framing::UntilClose
+        && !(fields.transfer_encoding && fields.content_length.is_some());
+    // Transfer codings are hop-by-hop, but an HTTP/1.1 client gets them as
+    // sent (the proxy does not decode gzip and the like); an HTTP/1.0
+    // client knows none: `chunked` alone is decoded for it, others refused.
+    let pass_codings = fields.transfer_encoding && x.client_minor >= 1 && framing != Framing::None;
+    if fields.transfer_encoding
+        && x.client_minor == 0
+        && framing != Framing::None
+        && !fields.only_chunked
+    {
+        return Err(NoResponse::Malformed(
+            "a transfer coding other than chunked, which an HTTP/1.0 client cannot read".into(),
+        ));
+    }
     let decode = framing == Framing::Chunked && x.client_minor == 0;
     let client_keep = client_keep_wanted && framing != Framing::UntilClose && !decode;
 
@@ -893,14 +996,13 @@ fn client_head(
         // With Transfer-Encoding, a Content-Length is wrong (RFC 9112 §6.3).
         let stale_length =
             fields.transfer_encoding && h.name.eq_ignore_ascii_case("content-length");
-        if !stale_length && !http1::is_hop_by_hop(h.name, &fields.named) {
+        let ours = h.name.eq_ignore_ascii_case("x-cutover-colour");
+        let codings = pass_codings && h.name.eq_ignore_ascii_case("transfer-encoding");
+        if codings || (!stale_length && !ours && !http1::is_hop_by_hop(h.name, &fields.named)) {
             http1::push_field(out, h.name.as_bytes(), h.value);
         }
     }
     colour_fields(out, x, shared);
-    if framing == Framing::Chunked && !decode {
-        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
-    }
     if !client_keep {
         out.extend_from_slice(b"Connection: close\r\n");
     } else if x.client_minor == 0 {
@@ -1019,29 +1121,47 @@ fn record(shared: &Shared, x: &Exchange<'_>, status: u16, start: Instant) -> Ins
     now
 }
 
+/// A response made here for a request that got none from its upstream.
+struct Answer<'a> {
+    /// 502 or 504.
+    status: u16,
+    body: &'a str,
+    /// The whole request body was read (the connection can carry on).
+    body_consumed: bool,
+}
+
 /// Answers a request that got no response from its upstream (502, 504);
-/// counts it. Whether the client connection may carry on.
-#[allow(clippy::too_many_arguments)]
+/// counts it.
 async fn answer_error(
     client: &mut TcpStream,
     out: &mut Vec<u8>,
     x: &Exchange<'_>,
     shared: &Shared,
+    deadline: &mut Deadline,
     start: Instant,
-    status: u16,
-    body: &str,
-    body_consumed: bool,
-) -> bool {
-    record(shared, x, status, start);
-    let reason = if status == 504 {
+    answer: Answer<'_>,
+) -> After {
+    let now = record(shared, x, answer.status, start);
+    let reason = if answer.status == 504 {
         "Gateway Timeout"
     } else {
         "Bad Gateway"
     };
-    let keep = x.client_persistent && body_consumed;
+    let keep = x.client_persistent && answer.body_consumed;
     out.clear();
-    write_error(out, status, reason, body, Some((x, shared)), keep);
-    client.write_all(out).await.is_ok() && keep
+    write_error(
+        out,
+        answer.status,
+        reason,
+        answer.body,
+        Some((x, shared)),
+        keep,
+    );
+    deadline.set(now + shared.config.request_timeout);
+    match deadline.run(client.write_all(out)).await {
+        Some(Ok(())) => After::keep_if(keep),
+        _ => After::Abort,
+    }
 }
 
 /// A plain-text response made here.
@@ -1112,6 +1232,6 @@ mod tests {
             request_field("X-Forwarded-Port"),
             RequestField::Forward
         ));
-        assert!(matches!(request_field("Host"), RequestField::Forward));
+        assert!(matches!(request_field("Host"), RequestField::Host));
     }
 }

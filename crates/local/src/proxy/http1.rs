@@ -72,9 +72,13 @@ impl fmt::Display for RequestError {
 #[derive(Debug, Default)]
 pub struct Fields<'b> {
     pub content_length: Option<u64>,
-    /// `Transfer-Encoding` present; `chunked` whether its last coding is.
+    /// `Transfer-Encoding` present; `chunked` whether its last coding is;
+    /// `only_chunked` whether `chunked` is its one and only coding.
     pub transfer_encoding: bool,
     pub chunked: bool,
+    pub only_chunked: bool,
+    /// How many `Host` fields.
+    pub hosts: usize,
     /// `Connection: close` / `keep-alive`.
     pub close: bool,
     pub keep_alive: bool,
@@ -98,28 +102,44 @@ pub fn fields<'b>(headers: &[httparse::Header<'b>]) -> Result<Fields<'b>, String
             }
             f.content_length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            let first = !f.transfer_encoding;
             f.transfer_encoding = true;
+            let mut codings = 0;
             // The last coding of the last field decides.
-            if let Some(last) = tokens(h.value).last() {
-                f.chunked = last.eq_ignore_ascii_case(b"chunked");
+            for coding in tokens(h.value) {
+                codings += 1;
+                f.chunked = coding.eq_ignore_ascii_case(b"chunked");
             }
+            f.only_chunked = first && codings == 1 && f.chunked;
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in tokens(h.value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     f.close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     f.keep_alive = true;
-                } else {
+                } else if !frames_the_message(token) {
+                    // A field that frames the message or names its host is
+                    // never dropped on `Connection`'s word: that would let
+                    // the two hops read the body differently.
                     f.named.push(token);
                 }
             }
         } else if name.eq_ignore_ascii_case(b"host") {
+            f.hosts += 1;
             f.host = Some(h.value);
         } else if name.eq_ignore_ascii_case(b"expect") {
             f.expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
     }
     Ok(f)
+}
+
+/// `Content-Length`, `Transfer-Encoding` and `Host`: fields the proxy
+/// itself reads to frame and route a message.
+fn frames_the_message(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"content-length")
+        || name.eq_ignore_ascii_case(b"transfer-encoding")
+        || name.eq_ignore_ascii_case(b"host")
 }
 
 /// A request body's framing (RFC 9112 §6.3, as a server).
@@ -130,7 +150,9 @@ pub fn request_framing(f: &Fields<'_>) -> Result<Framing, RequestError> {
                 "both Transfer-Encoding and Content-Length".into(),
             ));
         }
-        return if f.chunked {
+        // Only `chunked` alone: the proxy passes chunks on as they are and
+        // has no way to tell an upstream about other codings.
+        return if f.only_chunked {
             Ok(Framing::Chunked)
         } else {
             Err(RequestError::UnsupportedCoding)
@@ -224,6 +246,17 @@ pub fn origin_form(target: &str) -> &str {
     }
 }
 
+/// The authority (`host[:port]`) of an absolute-form target
+/// (`http://host:port/path`); `None` for any other form.
+pub fn target_authority(target: &str) -> Option<&str> {
+    if target.starts_with('/') || target == "*" {
+        return None;
+    }
+    let after_scheme = &target[target.find("://")? + 3..];
+    let end = after_scheme.find(['/', '?']).unwrap_or(after_scheme.len());
+    Some(&after_scheme[..end]).filter(|a| !a.is_empty())
+}
+
 pub fn lossy(b: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(b)
 }
@@ -272,7 +305,11 @@ pub enum Chunks {
         size: u64,
         digits: u8,
     },
-    /// After the size: extensions or whitespace until CR.
+    /// Whitespace after the size, before `;` or CR.
+    SizeSpace {
+        size: u64,
+    },
+    /// In chunk extensions (after `;`), until CR.
     Extension {
         size: u64,
     },
@@ -288,6 +325,8 @@ pub enum Chunks {
     TrailerStart,
     /// Inside a trailer field line.
     Trailer,
+    /// After a trailer line's CR.
+    TrailerLf,
     /// After the final CR.
     EndLf,
     Done,
@@ -320,9 +359,16 @@ impl Chunks {
                     None if digits == 0 => return Err(ChunkError("no chunk size")),
                     None => match b {
                         b'\r' => Chunks::SizeLf { size },
-                        b';' | b' ' | b'\t' => Chunks::Extension { size },
+                        b';' => Chunks::Extension { size },
+                        b' ' | b'\t' => Chunks::SizeSpace { size },
                         _ => return Err(ChunkError("invalid chunk size")),
                     },
+                },
+                Chunks::SizeSpace { size } => match b {
+                    b' ' | b'\t' => Chunks::SizeSpace { size },
+                    b';' => Chunks::Extension { size },
+                    b'\r' => Chunks::SizeLf { size },
+                    _ => return Err(ChunkError("invalid chunk size")),
                 },
                 Chunks::Extension { size } => match b {
                     b'\r' => Chunks::SizeLf { size },
@@ -351,14 +397,20 @@ impl Chunks {
                 Chunks::DataCr | Chunks::DataLf => {
                     return Err(ChunkError("chunk data not followed by CRLF"))
                 }
+                // Lines end in CRLF, never a bare LF or CR: a recipient
+                // that allowed those would see the body end elsewhere.
                 Chunks::TrailerStart => match b {
                     b'\r' => Chunks::EndLf,
+                    b'\n' => return Err(ChunkError("bare LF in the trailer section")),
                     _ => Chunks::Trailer,
                 },
                 Chunks::Trailer => match b {
-                    b'\n' => Chunks::TrailerStart,
+                    b'\r' => Chunks::TrailerLf,
+                    b'\n' => return Err(ChunkError("bare LF in a trailer line")),
                     _ => Chunks::Trailer,
                 },
+                Chunks::TrailerLf if b == b'\n' => Chunks::TrailerStart,
+                Chunks::TrailerLf => return Err(ChunkError("CR without LF in a trailer line")),
                 Chunks::EndLf if b == b'\n' => {
                     *self = Chunks::Done;
                     return Ok(i + 1);
@@ -529,6 +581,18 @@ mod tests {
         assert_eq!(origin_form("http://example.com/a/b?c"), "/a/b?c");
         assert_eq!(origin_form("http://example.com"), "");
         assert_eq!(origin_form("http://example.com?q=1"), "?q=1");
+        assert_eq!(
+            target_authority("http://example.com:8080/a"),
+            Some("example.com:8080")
+        );
+        assert_eq!(
+            target_authority("http://example.com?q"),
+            Some("example.com")
+        );
+        assert_eq!(target_authority("http://example.com"), Some("example.com"));
+        assert_eq!(target_authority("http:///a"), None);
+        assert_eq!(target_authority("/a"), None);
+        assert_eq!(target_authority("*"), None);
     }
 
     #[test]
@@ -556,7 +620,7 @@ mod tests {
 
     #[test]
     fn chunked_bodies_end_where_they_end_however_they_arrive() {
-        let body = b"5\r\nhello\r\n1;ext=1\r\n \r\nA\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let body = b"5\r\nhello\r\n1 ;ext=1\r\n \r\nA\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\nNEXT";
         for split in [1, 2, 3, 7, body.len()] {
             let (data, used) = dechunk(body, split).unwrap();
             assert_eq!(data, b"hello 0123456789");
@@ -564,6 +628,20 @@ mod tests {
         }
         let (data, used) = dechunk(b"0\r\n\r\n", 1).unwrap();
         assert_eq!((data.len(), used), (0, 5));
+    }
+
+    /// Lines of the trailer section end in CRLF: a bare LF is an error, or
+    /// an upstream that accepts LF would see the body end elsewhere.
+    #[test]
+    fn bare_lf_in_the_trailer_section_is_an_error() {
+        for bad in [
+            &b"0\r\n\nGET /smuggled HTTP/1.1\r\n\r\n"[..],
+            b"0\r\nX-T: 1\n\nGET /smuggled HTTP/1.1\r\n\r\n",
+        ] {
+            let mut c = Chunks::default();
+            let scanned = c.scan(bad, |_| {});
+            assert!(scanned.is_err(), "{}: {scanned:?} {c:?}", lossy(bad));
+        }
     }
 
     #[test]
@@ -575,6 +653,7 @@ mod tests {
             b"5\r\nhelloXX",
             b"11111111111111111\r\n",
             b"0\r\n\rX",
+            b"5 x\r\nhello\r\n",
         ] {
             let mut c = Chunks::default();
             assert!(c.scan(bad, |_| {}).is_err(), "{}", lossy(bad));
