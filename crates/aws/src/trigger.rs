@@ -4,14 +4,17 @@
 //! events to an SQS queue (allowed by [`queue_policy`]); a [`Watcher`]
 //! long-polls the queue, parses each event ([`parse_event`]), keeps the
 //! ones the plan's trigger asks for ([`matches`]) and turns each new
-//! (service, task definition revision) into exactly one [`StartRequest`].
+//! (service, task definition revision) into exactly one rollout.
 //!
 //! What the reference got wrong, and what this does instead:
 //! - It read a `Triggered` flag and then wrote it, unconditionally: two
-//!   deliveries of one event could both start a rollout. Here the only
-//!   thing that decides is [`Store::claim_trigger`], a conditional write on
-//!   the key `ecs:{service}:{taskDefinitionArn}`; exactly one caller ever
-//!   wins a key, across watchers, processes and hosts sharing the store.
+//!   deliveries of one event could both start a rollout. Here two
+//!   conditional writes decide. [`Store::claim_trigger`] on the key
+//!   `ecs:{service}:{taskDefinitionArn}` records who saw the revision
+//!   first. The rollout itself has an id made of the same two parts
+//!   ([`StartRequest::rollout_id`]), and the store creates an id only once:
+//!   across watchers, processes and hosts sharing the store, one revision
+//!   becomes one rollout, whoever creates it.
 //! - It tested container names with a substring test on a string; here
 //!   a container matches only if its name is in the list.
 //!
@@ -22,19 +25,23 @@
 //! watcher: across watchers, duplicates are stopped by the store claim, not
 //! by the mark.
 //!
-//! Messages are deleted only once handled: claimed (won or lost), or
-//! deliberately ignored (not matching, stale). A message whose claim failed
-//! (store unreachable) is left in the queue and comes back after the
-//! queue's visibility timeout. A malformed message (not JSON, not an ECS
-//! task event, a field missing) can never become valid: it is logged with
-//! its error, listed in the [`PollReport`], and deleted, so it neither
-//! crashes the watcher nor comes back forever (a queue without a redrive
-//! policy would otherwise loop on it).
+//! Messages are deleted only once handled: the revision's rollout exists
+//! (created now, or before), the start was refused for good, or the event
+//! is deliberately ignored (not matching, stale). So nothing is lost to a
+//! watcher that dies: until the rollout exists, the message stays in the
+//! queue and comes back to some watcher, which finds the claim taken, the
+//! rollout missing, and creates it. A revision that cannot start yet (its
+//! service has another active rollout, or the store is unreachable) is
+//! also left in the queue, made visible again after
+//! [`Watcher::with_retry_after`]; it starts on the first try after the
+//! active rollout ended. (With a redrive policy on the queue, allow as
+//! many receives as the longest wait for a rollout to end takes retries.)
 //!
-//! Delivery is at most once per key: the claim is taken before the start
-//! request is handed out, so a watcher that dies between the two loses
-//! that trigger (it never starts it twice). Deploy again, or start the
-//! rollout by hand with `cutover run`.
+//! A malformed message (not JSON, not an ECS task event, a field missing)
+//! can never become valid: it is logged with its error, listed in the
+//! [`PollReport`], and deleted, so it neither crashes the watcher nor comes
+//! back forever (a queue without a redrive policy would otherwise loop on
+//! it).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -290,8 +297,8 @@ fn cluster_matches(cluster_arn: &str, wanted: &str) -> bool {
             .is_some_and(|(_, name)| name == wanted)
 }
 
-/// What a winning watcher hands out: start a rollout of `service` to this
-/// task definition.
+/// What a watcher asks its caller to do: start a rollout of `service` to
+/// this task definition, unless it exists.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StartRequest {
     pub service: String,
@@ -300,8 +307,40 @@ pub struct StartRequest {
     pub event_time: Timestamp,
     pub cluster_arn: String,
     pub task_arn: String,
-    /// The key this watcher won.
+    /// The revision's key in the store's trigger claims.
     pub claim_key: String,
+    /// Whether this watcher's claim of the key won (it saw the revision
+    /// first). A request with a lost claim is a redelivery or a duplicate:
+    /// the rollout most likely exists already.
+    pub claim_won: bool,
+}
+
+impl StartRequest {
+    /// The rollout's id: the service and the task definition's
+    /// `family-revision`, so one revision always maps to one id.
+    pub fn rollout_id(&self) -> String {
+        let arn = &self.task_definition_arn;
+        let revision = arn
+            .rsplit_once(":task-definition/")
+            .map_or(arn.as_str(), |(_, r)| r);
+        format!("{}-{}", self.service, revision.replace(':', "-"))
+    }
+}
+
+/// What the caller did with a [`StartRequest`]; decides the message's fate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartOutcome {
+    /// The rollout was created now. The message is deleted.
+    Created,
+    /// The rollout exists already (created by another delivery, or
+    /// earlier). The message is deleted.
+    Exists,
+    /// Not now (the service has another active rollout; the store failed):
+    /// the message stays and comes back after the retry delay.
+    Later(String),
+    /// Never (e.g. the plan cannot run): the message is deleted and the
+    /// reason reported.
+    Refused(String),
 }
 
 /// A message set aside because it is not a usable event (and deleted).
@@ -316,17 +355,20 @@ pub struct Malformed {
 pub struct PollReport {
     /// Messages received.
     pub received: usize,
-    /// Start requests handed out (claims won).
+    /// Rollouts created.
     pub started: usize,
-    /// Matching events whose key another delivery had already claimed.
+    /// Matching events whose rollout existed already.
     pub duplicates: usize,
+    /// Starts refused for good (message deleted), with why.
+    pub refused: Vec<String>,
     /// Events older than (or as old as) the last seen for their task.
     pub stale: usize,
     /// Well-formed events the trigger does not ask for.
     pub ignored: usize,
     /// Bodies that are not usable events; deleted after being recorded.
     pub malformed: Vec<Malformed>,
-    /// Messages left in the queue to come back later (claim failed), with why.
+    /// Messages left in the queue to come back later (claim failed, or the
+    /// start must wait), with why.
     pub deferred: Vec<String>,
     /// Handled messages whose deletion failed; they will come back and be
     /// found stale or already claimed.
@@ -335,6 +377,8 @@ pub struct PollReport {
 
 /// Default long-poll wait (SQS allows 0 to 20 s).
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(20);
+/// Default delay before a start that must wait is tried again.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// Tasks remembered before old marks are forgotten.
 const MAX_TRACKED_TASKS: usize = 10_000;
@@ -348,6 +392,7 @@ pub struct Watcher {
     store: Arc<dyn Store>,
     owner: String,
     wait: Duration,
+    retry_after: Duration,
     /// Per task ARN: the highest `detail.version` handled, and when.
     seen: HashMap<String, (u64, Timestamp)>,
 }
@@ -366,6 +411,7 @@ impl Watcher {
             store,
             owner: owner.into(),
             wait: DEFAULT_WAIT,
+            retry_after: DEFAULT_RETRY_AFTER,
             seen: HashMap::new(),
         }
     }
@@ -376,30 +422,40 @@ impl Watcher {
         self
     }
 
+    /// How long a message whose start must wait stays invisible before it
+    /// is tried again (whole seconds, at most 12 h, SQS's limit).
+    pub fn with_retry_after(mut self, retry_after: Duration) -> Watcher {
+        self.retry_after = retry_after.min(Duration::from_secs(12 * 3600));
+        self
+    }
+
     pub fn trigger(&self) -> &EcsEventsTrigger {
         &self.trigger
     }
 
-    /// Receives one batch (waiting up to the long-poll wait), handles each
-    /// message and calls `on_start` once per claim won. Errs only when the
-    /// queue cannot be read; per-message problems are in the report.
-    pub async fn poll_once(
-        &mut self,
-        mut on_start: impl FnMut(StartRequest),
-    ) -> Result<PollReport, AdapterError> {
+    /// Receives one batch (waiting up to the long-poll wait) and handles
+    /// each message: `on_start` is called for every matching event whose
+    /// claim did not fail, and says whether the rollout now exists (see
+    /// [`StartOutcome`]). Errs only when the queue cannot be read;
+    /// per-message problems are in the report.
+    pub async fn poll_once<F, Fut>(&mut self, mut on_start: F) -> Result<PollReport, AdapterError>
+    where
+        F: FnMut(StartRequest) -> Fut,
+        Fut: Future<Output = StartOutcome>,
+    {
         let messages = self.receive().await?;
         Ok(self.handle(messages, &mut on_start).await)
     }
 
-    /// Polls until `shutdown` completes, calling `on_start` per claim won.
-    /// Shutdown interrupts only the wait for messages, never the handling
-    /// of a received batch (so no claim is taken without its start
-    /// request). Receive errors are logged and retried with a backoff.
-    pub async fn run(
-        &mut self,
-        mut on_start: impl FnMut(StartRequest),
-        shutdown: impl Future<Output = ()>,
-    ) {
+    /// Polls until `shutdown` completes, handling messages as
+    /// [`Watcher::poll_once`] does. Shutdown interrupts only the wait for
+    /// messages, never the handling of a received batch. Receive errors are
+    /// logged and retried with a backoff.
+    pub async fn run<F, Fut>(&mut self, mut on_start: F, shutdown: impl Future<Output = ()>)
+    where
+        F: FnMut(StartRequest) -> Fut,
+        Fut: Future<Output = StartOutcome>,
+    {
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_secs(1);
         loop {
@@ -447,24 +503,46 @@ impl Watcher {
         Ok(out.messages.unwrap_or_default())
     }
 
-    async fn handle(
+    async fn handle<F, Fut>(
         &mut self,
         messages: Vec<aws_sdk_sqs::types::Message>,
-        on_start: &mut impl FnMut(StartRequest),
-    ) -> PollReport {
+        on_start: &mut F,
+    ) -> PollReport
+    where
+        F: FnMut(StartRequest) -> Fut,
+        Fut: Future<Output = StartOutcome>,
+    {
         let mut report = PollReport {
             received: messages.len(),
             ..PollReport::default()
         };
         for message in messages {
             let id = message.message_id().map(str::to_owned);
-            let handled = self.handle_one(&message, &mut report, on_start).await;
-            if !handled {
-                continue;
-            }
+            let fate = self.handle_one(&message, &mut report, on_start).await;
             let Some(receipt) = message.receipt_handle() else {
                 continue;
             };
+            match fate {
+                Fate::Delete => {}
+                Fate::Keep => continue,
+                Fate::RetryLater => {
+                    let secs = i32::try_from(self.retry_after.as_secs()).unwrap_or(i32::MAX);
+                    if let Err(e) = self
+                        .sqs
+                        .change_message_visibility()
+                        .queue_url(&self.trigger.queue_url)
+                        .receipt_handle(receipt)
+                        .visibility_timeout(secs)
+                        .send()
+                        .await
+                    {
+                        // It still comes back, after the queue's own timeout.
+                        let e = sdk_error("delaying a message", e);
+                        tracing::warn!(message_id = ?id, error = %e, "could not set when a waiting message comes back");
+                    }
+                    continue;
+                }
+            }
             if let Err(e) = self
                 .sqs
                 .delete_message()
@@ -484,13 +562,17 @@ impl Watcher {
         report
     }
 
-    /// True if the message is handled (and may be deleted).
-    async fn handle_one(
+    /// What becomes of one message.
+    async fn handle_one<F, Fut>(
         &mut self,
         message: &aws_sdk_sqs::types::Message,
         report: &mut PollReport,
-        on_start: &mut impl FnMut(StartRequest),
-    ) -> bool {
+        on_start: &mut F,
+    ) -> Fate
+    where
+        F: FnMut(StartRequest) -> Fut,
+        Fut: Future<Output = StartOutcome>,
+    {
         let id = message.message_id().map(str::to_owned);
         let event = match parse_event(message.body().unwrap_or_default()) {
             Ok(event) => event,
@@ -502,51 +584,75 @@ impl Watcher {
                     message_id: id,
                     error: e.to_string(),
                 });
-                return true;
+                return Fate::Delete;
             }
         };
         if let Some((last, _)) = self.seen.get(&event.task_arn) {
             if event.version <= *last {
                 tracing::debug!(task = %event.task_arn, version = event.version, last, "stale event ignored");
                 report.stale += 1;
-                return true;
+                return Fate::Delete;
             }
         }
         if let Some(why) = matches(&event, &self.trigger) {
             tracing::debug!(task = %event.task_arn, reason = %why, "event ignored");
             self.mark(&event);
             report.ignored += 1;
-            return true;
+            return Fate::Delete;
         }
         let Some(key) = event.claim_key() else {
             // `matches` refused non-service tasks already.
             report.ignored += 1;
-            return true;
+            return Fate::Delete;
         };
-        match self.store.claim_trigger(&key, &self.owner, now()).await {
-            Ok(won) => {
-                self.mark(&event);
-                if won {
-                    report.started += 1;
-                    tracing::info!(key = %key, task = %event.task_arn, "trigger claimed; starting a rollout");
-                    on_start(StartRequest {
-                        service: event.service().unwrap_or_default().to_owned(),
-                        task_definition_arn: event.task_definition_arn.clone(),
-                        event_time: event.time,
-                        cluster_arn: event.cluster_arn.clone(),
-                        task_arn: event.task_arn.clone(),
-                        claim_key: key,
-                    });
-                } else {
-                    tracing::debug!(key = %key, "trigger already claimed");
-                    report.duplicates += 1;
-                }
-                true
-            }
+        let claim_won = match self.store.claim_trigger(&key, &self.owner, now()).await {
+            Ok(won) => won,
             Err(e) => {
                 tracing::warn!(key = %key, error = %e, "cannot claim the trigger; the event will come back");
                 report.deferred.push(format!("{key}: {e}"));
-                false
+                return Fate::Keep;
+            }
+        };
+        let request = StartRequest {
+            service: event.service().unwrap_or_default().to_owned(),
+            task_definition_arn: event.task_definition_arn.clone(),
+            event_time: event.time,
+            cluster_arn: event.cluster_arn.clone(),
+            task_arn: event.task_arn.clone(),
+            claim_key: key.clone(),
+            claim_won,
+        };
+        // Won or lost, the rollout is created if it does not exist: a lost
+        // claim whose rollout is missing is a start its claimer did not
+        // finish (it died, or had to wait), and this delivery finishes it.
+        match on_start(request).await {
+            StartOutcome::Created => {
+                self.mark(&event);
+                report.started += 1;
+                if claim_won {
+                    tracing::info!(key = %key, task = %event.task_arn, "trigger claimed; rollout created");
+                } else {
+                    tracing::info!(key = %key, task = %event.task_arn, "rollout created for a revision claimed earlier but not started");
+                }
+                Fate::Delete
+            }
+            StartOutcome::Exists => {
+                self.mark(&event);
+                tracing::debug!(key = %key, "the revision's rollout exists");
+                report.duplicates += 1;
+                Fate::Delete
+            }
+            StartOutcome::Refused(why) => {
+                self.mark(&event);
+                tracing::warn!(key = %key, reason = %why, "start refused; the event is dropped");
+                report.refused.push(format!("{key}: {why}"));
+                Fate::Delete
+            }
+            StartOutcome::Later(why) => {
+                // Not marked as seen: the message comes back to be tried again.
+                tracing::info!(key = %key, reason = %why, retry_after = ?self.retry_after, "start must wait");
+                report.deferred.push(format!("{key}: {why}"));
+                Fate::RetryLater
             }
         }
     }
@@ -567,6 +673,16 @@ impl Watcher {
             self.seen.retain(|_, (_, at)| now.since(*at) < MARK_TTL);
         }
     }
+}
+
+/// What becomes of a received message.
+enum Fate {
+    /// Handled: delete it.
+    Delete,
+    /// Leave it; it comes back after the queue's visibility timeout.
+    Keep,
+    /// Leave it and have it come back after the watcher's retry delay.
+    RetryLater,
 }
 
 fn now() -> Timestamp {

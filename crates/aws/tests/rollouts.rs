@@ -19,11 +19,11 @@ use common::fixtures::{
 };
 use cutover_aws::dynamodb::DynamoStore;
 use cutover_aws::ecs::{EcsPlatform, NewVersion};
-use cutover_aws::trigger::{StartRequest, Watcher};
+use cutover_aws::trigger::{StartOutcome, StartRequest, Watcher};
 use cutover_core::plan::{PlatformConfig, Release, RouterConfig};
 use cutover_core::{Command, Input, Phase, Rollout, Split, Verdict};
 use cutover_engine::ports::{AdapterError, Platform, Router};
-use cutover_engine::store::{RolloutRecord, Store, StoreError};
+use cutover_engine::store::{Store, StoreError};
 use cutover_engine::{Adapters, Clock, Engine, EngineError, Options};
 
 /// Where the recorder reads weights back from.
@@ -691,17 +691,6 @@ async fn ecs_rollout_fails_without_moving_traffic_when_green_cannot_be_prepared(
 
 // ---------------------------------------------------------------- trigger to rollout
 
-/// The rollout id for a start request: the service and the task
-/// definition's `family-revision`, so one revision always maps to one id.
-fn rollout_id(s: &StartRequest) -> String {
-    let revision = s
-        .task_definition_arn
-        .rsplit_once(":task-definition/")
-        .map_or(s.task_definition_arn.as_str(), |(_, r)| r)
-        .replace(':', "-");
-    format!("{}-{revision}", s.service)
-}
-
 /// The plan a triggered rollout runs: the watched service, deploying the
 /// event's task definition.
 fn triggered_plan(s: &StartRequest) -> cutover_core::Plan {
@@ -717,11 +706,12 @@ insync_timeout = "10s""#,
     plan
 }
 
-/// What one watcher did with one start request.
-struct Created {
-    request: StartRequest,
-    id: String,
-    result: Result<RolloutRecord, EngineError>,
+/// What the watchers did: rollouts created, and starts told to wait
+/// (with the active rollout that made them wait).
+#[derive(Default)]
+struct Outcomes {
+    created: Vec<(StartRequest, String)>,
+    waited: Vec<(String, String)>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -754,76 +744,91 @@ async fn triggered_revisions_become_exactly_one_rollout_each() {
         .create_table()
         .await
         .unwrap();
-    let created: Arc<Mutex<Vec<Created>>> = Arc::default();
+    let outcomes: Arc<Mutex<Outcomes>> = Arc::default();
+    let progress = Arc::new(tokio::sync::Notify::new());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..4 {
-        // Each watcher has its own store client and engine on the table.
+        // Each watcher has its own store client and engine on the table,
+        // and creates rollouts as `cutover watch` does (without driving).
         let store: Arc<dyn Store> = Arc::new(DynamoStore::new(&store_sdk, &table));
         let owner = format!("watcher-{n}");
-        let engine = Engine::new(store.clone(), Clock::system(), &owner, Options::default());
-        let mut watcher =
-            Watcher::new(&sdk, ecs_trigger(&url), store, owner).with_wait(Duration::from_secs(1));
-        let created = created.clone();
+        let engine = Arc::new(Engine::new(
+            store.clone(),
+            Clock::system(),
+            &owner,
+            Options::default(),
+        ));
+        let mut watcher = Watcher::new(&sdk, ecs_trigger(&url), store, owner)
+            .with_wait(Duration::from_secs(1))
+            .with_retry_after(Duration::from_secs(1));
+        let (outcomes, progress, stop) = (outcomes.clone(), progress.clone(), stop.clone());
         tasks.spawn(async move {
-            let mut handled = 0;
-            let mut empty_polls = 0;
-            while empty_polls < 2 {
-                let mut starts = Vec::new();
-                let report = watcher.poll_once(|s| starts.push(s)).await.unwrap();
-                assert!(report.deferred.is_empty(), "{report:?}");
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let report = watcher
+                    .poll_once(|request| {
+                        let (engine, outcomes) = (engine.clone(), outcomes.clone());
+                        async move {
+                            let id = request.rollout_id();
+                            match engine.create(&id, triggered_plan(&request), false).await {
+                                Ok(_) => {
+                                    outcomes.lock().unwrap().created.push((request, id));
+                                    StartOutcome::Created
+                                }
+                                Err(EngineError::Store(StoreError::DuplicateId(_))) => {
+                                    StartOutcome::Exists
+                                }
+                                Err(EngineError::Store(StoreError::ActiveExists {
+                                    id: active,
+                                    ..
+                                })) => {
+                                    outcomes.lock().unwrap().waited.push((id, active.clone()));
+                                    StartOutcome::Later(format!("`{active}` is active"))
+                                }
+                                Err(e) => panic!("creating {id}: {e}"),
+                            }
+                        }
+                    })
+                    .await
+                    .unwrap();
                 assert!(report.malformed.is_empty(), "{report:?}");
-                handled += report.received;
-                empty_polls = if report.received == 0 {
-                    empty_polls + 1
-                } else {
-                    0
-                };
-                // Each claim won becomes a rollout (created, not driven).
-                for request in starts {
-                    let id = rollout_id(&request);
-                    let result = engine.create(&id, triggered_plan(&request), false).await;
-                    created.lock().unwrap().push(Created {
-                        request,
-                        id,
-                        result,
-                    });
-                }
+                assert!(report.refused.is_empty(), "{report:?}");
+                progress.notify_one();
             }
-            handled
         });
     }
-    let mut handled = 0;
-    while let Some(result) = tasks.join_next().await {
-        handled += result.unwrap();
-    }
-    assert_eq!(handled, bodies.len());
-    assert_eq!(queue_len(&sqs, &url).await, 0, "queue drained");
-
-    // Each revision's claim was won exactly once, across the 4 watchers.
-    let created = std::mem::take(&mut *created.lock().unwrap());
-    let mut revisions: Vec<&str> = created
-        .iter()
-        .map(|c| c.request.task_definition_arn.as_str())
-        .collect();
-    revisions.sort_unstable();
-    assert_eq!(revisions, [rev1.as_str(), rev2.as_str()]);
+    let wait_until = |what: &'static str, done: Box<dyn Fn(&Outcomes) -> bool + Send>| {
+        let (outcomes, progress) = (outcomes.clone(), progress.clone());
+        async move {
+            tokio::time::timeout(Duration::from_secs(60), async {
+                while !done(&outcomes.lock().unwrap()) {
+                    progress.notified().await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+        }
+    };
 
     // One active rollout per service is the store's rule: whichever
-    // revision was claimed first got its rollout; the other's create was
-    // refused with ActiveExists naming it, and that revision must wait.
-    // Its claim is not won again (the event is gone), so whoever got the
-    // refusal holds on to the request and creates once the first ends.
-    let (won, refused): (Vec<_>, Vec<_>) = created.into_iter().partition(|c| c.result.is_ok());
-    assert_eq!((won.len(), refused.len()), (1, 1));
-    let (first, waiting) = (&won[0], &refused[0]);
-    match &waiting.result {
-        Err(EngineError::Store(StoreError::ActiveExists { service, id })) => {
-            assert_eq!(
-                (service.as_str(), id.as_str()),
-                ("green-app", first.id.as_str())
-            );
-        }
-        other => panic!("expected ActiveExists, got {:?}", other.as_ref().err()),
+    // revision came first got its rollout; the other's start was told to
+    // wait for it, and its messages stay in the queue.
+    wait_until(
+        "one rollout, and the other revision waiting",
+        Box::new(|o| o.created.len() == 1 && !o.waited.is_empty()),
+    )
+    .await;
+    let (first, first_id) = outcomes.lock().unwrap().created[0].clone();
+    let waiting_id = if first_id.ends_with('1') {
+        "green-app-green-2"
+    } else {
+        "green-app-green-1"
+    };
+    for (id, active) in &outcomes.lock().unwrap().waited {
+        assert_eq!(
+            (id.as_str(), active.as_str()),
+            (waiting_id, first_id.as_str())
+        );
     }
     let store = DynamoStore::new(&store_sdk, &table);
     let records = store.list_for_service("green-app", 10).await.unwrap();
@@ -832,40 +837,18 @@ async fn triggered_revisions_become_exactly_one_rollout_each() {
             .iter()
             .map(|r| (r.id.as_str(), r.active))
             .collect::<Vec<_>>(),
-        [(first.id.as_str(), true)]
+        [(first_id.as_str(), true)]
     );
 
-    // A late redelivery of either revision starts nothing: the claims are
-    // in the table.
-    send(&sqs, &url, &event("green-app", &rev1, "t9", 7, "RUNNING")).await;
-    send(&sqs, &url, &event("green-app", &rev2, "t9", 8, "RUNNING")).await;
-    let mut late = Watcher::new(
-        &sdk,
-        ecs_trigger(&url),
-        Arc::new(DynamoStore::new(&store_sdk, &table)),
-        "late",
-    )
-    .with_wait(Duration::from_secs(1));
-    let mut started = 0;
-    let mut seen = 0;
-    for _ in 0..5 {
-        let report = late.poll_once(|_| started += 1).await.unwrap();
-        seen += report.duplicates;
-        if seen == 2 {
-            break;
-        }
-    }
-    assert_eq!((seen, started), (2, 0));
-
     // The first rollout ends (an operator aborts it before traffic moved);
-    // now the waiting revision's rollout is created.
+    // the waiting revision's next delivery creates its rollout.
     let engine = Engine::new(
         Arc::new(DynamoStore::new(&store_sdk, &table)),
         Clock::system(),
         "operator",
         Options::default(),
     );
-    let (record, mut rollout) = engine.load(&first.id).await.unwrap();
+    let (record, mut rollout) = engine.load(&first_id).await.unwrap();
     let now = engine.now();
     assert!(rollout
         .handle(now, Input::Command(Command::Abort))
@@ -873,7 +856,7 @@ async fn triggered_revisions_become_exactly_one_rollout_each() {
     assert!(matches!(rollout.phase, Phase::Aborted { .. }));
     store
         .update(
-            &first.id,
+            &first_id,
             record.version,
             &serde_json::to_string(&rollout).unwrap(),
             false,
@@ -881,12 +864,29 @@ async fn triggered_revisions_become_exactly_one_rollout_each() {
         )
         .await
         .unwrap();
-    engine
-        .create(&waiting.id, triggered_plan(&waiting.request), false)
-        .await
-        .unwrap();
+    wait_until(
+        "the waiting revision's rollout",
+        Box::new(|o| o.created.len() == 2),
+    )
+    .await;
+    // Every copy of every event is handled, then none is left.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while queue_len(&sqs, &url).await > 0 {
+            progress.notified().await;
+        }
+    })
+    .await
+    .expect("the queue drains");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap();
+    }
 
-    // One rollout per revision, never two.
+    // One rollout per revision, never two, each of its own revision.
+    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
+    let mut created: Vec<&str> = outcomes.created.iter().map(|(_, id)| id.as_str()).collect();
+    created.sort_unstable();
+    assert_eq!(created, ["green-app-green-1", "green-app-green-2"]);
     let mut records = store.list_for_service("green-app", 10).await.unwrap();
     records.sort_by(|a, b| a.id.cmp(&b.id));
     let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
@@ -902,13 +902,47 @@ async fn triggered_revisions_become_exactly_one_rollout_each() {
             rollout.plan.release,
             Some(Release::TaskDefinition(arn.clone()))
         );
-        assert_eq!(record.active, record.id == waiting.id);
+        assert_eq!(record.active, record.id == waiting_id);
     }
-    // Creating a revision's rollout again is refused, whatever the reason.
-    assert!(engine
-        .create(&first.id, triggered_plan(&first.request), false)
-        .await
-        .is_err());
+
+    // A late redelivery of either revision starts nothing.
+    send(&sqs, &url, &event("green-app", &rev1, "t9", 7, "RUNNING")).await;
+    send(&sqs, &url, &event("green-app", &rev2, "t9", 8, "RUNNING")).await;
+    let mut late = Watcher::new(
+        &sdk,
+        ecs_trigger(&url),
+        Arc::new(DynamoStore::new(&store_sdk, &table)),
+        "late",
+    )
+    .with_wait(Duration::from_secs(1));
+    let mut seen = 0;
+    for _ in 0..5 {
+        let report = late
+            .poll_once(|request| {
+                let engine = &engine;
+                async move {
+                    let created = engine
+                        .create(&request.rollout_id(), triggered_plan(&request), false)
+                        .await;
+                    match created {
+                        Err(EngineError::Store(StoreError::DuplicateId(_))) => StartOutcome::Exists,
+                        other => panic!(
+                            "a late redelivery created or failed: {:?}",
+                            other.map(|r| r.id)
+                        ),
+                    }
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(report.started, 0);
+        seen += report.duplicates;
+        if seen == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen, 2);
+    assert_eq!(first.service, "green-app");
     assert_eq!(
         store.list_for_service("green-app", 10).await.unwrap().len(),
         2

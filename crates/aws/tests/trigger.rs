@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use common::fixtures::{ecs_trigger, event, event_queue, queue_len, send, task_def, ACCOUNT};
-use cutover_aws::trigger::{PollReport, StartRequest, Watcher};
+use cutover_aws::trigger::{PollReport, StartOutcome, StartRequest, Watcher};
 use cutover_core::plan::EcsEventsTrigger;
 use cutover_core::{Command, Timestamp};
 use cutover_engine::store::{PostedCommand, RolloutRecord, SqliteStore, Store, StoreError};
@@ -24,7 +24,32 @@ fn trigger(queue_url: &str) -> EcsEventsTrigger {
 }
 
 fn handled_in(r: &PollReport) -> usize {
-    r.started + r.duplicates + r.stale + r.ignored + r.malformed.len()
+    r.started + r.duplicates + r.stale + r.ignored + r.malformed.len() + r.refused.len()
+}
+
+/// What `cutover watch` does with a start request, short of driving the
+/// rollout: create its record unless a rollout of that id exists.
+async fn create_record(store: &dyn Store, s: &StartRequest) -> StartOutcome {
+    create_rollout(store, s, false).await
+}
+
+/// Like [`create_record`]; an `active` rollout is refused while the
+/// service has another one, and must wait.
+async fn create_rollout(store: &dyn Store, s: &StartRequest, active: bool) -> StartOutcome {
+    let created = store
+        .create(
+            &s.rollout_id(),
+            &s.service,
+            "{}",
+            active,
+            Timestamp::from_millis(1),
+        )
+        .await;
+    match created {
+        Ok(_) => StartOutcome::Created,
+        Err(StoreError::DuplicateId(_)) => StartOutcome::Exists,
+        Err(e) => StartOutcome::Later(e.to_string()),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -74,7 +99,7 @@ async fn concurrent_watchers_start_each_revision_exactly_once() {
         // Each watcher has its own connection to the same file.
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).unwrap());
         let owner = format!("watcher-{n}");
-        let mut watcher = Watcher::new(&sdk, trigger(&url), store, owner.clone())
+        let mut watcher = Watcher::new(&sdk, trigger(&url), store.clone(), owner.clone())
             .with_wait(Duration::from_secs(1));
         let starts = starts.clone();
         tasks.spawn(async move {
@@ -82,8 +107,18 @@ async fn concurrent_watchers_start_each_revision_exactly_once() {
             let mut handled = 0;
             let mut empty_polls = 0;
             while empty_polls < 2 {
+                // Every rollout created is recorded with its creator.
                 let report = watcher
-                    .poll_once(|s| starts.lock().unwrap().push((owner.clone(), s)))
+                    .poll_once(|s| {
+                        let (store, starts, owner) = (store.clone(), starts.clone(), owner.clone());
+                        async move {
+                            let outcome = create_record(&*store, &s).await;
+                            if outcome == StartOutcome::Created {
+                                starts.lock().unwrap().push((owner, s));
+                            }
+                            outcome
+                        }
+                    })
                     .await
                     .unwrap();
                 assert!(report.deferred.is_empty(), "{report:?}");
@@ -152,15 +187,26 @@ async fn concurrent_watchers_start_each_revision_exactly_once() {
 
     assert_eq!(queue_len(&sqs, &url).await, 0, "queue drained");
 
-    // The claims are durable: a new watcher seeing the same event again
-    // (a late redelivery) starts nothing.
+    // Claims and rollouts are durable: a new watcher seeing the same event
+    // again (a late redelivery) starts nothing.
     send(&sqs, &url, &event("green-app", &green1, "t9", 7, "RUNNING")).await;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).unwrap());
     let mut late =
-        Watcher::new(&sdk, trigger(&url), store, "late").with_wait(Duration::from_secs(1));
-    let mut started = 0;
-    let report = late.poll_once(|_| started += 1).await.unwrap();
-    assert_eq!((report.received, report.duplicates, started), (1, 1, 0));
+        Watcher::new(&sdk, trigger(&url), store.clone(), "late").with_wait(Duration::from_secs(1));
+    let mut requests = Vec::new();
+    let report = late
+        .poll_once(|s| {
+            requests.push(s.claim_won);
+            let store = store.clone();
+            async move { create_record(&*store, &s).await }
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.received, report.duplicates, report.started),
+        (1, 1, 0)
+    );
+    assert_eq!(requests, [false], "asked once, with the claim lost");
     assert_eq!(queue_len(&sqs, &url).await, 0);
 }
 
@@ -180,17 +226,20 @@ async fn an_older_event_of_a_known_task_is_ignored() {
     stopping["detail"]["desiredStatus"] = json!("STOPPED");
     send(&sqs, &url, &stopping.to_string()).await;
     let mut starts = Vec::new();
-    let report = watcher.poll_once(|s| starts.push(s)).await.unwrap();
+    let mut record = |s: StartRequest| {
+        starts.push(s);
+        std::future::ready(StartOutcome::Created)
+    };
+    let report = watcher.poll_once(&mut record).await.unwrap();
     assert_eq!((report.received, report.ignored), (1, 1));
 
     send(&sqs, &url, &event("green-app", &def, "t1", 3, "RUNNING")).await;
-    let report = watcher.poll_once(|s| starts.push(s)).await.unwrap();
+    let report = watcher.poll_once(&mut record).await.unwrap();
     assert_eq!((report.received, report.stale), (1, 1));
-    assert!(starts.is_empty());
 
     // A newer RUNNING state of the same task does start it.
     send(&sqs, &url, &event("green-app", &def, "t1", 5, "RUNNING")).await;
-    let report = watcher.poll_once(|s| starts.push(s)).await.unwrap();
+    let report = watcher.poll_once(&mut record).await.unwrap();
     assert_eq!((report.received, report.started), (1, 1));
     assert_eq!(starts.len(), 1);
     assert_eq!(starts[0].task_definition_arn, def);
@@ -205,7 +254,10 @@ async fn a_missing_queue_is_an_error_not_a_panic() {
     let url = format!("{}/{ACCOUNT}/no-such-queue", common::moto_url());
     let mut watcher =
         Watcher::new(&sdk, trigger(&url), store, "w").with_wait(Duration::from_secs(0));
-    let err = watcher.poll_once(|_| {}).await.unwrap_err();
+    let err = watcher
+        .poll_once(|_| std::future::ready(StartOutcome::Created))
+        .await
+        .unwrap_err();
     assert!(err.message.contains("no-such-queue"), "{err}");
 }
 
@@ -316,7 +368,13 @@ async fn an_event_whose_claim_fails_stays_in_the_queue_and_is_retried() {
     send(&sqs, &url, &event("green-app", &def, "t1", 2, "RUNNING")).await;
 
     let mut starts = Vec::new();
-    let report = watcher.poll_once(|s| starts.push(s)).await.unwrap();
+    let report = watcher
+        .poll_once(|s| {
+            starts.push(s);
+            std::future::ready(StartOutcome::Created)
+        })
+        .await
+        .unwrap();
     assert_eq!((report.received, report.started), (1, 0));
     assert_eq!(report.deferred.len(), 1, "{report:?}");
     assert!(
@@ -331,7 +389,13 @@ async fn an_event_whose_claim_fails_stays_in_the_queue_and_is_retried() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let mut report = PollReport::default();
     for _ in 0..5 {
-        report = watcher.poll_once(|s| starts.push(s)).await.unwrap();
+        report = watcher
+            .poll_once(|s| {
+                starts.push(s);
+                std::future::ready(StartOutcome::Created)
+            })
+            .await
+            .unwrap();
         if report.received > 0 {
             break;
         }
@@ -347,7 +411,7 @@ async fn run_hands_out_start_requests_until_shut_down() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
     let mut watcher =
-        Watcher::new(&sdk, trigger(&url), store, "w").with_wait(Duration::from_secs(1));
+        Watcher::new(&sdk, trigger(&url), store.clone(), "w").with_wait(Duration::from_secs(1));
     let def = task_def("green", 11);
     send(&sqs, &url, &event("green-app", &def, "t1", 2, "RUNNING")).await;
     send(&sqs, &url, &event("green-app", &def, "t2", 2, "RUNNING")).await;
@@ -355,9 +419,21 @@ async fn run_hands_out_start_requests_until_shut_down() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(async move {
         watcher
-            .run(move |s| tx.send(s).unwrap(), async move {
-                let _ = stopped.await;
-            })
+            .run(
+                move |s| {
+                    let (store, tx) = (store.clone(), tx.clone());
+                    async move {
+                        let outcome = create_record(&*store, &s).await;
+                        if outcome == StartOutcome::Created {
+                            tx.send(s).unwrap();
+                        }
+                        outcome
+                    }
+                },
+                async move {
+                    let _ = stopped.await;
+                },
+            )
             .await;
     });
     let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
@@ -370,7 +446,140 @@ async fn run_hands_out_start_requests_until_shut_down() {
         .await
         .expect("run stops on shutdown")
         .unwrap();
-    // The second task's event was a duplicate: no second request.
+    // The second task's event was a duplicate: no second rollout.
     assert!(rx.recv().await.is_none());
     assert_eq!(queue_len(&sqs, &url).await, 0);
+}
+
+/// A queue whose messages come back 1 s after being received and not deleted.
+async fn quick_queue(sqs: &aws_sdk_sqs::Client) -> String {
+    sqs.create_queue()
+        .queue_name(common::unique("events"))
+        .attributes(QueueAttributeName::VisibilityTimeout, "1")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_start_whose_claimer_died_is_finished_by_the_next_delivery() {
+    let sdk = cutover_aws::config::load(&common::aws()).await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let url = quick_queue(&sqs).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let def = task_def("green", 21);
+    send(&sqs, &url, &event("green-app", &def, "t1", 2, "RUNNING")).await;
+
+    // The first watcher claims the revision and dies before the rollout
+    // exists: its handling is dropped mid-start.
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).unwrap());
+    let mut first =
+        Watcher::new(&sdk, trigger(&url), store, "first").with_wait(Duration::from_secs(1));
+    let (entered, mut in_start) = tokio::sync::mpsc::unbounded_channel();
+    let dying = async {
+        first
+            .poll_once(|s| {
+                entered.send(s.claim_won).unwrap();
+                std::future::pending::<StartOutcome>()
+            })
+            .await
+    };
+    tokio::select! {
+        _ = dying => panic!("the start never finishes"),
+        claim_won = in_start.recv() => assert_eq!(claim_won, Some(true)),
+    }
+    assert_eq!(queue_len(&sqs, &url).await, 1, "the message is still there");
+
+    // Another watcher gets the message when it comes back, finds the claim
+    // taken and no rollout, and creates it.
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).unwrap());
+    let mut second = Watcher::new(&sdk, trigger(&url), store.clone(), "second")
+        .with_wait(Duration::from_secs(1));
+    let mut asked = Vec::new();
+    for _ in 0..10 {
+        let report = second
+            .poll_once(|s| {
+                asked.push(s.claim_won);
+                let store = store.clone();
+                async move { create_record(&*store, &s).await }
+            })
+            .await
+            .unwrap();
+        if report.received > 0 {
+            assert_eq!(report.started, 1, "{report:?}");
+            break;
+        }
+    }
+    assert_eq!(asked, [false], "asked once, the claim being the first's");
+    let rollouts = store.list_for_service("green-app", 10).await.unwrap();
+    assert_eq!(rollouts.len(), 1);
+    assert_eq!(rollouts[0].id, "green-app-green-21");
+    assert_eq!(queue_len(&sqs, &url).await, 0);
+}
+
+#[tokio::test]
+async fn a_start_that_must_wait_comes_back_and_starts_once_the_service_is_free() {
+    let (sdk, sqs, url) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
+    // Another rollout of the service is active.
+    let busy = store
+        .create(
+            "green-app-green-30",
+            "green-app",
+            "{}",
+            true,
+            Timestamp::from_millis(1),
+        )
+        .await
+        .unwrap();
+    let mut watcher = Watcher::new(&sdk, trigger(&url), store.clone(), "w")
+        .with_wait(Duration::from_secs(1))
+        .with_retry_after(Duration::ZERO);
+    let def = task_def("green", 31);
+    send(&sqs, &url, &event("green-app", &def, "t1", 2, "RUNNING")).await;
+    let mut start = |s: StartRequest| {
+        let store = store.clone();
+        async move { create_rollout(&*store, &s, true).await }
+    };
+
+    let report = watcher.poll_once(&mut start).await.unwrap();
+    assert_eq!((report.received, report.started), (1, 0), "{report:?}");
+    assert_eq!(report.deferred.len(), 1, "{report:?}");
+    assert!(
+        report.deferred[0].contains("green-app-green-30"),
+        "{report:?}"
+    );
+    assert_eq!(queue_len(&sqs, &url).await, 1, "kept for later");
+
+    // Still busy: it comes back (at once, with no retry delay) and waits again.
+    let report = watcher.poll_once(&mut start).await.unwrap();
+    assert_eq!(
+        (report.received, report.deferred.len()),
+        (1, 1),
+        "{report:?}"
+    );
+
+    // The active rollout ends; the next delivery starts the revision.
+    store
+        .update(
+            &busy.id,
+            busy.version,
+            "{}",
+            false,
+            Timestamp::from_millis(2),
+        )
+        .await
+        .unwrap();
+    let report = watcher.poll_once(&mut start).await.unwrap();
+    assert_eq!((report.received, report.started), (1, 1), "{report:?}");
+    assert_eq!(queue_len(&sqs, &url).await, 0);
+    let active = store.list_active().await.unwrap();
+    assert_eq!(
+        active.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["green-app-green-31"]
+    );
 }

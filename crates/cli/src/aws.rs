@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cutover_aws::trigger::{StartOutcome, StartRequest};
 use cutover_core::plan::{StoreConfig, TriggerConfig};
 use cutover_core::Rollout;
 use cutover_engine::store::StoreError;
@@ -135,11 +136,40 @@ pub async fn watch(file: &Path, wait: Duration) -> Exit {
         watcher.trigger().queue_url,
         plan.service
     );
-    let mut pending = Vec::new();
+    // Each matching event's rollout is created here unless it exists; the
+    // watcher keeps the message until it does (see cutover_aws::trigger).
+    let start = |s: StartRequest| {
+        let (engine, adapters, plan) = (engine.clone(), adapters.clone(), plan.clone());
+        async move {
+            let id = s.rollout_id();
+            match engine.create(&id, plan, false).await {
+                Ok(_) => {
+                    outln!(
+                        "rollout {id}: started by task {} running {}",
+                        s.task_arn,
+                        s.task_definition_arn
+                    );
+                    tokio::spawn(async move {
+                        match engine.drive(&id, &adapters).await {
+                            Ok(r) => outln!("rollout {id}: {}", r.phase.name()),
+                            Err(e) => eprintln!("rollout {id}: {e}"),
+                        }
+                    });
+                    StartOutcome::Created
+                }
+                Err(EngineError::Store(StoreError::DuplicateId(_))) => StartOutcome::Exists,
+                Err(EngineError::Store(StoreError::ActiveExists { id: active, .. })) => {
+                    outln!("rollout {id}: waiting for rollout {active} of the service to end");
+                    StartOutcome::Later(format!("the service has an active rollout `{active}`"))
+                }
+                Err(e @ EngineError::Store(_)) => StartOutcome::Later(e.to_string()),
+                Err(e) => StartOutcome::Refused(e.to_string()),
+            }
+        }
+    };
     loop {
-        let mut starts = Vec::new();
         let polled = tokio::select! {
-            r = watcher.poll_once(|s| starts.push(s)) => r,
+            r = watcher.poll_once(start) => r,
             _ = tokio::signal::ctrl_c() => return Exit::Ok,
         };
         match polled {
@@ -154,6 +184,9 @@ pub async fn watch(file: &Path, wait: Duration) -> Exit {
                 for d in &report.deferred {
                     eprintln!("left a message in the queue for later: {d}");
                 }
+                for r in &report.refused {
+                    eprintln!("not starting a rollout: {r}");
+                }
                 if report.received > 0 {
                     outln!(
                         "received {}: {} started, {} duplicate, {} stale, {} ignored",
@@ -167,44 +200,5 @@ pub async fn watch(file: &Path, wait: Duration) -> Exit {
             }
             Err(e) => eprintln!("receiving from the queue failed (retrying): {e}"),
         }
-        // A revision whose claim this watcher won waits here while the
-        // service has another active rollout (one at a time per service),
-        // and starts as soon as that one ends.
-        pending.extend(starts);
-        let mut waiting = Vec::new();
-        for start in pending.drain(..) {
-            let revision = start
-                .task_definition_arn
-                .rsplit('/')
-                .next()
-                .unwrap_or(&start.task_definition_arn)
-                .replace(':', "-");
-            let id = format!("{}-{revision}", plan.service);
-            match engine.create(&id, plan.clone(), false).await {
-                Ok(_) => {
-                    outln!(
-                        "rollout {id}: started by task {} running {}",
-                        start.task_arn,
-                        start.task_definition_arn
-                    );
-                    let (engine, adapters) = (engine.clone(), adapters.clone());
-                    tokio::spawn(async move {
-                        match engine.drive(&id, &adapters).await {
-                            Ok(r) => outln!("rollout {id}: {}", r.phase.name()),
-                            Err(e) => eprintln!("rollout {id}: {e}"),
-                        }
-                    });
-                }
-                Err(EngineError::Store(StoreError::ActiveExists { id: active, .. })) => {
-                    outln!("rollout {id}: waiting for rollout {active} of the service to end");
-                    waiting.push(start);
-                }
-                Err(e) => eprintln!(
-                    "not starting a rollout for task {} running {}: {e}",
-                    start.task_arn, start.task_definition_arn
-                ),
-            }
-        }
-        pending = waiting;
     }
 }

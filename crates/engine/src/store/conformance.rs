@@ -191,6 +191,14 @@ pub async fn one_active_rollout_per_service<S: Store>(store: &S) {
         store.create("other", "svc-4", "x", false, ts(5_000)).await,
         StoreError::DuplicateId("other".into()),
     );
+    // Re-creating the service's active rollout is a duplicate, not a wait
+    // for that rollout to end (a trigger redelivered while its own rollout
+    // runs must be recognised as done).
+    fails(
+        "create again the active rollout of its service",
+        store.create("second", "svc", "x", true, ts(5_000)).await,
+        StoreError::DuplicateId("second".into()),
+    );
     assert_eq!(
         ok("load first", store.load("first").await),
         Some(record("first", "svc", 2, false, "done", 1_000, 3_000)),

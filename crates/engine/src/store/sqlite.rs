@@ -357,6 +357,18 @@ impl Store for SqliteStore {
                         Err(StoreError::DuplicateId(record.id).into())
                     }
                     Some(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE) => {
+                        // The id may be taken too (which index SQLite checks
+                        // first is not specified): a taken id is reported first.
+                        let taken: Option<i64> = tx
+                            .query_row(
+                                "SELECT 1 FROM rollouts WHERE id = ?1",
+                                [&record.id],
+                                |row| row.get(0),
+                            )
+                            .optional()?;
+                        if taken.is_some() {
+                            return Err(StoreError::DuplicateId(record.id).into());
+                        }
                         // Same transaction, so the row that blocked us is still there.
                         let existing: Option<String> = tx
                             .query_row(
