@@ -6,7 +6,10 @@
 //! connections: when one is taken, its readiness (already tracked by the
 //! event loop, no system call) tells whether the upstream closed it or
 //! sent something unasked; such a connection is dropped and the next one
-//! tried. Idle connections older than [`IDLE_TIMEOUT`] are dropped too.
+//! tried. Idle connections older than [`IDLE_TIMEOUT`] are dropped too:
+//! when met, and from the bottom of the stack (the least recently used)
+//! at every check-in, so a burst's extra connections do not linger for
+//! good once traffic calms down.
 //!
 //! The upstream may still close a connection just as it is reused; the
 //! data plane then retries requests that are safe to send again (see
@@ -16,6 +19,7 @@
 //! runtime): its streams are registered with that loop's reactor. The
 //! mutex is only ever contended on the shared runtime.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
@@ -41,7 +45,8 @@ pub struct UpstreamPool {
     host: String,
     port: u16,
     connect_timeout: Duration,
-    idle: Mutex<Vec<Idle>>,
+    /// Most recently used at the back.
+    idle: Mutex<VecDeque<Idle>>,
 }
 
 impl UpstreamPool {
@@ -56,14 +61,14 @@ impl UpstreamPool {
             host: host.to_string(),
             port: authority.port_u16().unwrap_or(80),
             connect_timeout,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
         }
     }
 
     /// The most recently used idle connection that still looks open.
     pub fn checkout(&self, now: Instant) -> Option<TcpStream> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(c) = idle.pop() {
+        while let Some(c) = idle.pop_back() {
             if now.saturating_duration_since(c.since) < IDLE_TIMEOUT && looks_open(&c.stream) {
                 return Some(c.stream);
             }
@@ -71,12 +76,21 @@ impl UpstreamPool {
         None
     }
 
-    /// Puts a connection that finished an exchange cleanly back.
+    /// Puts a connection that finished an exchange cleanly back, and
+    /// closes the least recently used ones that idled too long (or one, to
+    /// make room, when [`MAX_IDLE`] are kept).
     pub fn checkin(&self, stream: TcpStream, now: Instant) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push(Idle { stream, since: now });
+        while idle
+            .front()
+            .is_some_and(|c| now.saturating_duration_since(c.since) >= IDLE_TIMEOUT)
+        {
+            idle.pop_front();
         }
+        if idle.len() >= MAX_IDLE {
+            idle.pop_front();
+        }
+        idle.push_back(Idle { stream, since: now });
     }
 
     /// A new connection, within the connect timeout.
@@ -134,7 +148,7 @@ fn looks_open(stream: &TcpStream) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     use super::*;
@@ -186,5 +200,34 @@ mod tests {
         // Idle too long: dropped.
         pool.checkin(served, now);
         assert!(pool.checkout(now + IDLE_TIMEOUT).is_none());
+    }
+
+    #[tokio::test]
+    async fn check_ins_close_connections_left_idle_too_long() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url =
+            UpstreamUrl::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let pool = UpstreamPool::new(&url, Duration::from_secs(1));
+        let start = Instant::now();
+        let mut server_side = Vec::new();
+        for _ in 0..3 {
+            let client = pool.connect().await.unwrap();
+            server_side.push(listener.accept().await.unwrap().0);
+            pool.checkin(client, start);
+        }
+        // Much later, one connection comes back from a request: the three
+        // left at the bottom since `start` are closed, it stays.
+        let fresh = pool.connect().await.unwrap();
+        let (mut fresh_server, _) = listener.accept().await.unwrap();
+        pool.checkin(fresh, start + IDLE_TIMEOUT);
+        assert_eq!(pool.idle.lock().unwrap().len(), 1);
+        for mut s in server_side {
+            let mut buf = [0u8; 1];
+            assert_eq!(s.read(&mut buf).await.unwrap(), 0, "closed by the pool");
+        }
+        let kept = pool.checkout(start + IDLE_TIMEOUT).expect("the fresh one");
+        drop(kept);
+        let mut buf = [0u8; 1];
+        assert_eq!(fresh_server.read(&mut buf).await.unwrap(), 0);
     }
 }
