@@ -118,6 +118,7 @@ kind = "latency"
 name = "p99"
 max = "250ms"
 max_ratio_to_blue = 1.5
+ratio_floor = "20ms"
 [[analysis.checks]]
 kind = "http"
 url = "http://127.0.0.1:8080/healthz"
@@ -136,6 +137,17 @@ body_contains = "ok"
         CheckConfig::ErrorRate {
             max_percent: 1.0,
             min_requests: 50,
+            window: Duration::from_secs(5)
+        }
+    );
+    assert_eq!(
+        a.checks[1].config,
+        CheckConfig::Latency {
+            percentile: 99.0,
+            max: Some(Duration::from_millis(250)),
+            max_ratio_to_blue: Some(1.5),
+            ratio_floor: Some(Duration::from_millis(20)),
+            min_requests: 10,
             window: Duration::from_secs(5)
         }
     );
@@ -224,6 +236,16 @@ fn semantic_errors_are_caught_before_anything_moves() {
         "[strategy]\npreset = \"canary\"\n[[analysis.checks]]\nkind = \"latency\"\n",
         3,
         "give `max`",
+    );
+    err(
+        "[strategy]\npreset = \"canary\"\n[[analysis.checks]]\nkind = \"latency\"\nmax = \"1s\"\nratio_floor = \"5ms\"\n",
+        3,
+        "`ratio_floor` bounds `max_ratio_to_blue`'s limit",
+    );
+    err(
+        "[strategy]\npreset = \"canary\"\n[[analysis.checks]]\nkind = \"latency\"\nmax_ratio_to_blue = 2\nratio_floor = \"5\"\n",
+        3,
+        "`ratio_floor`: ",
     );
     err(
         "[strategy]\npreset = \"canary\"\n[[analysis.checks]]\nkind = \"health\"\n[[analysis.checks]]\nkind = \"health\"\n",

@@ -64,6 +64,7 @@ pub fn build_check(spec: &CheckSpec, router: Option<&LocalRouter>) -> Option<Arc
             percentile,
             max,
             max_ratio_to_blue,
+            ratio_floor,
             min_requests,
             window,
         } => Arc::new(LatencyCheck {
@@ -72,6 +73,7 @@ pub fn build_check(spec: &CheckSpec, router: Option<&LocalRouter>) -> Option<Arc
             percentile: *percentile,
             max: *max,
             max_ratio_to_blue: *max_ratio_to_blue,
+            ratio_floor: *ratio_floor,
             min_requests: *min_requests,
             window: *window,
         }),
@@ -205,6 +207,7 @@ struct LatencyCheck {
     percentile: f64,
     max: Option<Duration>,
     max_ratio_to_blue: Option<f64>,
+    ratio_floor: Option<Duration>,
     min_requests: u64,
     window: Duration,
 }
@@ -284,9 +287,15 @@ impl Check for LatencyCheck {
                 .filter(|_| b.requests >= min)
             {
                 Some(blue_ms) => {
-                    let limit = blue_ms * ratio;
+                    let floor_ms = self.ratio_floor.map_or(0.0, |f| f.as_secs_f64() * 1000.0);
+                    let limit = (blue_ms * ratio).max(floor_ms);
+                    let floor = if floor_ms > blue_ms * ratio {
+                        format!(" (limit raised to the floor {})", ms(floor_ms))
+                    } else {
+                        String::new()
+                    };
                     let line = format!(
-                        "green {p} {} {} {} x blue's {}",
+                        "green {p} {} {} {} x blue's {}{floor}",
                         ms(green_ms),
                         if green_ms > limit { ">" } else { "<=" },
                         num(ratio),

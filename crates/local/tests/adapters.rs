@@ -182,6 +182,7 @@ async fn latency_check() {
         percentile: 50.0,
         max: max.map(Duration::from_millis),
         max_ratio_to_blue: ratio,
+        ratio_floor: None,
         min_requests,
         window: Duration::from_secs(60),
     };
@@ -205,6 +206,7 @@ async fn latency_check() {
         percentile: 99.5,
         max: Some(Duration::from_secs(5)),
         max_ratio_to_blue: None,
+        ratio_floor: None,
         min_requests: 5,
         window: Duration::from_secs(60),
     };
@@ -217,6 +219,31 @@ async fn latency_check() {
         &check(&p, latency(None, Some(2.0), 5)).evaluate().await,
         Verdict::Fail,
         "x blue's",
+    );
+    // Blue answers at once, green in 20 ms: twice blue's is a limit of
+    // next to nothing, unless a floor says what is worth failing for.
+    let floored = |floor_ms| CheckConfig::Latency {
+        percentile: 50.0,
+        max: None,
+        max_ratio_to_blue: Some(2.0),
+        ratio_floor: Some(Duration::from_millis(floor_ms)),
+        min_requests: 5,
+        window: Duration::from_secs(60),
+    };
+    assert_obs(
+        &check(&p, floored(500)).evaluate().await,
+        Verdict::Pass,
+        "x blue's",
+    );
+    assert_obs(
+        &check(&p, floored(500)).evaluate().await,
+        Verdict::Pass,
+        "(limit raised to the floor 500 ms)",
+    );
+    assert_obs(
+        &check(&p, floored(5)).evaluate().await,
+        Verdict::Fail,
+        "(limit raised to the floor 5 ms)",
     );
     // Blue too quiet for the ratio: judged on max alone, or not at all.
     let o = check(&p, latency(Some(5000), Some(2.0), 50))

@@ -186,12 +186,17 @@ pub enum CheckConfig {
         window: Duration,
     },
     /// Green's `percentile` latency over `window` is at most `max`, and/or
-    /// at most blue's same percentile times `max_ratio_to_blue`.
+    /// at most blue's same percentile times `max_ratio_to_blue` (a limit
+    /// never below `ratio_floor`).
     Latency {
         percentile: f64,
         #[serde(default, with = "opt_duration")]
         max: Option<Duration>,
         max_ratio_to_blue: Option<f64>,
+        /// The ratio's limit is at least this: against a blue answering in
+        /// a fraction of a millisecond, a ratio alone fails on noise.
+        #[serde(default, with = "opt_duration")]
+        ratio_floor: Option<Duration>,
         min_requests: u64,
         #[serde(with = "crate::time::serde_duration")]
         window: Duration,

@@ -277,6 +277,7 @@ struct RawLatency {
     percentile: Option<f64>,
     max: Option<String>,
     max_ratio_to_blue: Option<f64>,
+    ratio_floor: Option<String>,
     min_requests: Option<u64>,
     window: Option<String>,
 }
@@ -865,6 +866,17 @@ impl Cx<'_> {
                                 .into(),
                         ));
                     }
+                    let ratio_floor = r
+                        .ratio_floor
+                        .as_ref()
+                        .map(|t| parse_duration(t).map_err(|e| bad(format!("`ratio_floor`: {e}"))))
+                        .transpose()?;
+                    if ratio_floor.is_some() && r.max_ratio_to_blue.is_none() {
+                        return Err(bad(
+                            "`ratio_floor` bounds `max_ratio_to_blue`'s limit; give `max_ratio_to_blue` too"
+                                .into(),
+                        ));
+                    }
                     let window = dur(&r.window, "window", interval)?;
                     (
                         r.name,
@@ -872,6 +884,7 @@ impl Cx<'_> {
                             percentile,
                             max,
                             max_ratio_to_blue: r.max_ratio_to_blue,
+                            ratio_floor,
                             min_requests: r.min_requests.unwrap_or(10),
                             window,
                         },
