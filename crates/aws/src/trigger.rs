@@ -34,7 +34,9 @@
 //! service has another active rollout, or the store is unreachable) is
 //! also left in the queue, made visible again after
 //! [`Watcher::with_retry_after`]; it starts on the first try after the
-//! active rollout ended. (With a redrive policy on the queue, allow as
+//! active rollout ended. Waiting revisions come back in no particular
+//! order, so one older than a revision the service already has a rollout
+//! of is refused as superseded ([`start_rollout`]). (With a redrive policy on the queue, allow as
 //! many receives as the longest wait for a rollout to end takes retries.)
 //!
 //! A malformed message (not JSON, not an ECS task event, a field missing)
@@ -51,9 +53,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use cutover_core::plan::EcsEventsTrigger;
-use cutover_core::Timestamp;
+use cutover_core::{Plan, Timestamp};
 use cutover_engine::ports::AdapterError;
-use cutover_engine::store::Store;
+use cutover_engine::store::{Store, StoreError};
+use cutover_engine::{Engine, EngineError};
 use serde_json::{json, Value};
 
 /// The `source` of ECS events.
@@ -324,6 +327,76 @@ impl StartRequest {
             .rsplit_once(":task-definition/")
             .map_or(arn.as_str(), |(_, r)| r);
         format!("{}-{}", self.service, revision.replace(':', "-"))
+    }
+
+    /// The task definition's family and revision number (`family:N`).
+    pub fn revision(&self) -> Option<(&str, u32)> {
+        let arn = &self.task_definition_arn;
+        let tail = arn
+            .rsplit_once(":task-definition/")
+            .map_or(arn.as_str(), |(_, r)| r);
+        let (family, n) = tail.rsplit_once(':')?;
+        Some((family, n.parse().ok()?))
+    }
+}
+
+/// The newest revision of the request's task definition family among a
+/// service's rollouts (ids as [`StartRequest::rollout_id`] makes them),
+/// when it is newer than the request's: the request is then superseded.
+pub fn superseded_by<'a>(
+    request: &StartRequest,
+    rollout_ids: impl IntoIterator<Item = &'a str>,
+) -> Option<u32> {
+    let (family, revision) = request.revision()?;
+    let prefix = format!("{}-{}-", request.service, family);
+    rollout_ids
+        .into_iter()
+        .filter_map(|id| id.strip_prefix(&prefix)?.parse::<u32>().ok())
+        .filter(|&n| n > revision)
+        .max()
+}
+
+/// How many of a service's latest rollouts [`start_rollout`] looks at.
+const RECENT_ROLLOUTS: usize = 100;
+
+/// What `cutover watch` does with a [`StartRequest`]: creates the
+/// revision's rollout with `plan` (not driving it), unless
+/// - it exists: [`StartOutcome::Exists`];
+/// - the service has a rollout of a newer revision of the same task
+///   definition family: [`StartOutcome::Refused`]. Two revisions waiting
+///   for a busy service may be retried in any order, and an older one must
+///   not follow a newer one (it would deploy the older version last);
+/// - the service has another active rollout, or the store failed:
+///   [`StartOutcome::Later`].
+///
+/// Anything else the engine refuses (the plan) is [`StartOutcome::Refused`].
+pub async fn start_rollout(engine: &Engine, plan: Plan, request: &StartRequest) -> StartOutcome {
+    let id = request.rollout_id();
+    let recent = match engine
+        .store()
+        .list_for_service(&request.service, RECENT_ROLLOUTS)
+        .await
+    {
+        Ok(records) => records,
+        Err(e) => return StartOutcome::Later(format!("listing the service's rollouts: {e}")),
+    };
+    if recent.iter().any(|r| r.id == id) {
+        return StartOutcome::Exists;
+    }
+    if let Some(newer) = superseded_by(request, recent.iter().map(|r| r.id.as_str())) {
+        return StartOutcome::Refused(format!(
+            "`{}` is superseded: the service has a rollout of revision {newer}",
+            request.task_definition_arn
+        ));
+    }
+    match engine.create(&id, plan, false).await {
+        Ok(_) => StartOutcome::Created,
+        Err(EngineError::Store(StoreError::DuplicateId(_))) => StartOutcome::Exists,
+        Err(EngineError::Store(StoreError::ActiveExists { id: active, .. })) => {
+            StartOutcome::Later(format!("the service has an active rollout `{active}`"))
+        }
+        Err(e @ EngineError::Store(_)) => StartOutcome::Later(e.to_string()),
+        Err(e) => StartOutcome::Refused(e.to_string()),
     }
 }
 
@@ -941,6 +1014,43 @@ mod tests {
             policy["Statement"][0]["Condition"]["ArnEquals"]["aws:SourceArn"],
             "arn:r"
         );
+    }
+
+    fn request(arn: &str) -> StartRequest {
+        StartRequest {
+            service: "web-green".into(),
+            task_definition_arn: arn.into(),
+            event_time: Timestamp::from_millis(0),
+            cluster_arn: String::new(),
+            task_arn: String::new(),
+            claim_key: String::new(),
+            claim_won: true,
+        }
+    }
+
+    #[test]
+    fn revisions_and_what_supersedes_them() {
+        let r = request("arn:aws:ecs:eu-west-1:1:task-definition/web-app:7");
+        assert_eq!(r.rollout_id(), "web-green-web-app-7");
+        assert_eq!(r.revision(), Some(("web-app", 7)));
+        assert_eq!(request("web-app:12").revision(), Some(("web-app", 12)));
+        assert_eq!(request("web-app").revision(), None);
+        let ids = [
+            "web-green-web-app-6",
+            "web-green-web-app-9",
+            "web-green-web-app-8",
+            "web-green-other-12",
+            "web-green-web-app-x",
+            "by-hand",
+        ];
+        assert_eq!(superseded_by(&r, ids), Some(9), "the newest of its family");
+        assert_eq!(
+            superseded_by(&request("web-app:9"), ids),
+            None,
+            "its own revision does not supersede it"
+        );
+        assert_eq!(superseded_by(&request("other:11"), ids), Some(12));
+        assert_eq!(superseded_by(&request("web-app"), ids), None);
     }
 
     #[test]

@@ -19,12 +19,12 @@ use common::fixtures::{
 };
 use cutover_aws::dynamodb::DynamoStore;
 use cutover_aws::ecs::{EcsPlatform, NewVersion};
-use cutover_aws::trigger::{StartOutcome, StartRequest, Watcher};
+use cutover_aws::trigger::{start_rollout, StartOutcome, StartRequest, Watcher};
 use cutover_core::plan::{PlatformConfig, Release, RouterConfig};
 use cutover_core::{Command, Input, Phase, Rollout, Split, Verdict};
 use cutover_engine::ports::{AdapterError, Platform, Router};
-use cutover_engine::store::{Store, StoreError};
-use cutover_engine::{Adapters, Clock, Engine, EngineError, Options};
+use cutover_engine::store::Store;
+use cutover_engine::{Adapters, Clock, Engine, Options};
 
 /// Where the recorder reads weights back from.
 enum Readback {
@@ -707,11 +707,12 @@ insync_timeout = "10s""#,
 }
 
 /// What the watchers did: rollouts created, and starts told to wait
-/// (with the active rollout that made them wait).
+/// (with why).
 #[derive(Default)]
 struct Outcomes {
     created: Vec<(StartRequest, String)>,
     waited: Vec<(String, String)>,
+    refused: Vec<(String, String)>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -769,30 +770,27 @@ async fn triggered_revisions_become_exactly_one_rollout_each() {
                     .poll_once(|request| {
                         let (engine, outcomes) = (engine.clone(), outcomes.clone());
                         async move {
-                            let id = request.rollout_id();
-                            match engine.create(&id, triggered_plan(&request), false).await {
-                                Ok(_) => {
-                                    outcomes.lock().unwrap().created.push((request, id));
-                                    StartOutcome::Created
+                            let plan = triggered_plan(&request);
+                            let outcome = start_rollout(&engine, plan, &request).await;
+                            let mut o = outcomes.lock().unwrap();
+                            match &outcome {
+                                StartOutcome::Created => {
+                                    o.created.push((request.clone(), request.rollout_id()))
                                 }
-                                Err(EngineError::Store(StoreError::DuplicateId(_))) => {
-                                    StartOutcome::Exists
+                                StartOutcome::Later(why) => {
+                                    o.waited.push((request.rollout_id(), why.clone()))
                                 }
-                                Err(EngineError::Store(StoreError::ActiveExists {
-                                    id: active,
-                                    ..
-                                })) => {
-                                    outcomes.lock().unwrap().waited.push((id, active.clone()));
-                                    StartOutcome::Later(format!("`{active}` is active"))
+                                StartOutcome::Exists => {}
+                                StartOutcome::Refused(why) => {
+                                    o.refused.push((request.rollout_id(), why.clone()))
                                 }
-                                Err(e) => panic!("creating {id}: {e}"),
                             }
+                            outcome
                         }
                     })
                     .await
                     .unwrap();
                 assert!(report.malformed.is_empty(), "{report:?}");
-                assert!(report.refused.is_empty(), "{report:?}");
                 progress.notify_one();
             }
         });
@@ -810,26 +808,17 @@ async fn triggered_revisions_become_exactly_one_rollout_each() {
         }
     };
 
-    // One active rollout per service is the store's rule: whichever
-    // revision came first got its rollout; the other's start was told to
-    // wait for it, and its messages stay in the queue.
+    // One active rollout per service is the store's rule, and an older
+    // revision never follows a newer one. Whichever revision came first
+    // got its rollout. If that was the newer one, every event of the older
+    // is refused as superseded; if the older, the newer waits for it.
     wait_until(
-        "one rollout, and the other revision waiting",
-        Box::new(|o| o.created.len() == 1 && !o.waited.is_empty()),
+        "one rollout, and the other revision waiting or refused",
+        Box::new(|o| o.created.len() == 1 && (!o.waited.is_empty() || !o.refused.is_empty())),
     )
     .await;
     let (first, first_id) = outcomes.lock().unwrap().created[0].clone();
-    let waiting_id = if first_id.ends_with('1') {
-        "green-app-green-2"
-    } else {
-        "green-app-green-1"
-    };
-    for (id, active) in &outcomes.lock().unwrap().waited {
-        assert_eq!(
-            (id.as_str(), active.as_str()),
-            (waiting_id, first_id.as_str())
-        );
-    }
+    let newer_first = first_id == "green-app-green-2";
     let store = DynamoStore::new(&store_sdk, &table);
     let records = store.list_for_service("green-app", 10).await.unwrap();
     assert_eq!(
@@ -839,36 +828,44 @@ async fn triggered_revisions_become_exactly_one_rollout_each() {
             .collect::<Vec<_>>(),
         [(first_id.as_str(), true)]
     );
-
-    // The first rollout ends (an operator aborts it before traffic moved);
-    // the waiting revision's next delivery creates its rollout.
     let engine = Engine::new(
         Arc::new(DynamoStore::new(&store_sdk, &table)),
         Clock::system(),
         "operator",
         Options::default(),
     );
-    let (record, mut rollout) = engine.load(&first_id).await.unwrap();
-    let now = engine.now();
-    assert!(rollout
-        .handle(now, Input::Command(Command::Abort))
-        .is_empty());
-    assert!(matches!(rollout.phase, Phase::Aborted { .. }));
-    store
-        .update(
-            &first_id,
-            record.version,
-            &serde_json::to_string(&rollout).unwrap(),
-            false,
-            now,
+    if !newer_first {
+        for (id, why) in &outcomes.lock().unwrap().waited {
+            assert_eq!(id, "green-app-green-2");
+            assert_eq!(
+                why,
+                &format!("the service has an active rollout `{first_id}`")
+            );
+        }
+        // The first rollout ends (an operator aborts it before traffic
+        // moved); the waiting revision's next delivery creates its rollout.
+        let (record, mut rollout) = engine.load(&first_id).await.unwrap();
+        let now = engine.now();
+        assert!(rollout
+            .handle(now, Input::Command(Command::Abort))
+            .is_empty());
+        assert!(matches!(rollout.phase, Phase::Aborted { .. }));
+        store
+            .update(
+                &first_id,
+                record.version,
+                &serde_json::to_string(&rollout).unwrap(),
+                false,
+                now,
+            )
+            .await
+            .unwrap();
+        wait_until(
+            "the waiting revision's rollout",
+            Box::new(|o| o.created.len() == 2),
         )
-        .await
-        .unwrap();
-    wait_until(
-        "the waiting revision's rollout",
-        Box::new(|o| o.created.len() == 2),
-    )
-    .await;
+        .await;
+    }
     // Every copy of every event is handled, then none is left.
     tokio::time::timeout(Duration::from_secs(60), async {
         while queue_len(&sqs, &url).await > 0 {
@@ -882,15 +879,29 @@ async fn triggered_revisions_become_exactly_one_rollout_each() {
         result.unwrap();
     }
 
-    // One rollout per revision, never two, each of its own revision.
+    // One rollout per revision that may run, never two, each of its own
+    // revision; the older revision's only if it came first.
     let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
     let mut created: Vec<&str> = outcomes.created.iter().map(|(_, id)| id.as_str()).collect();
     created.sort_unstable();
-    assert_eq!(created, ["green-app-green-1", "green-app-green-2"]);
+    let expected: &[&str] = if newer_first {
+        &["green-app-green-2"]
+    } else {
+        &["green-app-green-1", "green-app-green-2"]
+    };
+    assert_eq!(created, expected);
+    for (id, why) in &outcomes.refused {
+        assert_eq!(id, "green-app-green-1");
+        assert!(
+            why.ends_with("is superseded: the service has a rollout of revision 2"),
+            "{why}"
+        );
+    }
+    assert_eq!(newer_first, !outcomes.refused.is_empty());
     let mut records = store.list_for_service("green-app", 10).await.unwrap();
     records.sort_by(|a, b| a.id.cmp(&b.id));
     let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
-    assert_eq!(ids, ["green-app-green-1", "green-app-green-2"]);
+    assert_eq!(ids, expected);
     for record in &records {
         let (_, rollout) = engine.load(&record.id).await.unwrap();
         let arn = if record.id.ends_with('1') {
@@ -902,7 +913,7 @@ async fn triggered_revisions_become_exactly_one_rollout_each() {
             rollout.plan.release,
             Some(Release::TaskDefinition(arn.clone()))
         );
-        assert_eq!(record.active, record.id == waiting_id);
+        assert_eq!(record.active, record.id == "green-app-green-2");
     }
 
     // A late redelivery of either revision starts nothing.
@@ -915,36 +926,106 @@ async fn triggered_revisions_become_exactly_one_rollout_each() {
         "late",
     )
     .with_wait(Duration::from_secs(1));
-    let mut seen = 0;
+    let mut handled = 0;
     for _ in 0..5 {
         let report = late
             .poll_once(|request| {
                 let engine = &engine;
                 async move {
-                    let created = engine
-                        .create(&request.rollout_id(), triggered_plan(&request), false)
-                        .await;
-                    match created {
-                        Err(EngineError::Store(StoreError::DuplicateId(_))) => StartOutcome::Exists,
-                        other => panic!(
-                            "a late redelivery created or failed: {:?}",
-                            other.map(|r| r.id)
-                        ),
-                    }
+                    let plan = triggered_plan(&request);
+                    start_rollout(engine, plan, &request).await
                 }
             })
             .await
             .unwrap();
-        assert_eq!(report.started, 0);
-        seen += report.duplicates;
-        if seen == 2 {
+        assert_eq!(report.started, 0, "{report:?}");
+        handled += report.duplicates + report.refused.len();
+        if handled == 2 {
             break;
         }
     }
-    assert_eq!(seen, 2);
+    assert_eq!(handled, 2);
     assert_eq!(first.service, "green-app");
     assert_eq!(
         store.list_for_service("green-app", 10).await.unwrap().len(),
-        2
+        expected.len()
     );
+}
+
+/// A start request for revision `n` of the `green` family, as a watcher
+/// hands it out.
+fn revision_request(n: u32) -> StartRequest {
+    StartRequest {
+        service: "green-app".into(),
+        task_definition_arn: task_def("green", n),
+        event_time: cutover_core::Timestamp::from_millis(0),
+        cluster_arn: "prod".into(),
+        task_arn: format!("t{n}"),
+        claim_key: cutover_aws::trigger::claim_key("green-app", &task_def("green", n)),
+        claim_won: true,
+    }
+}
+
+#[tokio::test]
+async fn an_older_revision_never_starts_after_a_newer_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(cutover_engine::store::SqliteStore::open(&dir.path().join("db")).unwrap());
+    let engine = Engine::new(
+        store.clone(),
+        Clock::system(),
+        "watcher",
+        Options::default(),
+    );
+    let start = |n| {
+        let request = revision_request(n);
+        let engine = &engine;
+        async move { start_rollout(engine, triggered_plan(&request), &request).await }
+    };
+    assert_eq!(start(3).await, StartOutcome::Created);
+    assert_eq!(start(3).await, StartOutcome::Exists);
+    // Revision 4 came while 3 runs: it waits.
+    assert_eq!(
+        start(4).await,
+        StartOutcome::Later("the service has an active rollout `green-app-green-3`".into())
+    );
+    // Revision 2 (a late or retried event) would deploy an older version
+    // after a newer one: refused for good, busy service or not.
+    let refused = |n: u32, newer: u32| {
+        StartOutcome::Refused(format!(
+            "`{}` is superseded: the service has a rollout of revision {newer}",
+            task_def("green", n)
+        ))
+    };
+    assert_eq!(start(2).await, refused(2, 3));
+
+    // Revision 3 ends; 4 starts; then neither 2 nor 3 may come back.
+    let (record, mut rollout) = engine.load("green-app-green-3").await.unwrap();
+    let now = engine.now();
+    rollout.handle(now, Input::Command(Command::Abort));
+    store
+        .update(
+            &record.id,
+            record.version,
+            &serde_json::to_string(&rollout).unwrap(),
+            false,
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(start(4).await, StartOutcome::Created);
+    assert_eq!(
+        start(3).await,
+        StartOutcome::Exists,
+        "its own rollout first"
+    );
+    assert_eq!(start(2).await, refused(2, 4));
+    let ids: Vec<String> = store
+        .list_for_service("green-app", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
 }

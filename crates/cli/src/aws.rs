@@ -7,8 +7,7 @@ use std::time::Duration;
 use cutover_aws::trigger::{StartOutcome, StartRequest};
 use cutover_core::plan::{StoreConfig, TriggerConfig};
 use cutover_core::Rollout;
-use cutover_engine::store::StoreError;
-use cutover_engine::{Clock, Engine, EngineError, Options};
+use cutover_engine::{Clock, Engine, Options};
 
 use crate::cli::Output;
 use crate::progress::Progress;
@@ -141,30 +140,22 @@ pub async fn watch(file: &Path, wait: Duration) -> Exit {
     let start = |s: StartRequest| {
         let (engine, adapters, plan) = (engine.clone(), adapters.clone(), plan.clone());
         async move {
-            let id = s.rollout_id();
-            match engine.create(&id, plan, false).await {
-                Ok(_) => {
-                    outln!(
-                        "rollout {id}: started by task {} running {}",
-                        s.task_arn,
-                        s.task_definition_arn
-                    );
-                    tokio::spawn(async move {
-                        match engine.drive(&id, &adapters).await {
-                            Ok(r) => outln!("rollout {id}: {}", r.phase.name()),
-                            Err(e) => eprintln!("rollout {id}: {e}"),
-                        }
-                    });
-                    StartOutcome::Created
-                }
-                Err(EngineError::Store(StoreError::DuplicateId(_))) => StartOutcome::Exists,
-                Err(EngineError::Store(StoreError::ActiveExists { id: active, .. })) => {
-                    outln!("rollout {id}: waiting for rollout {active} of the service to end");
-                    StartOutcome::Later(format!("the service has an active rollout `{active}`"))
-                }
-                Err(e @ EngineError::Store(_)) => StartOutcome::Later(e.to_string()),
-                Err(e) => StartOutcome::Refused(e.to_string()),
+            let outcome = cutover_aws::trigger::start_rollout(&engine, plan, &s).await;
+            if outcome == StartOutcome::Created {
+                let id = s.rollout_id();
+                outln!(
+                    "rollout {id}: started by task {} running {}",
+                    s.task_arn,
+                    s.task_definition_arn
+                );
+                tokio::spawn(async move {
+                    match engine.drive(&id, &adapters).await {
+                        Ok(r) => outln!("rollout {id}: {}", r.phase.name()),
+                        Err(e) => eprintln!("rollout {id}: {e}"),
+                    }
+                });
             }
+            outcome
         }
     };
     loop {
