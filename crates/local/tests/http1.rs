@@ -96,6 +96,40 @@ async fn connect(p: &cutover_local::ProxyHandle) -> TcpStream {
     TcpStream::connect(p.data_addr()).await.unwrap()
 }
 
+/// A plain HTTP/1.1 GET.
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// A proxy with `up` as both colours' upstream, and a connection to it.
+async fn through(up: SocketAddr) -> (cutover_local::ProxyHandle, TcpStream) {
+    let url = format!("http://{up}");
+    let p = proxy(&[&url], &[&url], "").await;
+    let c = connect(&p).await;
+    (p, c)
+}
+
+/// An upstream for one connection: reads up to the end of a request head
+/// (returning what it read), then hands the socket to `then`.
+async fn after_a_head<F, Fut>(then: F) -> SocketAddr
+where
+    F: FnOnce(TcpStream, Vec<u8>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let mut seen = Vec::new();
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before a whole head");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        then(s, seen).await;
+    });
+    up
+}
+
 #[tokio::test]
 async fn chunked_request_bodies_pass_through_chunked() {
     let (up, mut seen) = scripted_upstream(
@@ -103,9 +137,7 @@ async fn chunked_request_bodies_pass_through_chunked() {
         false,
     )
     .await;
-    let url = format!("http://{up}");
-    let p = proxy(&[&url], &[&url], "").await;
-    let mut c = connect(&p).await;
+    let (p, mut c) = through(up).await;
     c.write_all(
         b"POST /upload HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n\
           5\r\nhello\r\n6;ext=x\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
@@ -323,12 +355,8 @@ async fn bad_requests_are_refused_before_reaching_an_upstream() {
 #[tokio::test]
 async fn a_response_delimited_by_close_is_relayed_then_the_connection_closed() {
     let (up, _seen) = scripted_upstream(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", true).await;
-    let url = format!("http://{up}");
-    let p = proxy(&[&url], &[&url], "").await;
-    let mut c = connect(&p).await;
-    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let (p, mut c) = through(up).await;
+    c.write_all(GET).await.unwrap();
     let text = read_to_close(&mut c).await;
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     assert!(
@@ -346,12 +374,8 @@ async fn an_upstream_dying_mid_body_closes_the_client_connection() {
         true,
     )
     .await;
-    let url = format!("http://{up}");
-    let p = proxy(&[&url], &[&url], "").await;
-    let mut c = connect(&p).await;
-    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let (p, mut c) = through(up).await;
+    c.write_all(GET).await.unwrap();
     // The client sees the head and what came of the body, then the close
     // (it can tell the body is short of its Content-Length).
     let text = read_to_close(&mut c).await;
@@ -363,27 +387,15 @@ async fn an_upstream_dying_mid_body_closes_the_client_connection() {
 #[tokio::test]
 async fn a_body_delimited_by_close_cut_short_resets_the_client_connection() {
     // The upstream sends a head without a length, some body, then resets.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut buf = [0u8; 1024];
-        let mut seen = Vec::new();
-        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut buf).await.unwrap();
-            seen.extend_from_slice(&buf[..n]);
-        }
+    let up = after_a_head(|mut s, _| async move {
         s.write_all(b"HTTP/1.1 200 OK\r\n\r\npartial")
             .await
             .unwrap();
         s.set_zero_linger().unwrap();
-    });
-    let url = format!("http://{up}");
-    let p = proxy(&[&url], &[&url], "").await;
-    let mut c = connect(&p).await;
-    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    })
+    .await;
+    let (p, mut c) = through(up).await;
+    c.write_all(GET).await.unwrap();
     // A clean close would pass the cut body off as whole; a reset does not.
     let mut all = Vec::new();
     let ended = tokio::time::timeout(WAIT, c.read_to_end(&mut all))
@@ -398,27 +410,17 @@ async fn a_body_delimited_by_close_cut_short_resets_the_client_connection() {
 async fn an_answer_before_the_whole_upload_closes_the_client_connection() {
     // The upstream answers as soon as it has the head (a 413, say) and
     // does not read on; the client is still sending.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut buf = [0u8; 1024];
-        let mut seen = Vec::new();
-        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut buf).await.unwrap();
-            seen.extend_from_slice(&buf[..n]);
-        }
+    let up = after_a_head(|mut s, _| async move {
         s.write_all(
             b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig",
         )
         .await
         .unwrap();
         // Keep the socket open, unread, until the test ends.
-        let _ = s.read(&mut buf).await;
-    });
-    let url = format!("http://{up}");
-    let p = proxy(&[&url], &[&url], "").await;
-    let mut c = connect(&p).await;
+        let _ = s.read(&mut [0u8; 1024]).await;
+    })
+    .await;
+    let (p, mut c) = through(up).await;
     c.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nsome")
         .await
         .unwrap();
@@ -444,9 +446,7 @@ async fn an_answer_before_the_whole_upload_closes_the_client_connection() {
 async fn connection_naming_content_length_does_not_smuggle_the_body() {
     let (up, mut seen) =
         scripted_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false).await;
-    let url = format!("http://{up}");
-    let p = proxy(&[&url], &[&url], "").await;
-    let mut c = connect(&p).await;
+    let (p, mut c) = through(up).await;
     let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
     c.write_all(
         format!(
@@ -482,12 +482,8 @@ async fn connection_naming_content_length_in_a_response_keeps_its_framing() {
         false,
     )
     .await;
-    let url = format!("http://{up}");
-    let p = proxy(&[&url], &[&url], "").await;
-    let mut c = connect(&p).await;
-    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let (p, mut c) = through(up).await;
+    c.write_all(GET).await.unwrap();
     let mut text = String::new();
     read_until(&mut c, &mut text, "\r\n\r\nok").await;
     let head = text.split_once("\r\n\r\n").unwrap().0.to_ascii_lowercase();
@@ -509,9 +505,7 @@ async fn a_bare_lf_ending_the_trailers_is_not_forwarded() {
         false,
     )
     .await;
-    let url = format!("http://{up}");
-    let p = proxy(&[&url], &[&url], "").await;
-    let mut c = connect(&p).await;
+    let (p, mut c) = through(up).await;
     c.write_all(
         b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n\
           1\r\na\r\n0\r\n\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -534,20 +528,11 @@ async fn a_bare_lf_ending_the_trailers_is_not_forwarded() {
 /// §10.1.1): it knows no interim responses and would take a 100 as final.
 #[tokio::test]
 async fn http10_expect_continue_gets_no_interim_response() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = listener.local_addr().unwrap();
     let (head_seen, head_came) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut buf).await.unwrap();
-            assert!(n > 0);
-            seen.extend_from_slice(&buf[..n]);
-        }
+    let up = after_a_head(|mut s, mut seen| async move {
         let _ = head_seen.send(());
         let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let mut buf = [0u8; 1024];
         while seen.len() < end + 5 {
             let n = s.read(&mut buf).await.unwrap();
             assert!(n > 0);
@@ -556,10 +541,9 @@ async fn http10_expect_continue_gets_no_interim_response() {
         s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
             .await
             .unwrap();
-    });
-    let url = format!("http://{up}");
-    let p = proxy(&[&url], &[&url], "").await;
-    let mut c = connect(&p).await;
+    })
+    .await;
+    let (p, mut c) = through(up).await;
     c.write_all(b"POST / HTTP/1.0\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
         .await
         .unwrap();
@@ -581,12 +565,8 @@ async fn a_response_transfer_coding_besides_chunked_is_not_lost() {
         false,
     )
     .await;
-    let url = format!("http://{up}");
-    let p = proxy(&[&url], &[&url], "").await;
-    let mut c = connect(&p).await;
-    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let (p, mut c) = through(up).await;
+    c.write_all(GET).await.unwrap();
     let mut text = String::new();
     read_until(&mut c, &mut text, "0\r\n\r\n").await;
     let head = text.split_once("\r\n\r\n").unwrap().0.to_ascii_lowercase();

@@ -654,14 +654,10 @@ async fn exchange(
             None => match pool.connect().await {
                 Ok(s) => (s, false),
                 Err(e) => {
-                    let body = format!(
-                        "cutover: {} upstream {} unreachable: tcp connect error: {e}\n",
-                        x.colour, x.upstream.url
-                    );
                     // The request body, if any, was not read: close.
                     let answer = Answer {
                         status: 502,
-                        body: &body,
+                        why: format!("unreachable: tcp connect error: {e}"),
                         body_consumed: !has_body,
                     };
                     return answer_error(client, out, x, shared, deadline, start, answer).await;
@@ -680,7 +676,6 @@ async fn exchange(
                 out,
                 up_head,
                 deadline,
-                request_timeout,
                 client_keep_wanted,
                 shared,
                 start,
@@ -689,34 +684,15 @@ async fn exchange(
         } else {
             let (mut ur, mut uw) = upstream.split();
             let keep = AtomicBool::new(client_keep_wanted);
-            let head = deadline
-                .run(async {
-                    uw.write_all(up_head)
-                        .await
-                        .map_err(|error| NoResponse::Io {
-                            error,
-                            after_bytes: false,
-                        })?;
-                    read_response(&mut ur, ubuf, out, x, shared, &keep).await
-                })
-                .await;
-            let outcome = match head {
+            let outcome = match deadline.run(uw.write_all(up_head)).await {
                 None => Outcome::TimedOut,
-                Some(Err(e)) => Outcome::NoResponse(e),
-                Some(Ok(head)) => {
-                    let now = record(shared, x, head.status, start);
-                    let relayed = relay(
-                        &mut ur,
-                        ubuf,
-                        client,
-                        out,
-                        &head,
-                        deadline,
-                        now,
-                        request_timeout,
-                    )
-                    .await;
-                    Outcome::Relayed(head, relayed)
+                Some(Err(error)) => Outcome::NoResponse(NoResponse::Io {
+                    error,
+                    after_bytes: false,
+                }),
+                Some(Ok(())) => {
+                    let to = (&mut ur, &mut *ubuf, &mut *client, &mut *out);
+                    respond(to, x, shared, &keep, deadline, start).await
                 }
             };
             (outcome, true)
@@ -742,27 +718,17 @@ async fn exchange(
                 continue;
             }
             Outcome::NoResponse(e) => {
-                let body = format!(
-                    "cutover: {} upstream {} failed: {e}\n",
-                    x.colour, x.upstream.url
-                );
                 let answer = Answer {
                     status: 502,
-                    body: &body,
+                    why: format!("failed: {e}"),
                     body_consumed: upload_complete,
                 };
                 answer_error(client, out, x, shared, deadline, start, answer).await
             }
             Outcome::TimedOut => {
-                let body = format!(
-                    "cutover: {} upstream {} sent no response within {}\n",
-                    x.colour,
-                    x.upstream.url,
-                    Human(request_timeout)
-                );
                 let answer = Answer {
                     status: 504,
-                    body: &body,
+                    why: format!("sent no response within {}", Human(request_timeout)),
                     body_consumed: upload_complete,
                 };
                 answer_error(client, out, x, shared, deadline, start, answer).await
@@ -785,7 +751,6 @@ async fn duplex(
     out: &mut Vec<u8>,
     up_head: &[u8],
     deadline: &mut Deadline,
-    request_timeout: Duration,
     client_keep_wanted: bool,
     shared: &Shared,
     start: Instant,
@@ -802,30 +767,14 @@ async fn duplex(
         keep.store(client_keep_wanted, Relaxed);
         Ok(())
     };
-    let response = async {
-        let head = deadline
-            .run(read_response(&mut ur, ubuf, out, x, shared, &keep))
-            .await;
-        match head {
-            None => Outcome::TimedOut,
-            Some(Err(e)) => Outcome::NoResponse(e),
-            Some(Ok(head)) => {
-                let now = record(shared, x, head.status, start);
-                let relayed = relay(
-                    &mut ur,
-                    ubuf,
-                    &mut cw,
-                    out,
-                    &head,
-                    deadline,
-                    now,
-                    request_timeout,
-                )
-                .await;
-                Outcome::Relayed(head, relayed)
-            }
-        }
-    };
+    let response = respond(
+        (&mut ur, ubuf, &mut cw, out),
+        x,
+        shared,
+        &keep,
+        deadline,
+        start,
+    );
     tokio::pin!(upload, response);
     let mut uploaded = None;
     loop {
@@ -839,6 +788,37 @@ async fn duplex(
                 // The upstream stopped reading: its answer may still come.
                 Err(Upload::Upstream) => uploaded = Some(false),
             },
+        }
+    }
+}
+
+/// Reads the upstream's response head (within the deadline already set),
+/// counts it, and relays the response to the client. `keep`, read when the
+/// head goes out, says whether the client connection may carry on.
+async fn respond(
+    (ur, ubuf, cw, out): (
+        &mut ReadHalf<'_>,
+        &mut Buf,
+        &mut (impl tokio::io::AsyncWrite + Unpin),
+        &mut Vec<u8>,
+    ),
+    x: &Exchange<'_>,
+    shared: &Shared,
+    keep: &AtomicBool,
+    deadline: &mut Deadline,
+    start: Instant,
+) -> Outcome {
+    match deadline
+        .run(read_response(ur, ubuf, out, x, shared, keep))
+        .await
+    {
+        None => Outcome::TimedOut,
+        Some(Err(e)) => Outcome::NoResponse(e),
+        Some(Ok(head)) => {
+            let now = record(shared, x, head.status, start);
+            let idle = shared.config.request_timeout;
+            let relayed = relay(ur, ubuf, cw, out, &head, deadline, now, idle).await;
+            Outcome::Relayed(head, relayed)
         }
     }
 }
@@ -1122,10 +1102,11 @@ fn record(shared: &Shared, x: &Exchange<'_>, status: u16, start: Instant) -> Ins
 }
 
 /// A response made here for a request that got none from its upstream.
-struct Answer<'a> {
+struct Answer {
     /// 502 or 504.
     status: u16,
-    body: &'a str,
+    /// What happened with the upstream, e.g. "failed: connection reset".
+    why: String,
     /// The whole request body was read (the connection can carry on).
     body_consumed: bool,
 }
@@ -1139,9 +1120,13 @@ async fn answer_error(
     shared: &Shared,
     deadline: &mut Deadline,
     start: Instant,
-    answer: Answer<'_>,
+    answer: Answer,
 ) -> After {
     let now = record(shared, x, answer.status, start);
+    let body = format!(
+        "cutover: {} upstream {} {}\n",
+        x.colour, x.upstream.url, answer.why
+    );
     let reason = if answer.status == 504 {
         "Gateway Timeout"
     } else {
@@ -1149,14 +1134,7 @@ async fn answer_error(
     };
     let keep = x.client_persistent && answer.body_consumed;
     out.clear();
-    write_error(
-        out,
-        answer.status,
-        reason,
-        answer.body,
-        Some((x, shared)),
-        keep,
-    );
+    write_error(out, answer.status, reason, &body, Some((x, shared)), keep);
     deadline.set(now + shared.config.request_timeout);
     match deadline.run(client.write_all(out)).await {
         Some(Ok(())) => After::keep_if(keep),
