@@ -383,10 +383,10 @@ async fn an_event_whose_claim_fails_stays_in_the_queue_and_is_retried() {
     );
     assert_eq!(queue_len(&sqs, &url).await, 1, "not deleted");
 
-    // The store is back; the message becomes visible again and, since the
-    // failed attempt did not count as seen, it is claimed now.
+    // The store is back; the message becomes visible again (after the
+    // queue's 1 s visibility timeout: the long polls below wait for it)
+    // and, since the failed attempt did not count as seen, it is claimed.
     store.down.store(false, std::sync::atomic::Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
     let mut report = PollReport::default();
     for _ in 0..5 {
         report = watcher
