@@ -848,11 +848,7 @@ impl Cx<'_> {
                             "`percentile` = {percentile} must be above 0 and below 100"
                         )));
                     }
-                    let max = r
-                        .max
-                        .as_ref()
-                        .map(|t| parse_duration(t).map_err(|e| bad(format!("`max`: {e}"))))
-                        .transpose()?;
+                    let max = optional_duration(&r.max, "max", &bad)?;
                     if let Some(ratio) = r.max_ratio_to_blue {
                         if !(ratio.is_finite() && ratio > 0.0) {
                             return Err(bad(format!(
@@ -866,11 +862,7 @@ impl Cx<'_> {
                                 .into(),
                         ));
                     }
-                    let ratio_floor = r
-                        .ratio_floor
-                        .as_ref()
-                        .map(|t| parse_duration(t).map_err(|e| bad(format!("`ratio_floor`: {e}"))))
-                        .transpose()?;
+                    let ratio_floor = optional_duration(&r.ratio_floor, "ratio_floor", &bad)?;
                     if ratio_floor.is_some() && r.max_ratio_to_blue.is_none() {
                         return Err(bad(
                             "`ratio_floor` bounds `max_ratio_to_blue`'s limit; give `max_ratio_to_blue` too"
@@ -1065,11 +1057,7 @@ impl Cx<'_> {
                                 "`percentile` = {percentile} must be above 0 and below 100"
                             )));
                         }
-                        let max = r
-                            .max
-                            .as_ref()
-                            .map(|t| parse_duration(t).map_err(|e| bad(format!("`max`: {e}"))))
-                            .transpose()?;
+                        let max = optional_duration(&r.max, "max", &bad)?;
                         if max.is_none() && compare.is_none() {
                             return Err(bad(
                                 "give `max` (e.g. \"300ms\"), `compare = \"blue\"`, or both".into(),
@@ -1213,11 +1201,8 @@ impl Cx<'_> {
                     }
                     None => Duration::from_secs(600),
                 };
-                let scale_down_after = r
-                    .scale_down_after
-                    .as_ref()
-                    .map(|t| parse_duration(t).map_err(|e| bad(format!("`scale_down_after`: {e}"))))
-                    .transpose()?;
+                let scale_down_after =
+                    optional_duration(&r.scale_down_after, "scale_down_after", &bad)?;
                 Ok(Some(PlatformConfig::Ecs(EcsPlatform {
                     cluster: r.cluster,
                     blue_service: r.blue_service,
@@ -1258,6 +1243,18 @@ impl Cx<'_> {
 pub fn percentile_statistic(s: &str) -> Option<f64> {
     let p: f64 = s.strip_prefix('p')?.parse().ok()?;
     (p > 0.0 && p < 100.0).then_some(p)
+}
+
+/// An optional duration key, parsed; a bad value is reported by `bad`.
+fn optional_duration(
+    value: &Option<String>,
+    key: &str,
+    bad: &dyn Fn(String) -> PlanError,
+) -> Result<Option<Duration>, PlanError> {
+    value
+        .as_deref()
+        .map(|t| parse_duration(t).map_err(|e| bad(format!("`{key}`: {e}"))))
+        .transpose()
 }
 
 fn ratio(value: Option<f64>, bad: &dyn Fn(String) -> PlanError) -> Result<f64, PlanError> {
