@@ -12,6 +12,14 @@
 //! | lease               | `LEASE#<name>`     | `LEASE`                       | `holder`, `expires_at` (N) |
 //! | command counter     | `COUNTER`          | `COMMANDS`                    | `seq` (N) |
 //! | command             | `ROLLOUT#<id>`     | `CMD#<seq:020>`               | `rollout_id`, `seq` (N), `command`, `posted_at` (N) |
+//! | command, store-wide | `COMMANDS`         | `CMD#<seq:020>`               | the same |
+//! | event               | `ROLLOUT#<id>`     | `EVT#<seq:020>`               | `seq` (N), `at` (N), `body` |
+//!
+//! A rollout's events are written in the same transaction as the version
+//! they lead to, each with `attribute_not_exists(pk)`; a transaction holds
+//! at most 100 items, so a write with more events (only a schema-1
+//! snapshot's history being moved into the log) puts the oldest ones
+//! first, on their own: they are the same items whoever writes them.
 //!
 //! Every write that could race is conditional in DynamoDB itself:
 //! - one active rollout per service: the active marker, written with
@@ -53,7 +61,9 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 use cutover_core::{Command, Timestamp};
-use cutover_engine::store::{PostedCommand, RolloutRecord, Store, StoreError};
+use cutover_engine::store::{
+    Change, EventRecord, Lease, PostedCommand, RolloutRecord, Store, StoreError,
+};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -90,6 +100,14 @@ fn service_sk(created_at: Timestamp, id: &str) -> String {
 fn command_sk(seq: u64) -> String {
     format!("CMD#{seq:020}")
 }
+
+fn event_sk(seq: u64) -> String {
+    format!("EVT#{seq:020}")
+}
+
+const COMMANDS_PK: &str = "COMMANDS";
+/// `TransactWriteItems` takes at most this many items.
+const TRANSACT_MAX: usize = 100;
 
 fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
@@ -302,6 +320,38 @@ impl DynamoStore {
             .build())
     }
 
+    /// The transaction items appending `events` to rollout `id`, leaving
+    /// room for `others` items; older events that do not fit are put now,
+    /// on their own (harmless: the same items whoever writes them).
+    async fn event_puts(
+        &self,
+        id: &str,
+        events: &[EventRecord],
+        others: usize,
+    ) -> Result<Vec<TransactWriteItem>, StoreError> {
+        let room = TRANSACT_MAX - others;
+        let split = events.len().saturating_sub(room);
+        for e in &events[..split] {
+            self.client
+                .put_item()
+                .table_name(self.table.as_ref())
+                .set_item(Some(event_item(id, e)))
+                .send()
+                .await
+                .map_err(|err| self.sdk_error("append events", err))?;
+        }
+        events[split..]
+            .iter()
+            .map(|e| {
+                self.put(
+                    event_item(id, e),
+                    Some("attribute_not_exists(pk)"),
+                    Item::new(),
+                )
+            })
+            .collect()
+    }
+
     /// Runs a transaction: `Ok(Ok(()))` if it committed, `Ok(Err(reasons))`
     /// if DynamoDB cancelled it (one reason per item, in order).
     async fn transact(
@@ -455,10 +505,9 @@ impl DynamoStore {
         &self,
         old: RolloutRecord,
         expected: u64,
-        state: &str,
-        active: bool,
-        now: Timestamp,
+        change: &Change<'_>,
     ) -> Result<RolloutRecord, StoreError> {
+        let (state, active, now) = (change.state, change.active, change.now);
         let op = if active {
             "re-activate rollout"
         } else {
@@ -472,15 +521,19 @@ impl DynamoStore {
             active,
             state: state.to_owned(),
             updated_at: now,
+            written_by: change.writer.to_owned(),
             ..old
         };
+        let events = self.event_puts(&record.id, change.events, 2).await?;
         for attempt in 0..ATTEMPTS {
             let update = Update::builder()
                 .table_name(self.table.as_ref())
                 .set_key(Some(key(rollout_pk(&record.id), ROLLOUT_SK)))
                 .update_expression(
-                    "SET #version = :next, #state = :state, #active = :active, #updated = :now",
+                    "SET #version = :next, #state = :state, #active = :active, #updated = :now, #writer = :writer",
                 )
+                .expression_attribute_names("#writer", "written_by")
+                .expression_attribute_values(":writer", s(change.writer))
                 .condition_expression("#version = :expected")
                 .expression_attribute_names("#version", "version")
                 .expression_attribute_names("#state", "state")
@@ -520,7 +573,9 @@ impl DynamoStore {
                     .delete(self.built(delete.build())?)
                     .build()
             };
-            let reasons = match self.transact(op, vec![update, marker]).await? {
+            let mut items = vec![update, marker];
+            items.extend(events.iter().cloned());
+            let reasons = match self.transact(op, items).await? {
                 Ok(()) => return Ok(record),
                 Err(reasons) => reasons,
             };
@@ -562,6 +617,105 @@ impl DynamoStore {
         Err(self.error(&format!(
             "{op} `{}`: gave up after {ATTEMPTS} conflicting attempts",
             record.id
+        )))
+    }
+}
+
+impl DynamoStore {
+    /// [`Store::commit`] with events, the `active` flag unchanged: the
+    /// update and the events in one transaction.
+    async fn commit_with_events(
+        &self,
+        id: &str,
+        expected: u64,
+        next: u64,
+        change: &Change<'_>,
+    ) -> Result<RolloutRecord, StoreError> {
+        let op = "update rollout";
+        // Service and creation time never change: read them once, to
+        // return the record the transaction writes.
+        let base = match self.load(id).await? {
+            Some(base) if base.version == expected => base,
+            found => {
+                return Err(StoreError::Conflict {
+                    id: id.to_owned(),
+                    expected,
+                    found: found.map(|r| r.version),
+                })
+            }
+        };
+        if base.active != change.active {
+            return self.update_with_marker(base, expected, change).await;
+        }
+        let events = self.event_puts(id, change.events, 1).await?;
+        for attempt in 0..ATTEMPTS {
+            let update = Update::builder()
+                .table_name(self.table.as_ref())
+                .set_key(Some(key(rollout_pk(id), ROLLOUT_SK)))
+                .update_expression(
+                    "SET #version = :next, #state = :state, #updated = :now, #writer = :writer",
+                )
+                .condition_expression("#version = :expected AND #active = :active")
+                .expression_attribute_names("#version", "version")
+                .expression_attribute_names("#state", "state")
+                .expression_attribute_names("#active", "active")
+                .expression_attribute_names("#updated", "updated_at")
+                .expression_attribute_names("#writer", "written_by")
+                .expression_attribute_values(":next", n(next))
+                .expression_attribute_values(":state", s(change.state))
+                .expression_attribute_values(":active", AttributeValue::Bool(change.active))
+                .expression_attribute_values(":now", n(change.now.as_millis()))
+                .expression_attribute_values(":writer", s(change.writer))
+                .expression_attribute_values(":expected", n(expected))
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                );
+            let mut items = vec![TransactWriteItem::builder()
+                .update(self.built(update.build())?)
+                .build()];
+            items.extend(events.iter().cloned());
+            let reasons = match self.transact(op, items).await? {
+                Ok(()) => {
+                    return Ok(RolloutRecord {
+                        version: next,
+                        state: change.state.to_owned(),
+                        updated_at: change.now,
+                        written_by: change.writer.to_owned(),
+                        ..base
+                    })
+                }
+                Err(reasons) => reasons,
+            };
+            if failed(&reasons, 0) {
+                let old = match reasons[0].item() {
+                    Some(item) => Some(self.reader(item).rollout()?),
+                    None => self.load(id).await?,
+                };
+                return match old {
+                    // The flag flips: the marker changes with the rollout.
+                    Some(old) if old.version == expected => {
+                        self.update_with_marker(old, expected, change).await
+                    }
+                    old => Err(StoreError::Conflict {
+                        id: id.to_owned(),
+                        expected,
+                        found: old.map(|r| r.version),
+                    }),
+                };
+            }
+            if reasons.iter().skip(1).any(|r| r.code() == Some(CCF)) {
+                return Err(self.error(&format!(
+                    "{op} `{id}`: an event with the same number is already stored; the log and the snapshot disagree"
+                )));
+            }
+            if conflicted(&reasons) {
+                backoff(attempt).await;
+                continue;
+            }
+            return Err(self.cancelled(op, &reasons));
+        }
+        Err(self.error(&format!(
+            "{op} `{id}`: gave up after {ATTEMPTS} conflicting attempts"
         )))
     }
 }
@@ -650,6 +804,19 @@ impl<'a> Reader<'a> {
             state: self.s("state")?.to_owned(),
             created_at: Timestamp(self.n("created_at")?),
             updated_at: Timestamp(self.n("updated_at")?),
+            // Absent in items written before it existed.
+            written_by: match self.item.get("written_by") {
+                None => String::new(),
+                Some(_) => self.s("written_by")?.to_owned(),
+            },
+        })
+    }
+
+    fn event(&self) -> Result<EventRecord, StoreError> {
+        Ok(EventRecord {
+            seq: self.n("seq")?,
+            at: Timestamp(self.n("at")?),
+            body: self.s("body")?.to_owned(),
         })
     }
 
@@ -676,6 +843,17 @@ fn rollout_item(r: &RolloutRecord) -> Item {
         ("state".to_owned(), s(r.state.clone())),
         ("created_at".to_owned(), n(r.created_at.as_millis())),
         ("updated_at".to_owned(), n(r.updated_at.as_millis())),
+        ("written_by".to_owned(), s(r.written_by.clone())),
+    ]);
+    item
+}
+
+fn event_item(id: &str, e: &EventRecord) -> Item {
+    let mut item = key(rollout_pk(id), event_sk(e.seq));
+    item.extend([
+        ("seq".to_owned(), n(e.seq)),
+        ("at".to_owned(), n(e.at.as_millis())),
+        ("body".to_owned(), s(e.body.clone())),
     ]);
     item
 }
@@ -697,16 +875,16 @@ fn is_ccf<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
 
 #[async_trait]
 impl Store for DynamoStore {
-    async fn create(
+    async fn create_rollout(
         &self,
         id: &str,
         service: &str,
-        state: &str,
-        active: bool,
-        now: Timestamp,
+        change: Change<'_>,
     ) -> Result<RolloutRecord, StoreError> {
-        let record = RolloutRecord::created(id, service, state, active, now);
+        let record = RolloutRecord::created(id, service, &change);
+        let (active, now) = (change.active, change.now);
         let op = "create rollout";
+        let events = self.event_puts(id, change.events, 3).await?;
         for attempt in 0..ATTEMPTS {
             let new = "attribute_not_exists(pk)";
             let mut index = key(service_pk(service), service_sk(now, id));
@@ -721,6 +899,7 @@ impl Store for DynamoStore {
                 marker.insert("created_at".into(), n(now.as_millis()));
                 items.push(self.put(marker, Some(new), Item::new())?);
             }
+            items.extend(events.iter().cloned());
             let reasons = match self.transact(op, items).await? {
                 Ok(()) => return Ok(record),
                 Err(reasons) => reasons,
@@ -758,15 +937,15 @@ impl Store for DynamoStore {
         item.map(|i| self.reader(&i).rollout()).transpose()
     }
 
-    async fn update(
+    async fn commit(
         &self,
         id: &str,
         expected_version: u64,
-        state: &str,
-        active: bool,
-        now: Timestamp,
+        change: Change<'_>,
     ) -> Result<RolloutRecord, StoreError> {
-        // Usually the active flag stays as it is: one conditional UpdateItem.
+        let (state, active, now) = (change.state, change.active, change.now);
+        // Usually the active flag stays as it is: one conditional UpdateItem
+        // (in a transaction with the events, if there are any).
         let Some(next) = expected_version.checked_add(1) else {
             // No stored version can be u64::MAX and still be updated.
             let found = self.load(id).await?.map(|r| r.version);
@@ -776,13 +955,22 @@ impl Store for DynamoStore {
                 found,
             });
         };
+        if !change.events.is_empty() {
+            return self
+                .commit_with_events(id, expected_version, next, &change)
+                .await;
+        }
         let updated = self
             .client
             .update_item()
             .table_name(self.table.as_ref())
             .set_key(Some(key(rollout_pk(id), ROLLOUT_SK)))
-            .update_expression("SET #version = :next, #state = :state, #updated = :now")
+            .update_expression(
+                "SET #version = :next, #state = :state, #updated = :now, #writer = :writer",
+            )
             .condition_expression("#version = :expected AND #active = :active")
+            .expression_attribute_names("#writer", "written_by")
+            .expression_attribute_values(":writer", s(change.writer))
             .expression_attribute_names("#version", "version")
             .expression_attribute_names("#state", "state")
             .expression_attribute_names("#active", "active")
@@ -818,7 +1006,7 @@ impl Store for DynamoStore {
         match old {
             Some(old) if old.version == expected_version => {
                 // The flag flips: the marker changes with the rollout.
-                self.update_with_marker(old, expected_version, state, active, now)
+                self.update_with_marker(old, expected_version, &change)
                     .await
             }
             old => Err(StoreError::Conflict {
@@ -827,6 +1015,73 @@ impl Store for DynamoStore {
                 found: old.map(|r| r.version),
             }),
         }
+    }
+
+    async fn events(
+        &self,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let Some(first) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let items = self
+            .query(
+                "read events",
+                rollout_pk(id),
+                Some((event_sk(first), event_sk(u64::MAX))),
+                true,
+                limit,
+            )
+            .await?;
+        items.iter().map(|i| self.reader(i).event()).collect()
+    }
+
+    async fn lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        let item = self
+            .get("read lease", key(format!("LEASE#{name}"), "LEASE"))
+            .await?;
+        item.map(|i| {
+            let r = self.reader(&i);
+            Ok(Lease {
+                holder: r.s("holder")?.to_owned(),
+                expires_at: Timestamp(r.n("expires_at")?),
+            })
+        })
+        .transpose()
+    }
+
+    async fn commands_since(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<PostedCommand>, StoreError> {
+        let Some(first) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let items = self
+            .query(
+                "read commands",
+                COMMANDS_PK.to_owned(),
+                Some((command_sk(first), command_sk(u64::MAX))),
+                true,
+                limit,
+            )
+            .await?;
+        items
+            .iter()
+            .map(|item| {
+                let r = self.reader(item);
+                r.command(r.s("rollout_id")?)
+            })
+            .collect()
     }
 
     async fn list_active(&self) -> Result<Vec<RolloutRecord>, StoreError> {
@@ -1008,9 +1263,15 @@ impl Store for DynamoStore {
                 ("command".to_owned(), s(name.clone())),
                 ("posted_at".to_owned(), n(now.as_millis())),
             ]);
+            let mut everyone = item.clone();
+            everyone.insert("pk".into(), s(COMMANDS_PK));
             let put = self.put(item, Some("attribute_not_exists(pk)"), Item::new())?;
+            let put_all = self.put(everyone, Some("attribute_not_exists(pk)"), Item::new())?;
 
-            let reasons = match self.transact(op, vec![counter_put, exists, put]).await? {
+            let reasons = match self
+                .transact(op, vec![counter_put, exists, put, put_all])
+                .await?
+            {
                 Ok(()) => return Ok(seq),
                 Err(reasons) => reasons,
             };
@@ -1018,7 +1279,11 @@ impl Store for DynamoStore {
                 return Err(StoreError::NotFound(rollout_id.to_owned()));
             }
             // Someone else took `seq` first: read the counter again.
-            if failed(&reasons, 0) || failed(&reasons, 2) || conflicted(&reasons) {
+            if failed(&reasons, 0)
+                || failed(&reasons, 2)
+                || failed(&reasons, 3)
+                || conflicted(&reasons)
+            {
                 backoff(attempt).await;
                 continue;
             }

@@ -142,6 +142,8 @@ interval = "500ms"
 /// The result of one rollout driven to its end.
 struct Run {
     rollout: Rollout,
+    /// The rollout's event log, as stored.
+    history: Vec<cutover_core::Event>,
     recording: Arc<Recording>,
     elapsed: Duration,
 }
@@ -212,7 +214,15 @@ async fn drive(plan: cutover_core::Plan, readback: Readback) -> Run {
     let (record, stored) = engine.load(&id).await.unwrap();
     assert!(!record.active);
     assert_eq!(stored.phase, rollout.phase);
-    for e in &rollout.history {
+    let history: Vec<cutover_core::Event> = engine
+        .store()
+        .events(&id, 0, usize::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| cutover_engine::driver::decode_event(e).unwrap())
+        .collect();
+    for e in &history {
         eprintln!("{:?} {} {}: {}", e.at, e.phase, e.split, e.message);
         for o in &e.observations {
             eprintln!("    {o}");
@@ -221,6 +231,7 @@ async fn drive(plan: cutover_core::Plan, readback: Readback) -> Run {
     eprintln!("rollout took {elapsed:?}");
     Run {
         rollout,
+        history,
         recording,
         elapsed,
     }
@@ -244,9 +255,8 @@ fn assert_applies_held(log: &[Applied]) {
 }
 
 /// Observations of `check` with `verdict` anywhere in the history.
-fn observed(rollout: &Rollout, check: &str, verdict: Verdict) -> Vec<String> {
-    rollout
-        .history
+fn observed(run: &Run, check: &str, verdict: Verdict) -> Vec<String> {
+    run.history
         .iter()
         .flat_map(|e| &e.observations)
         .filter(|o| o.check == check && o.verdict == verdict)
@@ -267,7 +277,6 @@ fn a_little_while_ago() -> SystemTime {
 /// never saw a passing or inconclusive analysis.
 fn assert_first_analysis_failed(run: &Run) {
     let first = run
-        .rollout
         .history
         .iter()
         .flat_map(|e| &e.observations)
@@ -359,7 +368,7 @@ min_requests = 50"#
     let (green, blue) = zone.weights().await;
     assert!(green > 0 && blue == 0, "green {green} blue {blue}");
     // Every step was judged healthy on the real metrics.
-    let passes = observed(&run.rollout, "alb-error-rate", Verdict::Pass);
+    let passes = observed(&run, "alb-error-rate", Verdict::Pass);
     assert!(passes.len() >= 3, "{passes:?}");
     assert!(
         passes[0].contains("green error rate 0 % <= 5 %") && passes[0].contains("200"),
@@ -478,14 +487,14 @@ min = 100"#
     assert_applies_held(&run.recording.log());
     let (green, blue) = alb.listener_weights().await;
     assert!(green > 0 && blue == 0, "green {green} blue {blue}");
-    let passes = observed(&run.rollout, "alb-error-rate", Verdict::Pass);
+    let passes = observed(&run, "alb-error-rate", Verdict::Pass);
     assert!(passes.len() >= 3, "{passes:?}");
     assert!(
         passes[0].contains("green error rate 0 % <= 5 %"),
         "{}",
         passes[0]
     );
-    assert!(observed(&run.rollout, "green-requests", Verdict::Pass).len() >= 3);
+    assert!(observed(&run, "green-requests", Verdict::Pass).len() >= 3);
     assert!(run.elapsed >= 3 * HOLD, "{:?}", run.elapsed);
     // The rule was not the router's: untouched.
     assert_eq!(
@@ -590,8 +599,8 @@ async fn ecs_rollout(container: &str) -> (Ecs, Arc<Zone>, Run) {
 }
 
 /// Index of the first history entry in `phase`.
-fn first_in(rollout: &Rollout, phase: &str) -> Option<usize> {
-    rollout.history.iter().position(|e| e.phase == phase)
+fn first_in(run: &Run, phase: &str) -> Option<usize> {
+    run.history.iter().position(|e| e.phase == phase)
 }
 
 #[tokio::test]
@@ -606,13 +615,13 @@ async fn ecs_rollout_readies_green_before_traffic_and_retires_blue_after() {
     );
     assert!(run.rollout.has_platform);
     // Green was prepared before any traffic moved, and retired blue last.
-    let preparing = first_in(&run.rollout, "preparing").expect("a preparing entry");
-    let shifting = first_in(&run.rollout, "shifting").expect("a shifting entry");
-    assert!(preparing < shifting, "{:?}", run.rollout.history);
-    assert!(run.rollout.history[..shifting]
+    let preparing = first_in(&run, "preparing").expect("a preparing entry");
+    let shifting = first_in(&run, "shifting").expect("a shifting entry");
+    assert!(preparing < shifting, "{:?}", run.history);
+    assert!(run.history[..shifting]
         .iter()
         .all(|e| e.split == Split::ZERO));
-    let finalizing = first_in(&run.rollout, "finalizing").expect("a finalizing entry");
+    let finalizing = first_in(&run, "finalizing").expect("a finalizing entry");
     assert!(finalizing > shifting);
 
     // Green runs a new revision of its own family: the old one with only
@@ -668,7 +677,7 @@ async fn ecs_rollout_fails_without_moving_traffic_when_green_cannot_be_prepared(
         "{reason}"
     );
     assert_eq!(run.rollout.split, Split::ZERO);
-    assert!(first_in(&run.rollout, "shifting").is_none());
+    assert!(first_in(&run, "shifting").is_none());
     // The router never applied a non-zero split (here: nothing at all).
     assert!(
         run.recording.trail().iter().all(|(bp, _)| *bp == 0),

@@ -253,6 +253,21 @@ async fn commands() {
     conformance::commands(&(backend().await)()).await;
 }
 
+#[tokio::test]
+async fn event_log() {
+    conformance::event_log(&(backend().await)()).await;
+}
+
+#[tokio::test]
+async fn writer_and_lease_holder() {
+    conformance::writer_and_lease_holder(&(backend().await)()).await;
+}
+
+#[tokio::test]
+async fn commands_store_wide() {
+    conformance::commands_store_wide(&(backend().await)()).await;
+}
+
 // ---- DynamoDB-specific ------------------------------------------------
 
 #[tokio::test]

@@ -11,8 +11,8 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use common::fixtures::{ecs_trigger, event, event_queue, queue_len, send, task_def, ACCOUNT};
 use cutover_aws::trigger::{PollReport, StartOutcome, StartRequest, Watcher};
 use cutover_core::plan::EcsEventsTrigger;
-use cutover_core::{Command, Timestamp};
-use cutover_engine::store::{PostedCommand, RolloutRecord, SqliteStore, Store, StoreError};
+use cutover_core::Timestamp;
+use cutover_engine::store::{SqliteStore, Store, StoreError};
 use serde_json::json;
 
 async fn setup() -> (aws_config::SdkConfig, aws_sdk_sqs::Client, String) {
@@ -261,89 +261,6 @@ async fn a_missing_queue_is_an_error_not_a_panic() {
     assert!(err.message.contains("no-such-queue"), "{err}");
 }
 
-/// A store whose trigger claims fail while `down` is set.
-struct FlakyStore {
-    inner: SqliteStore,
-    down: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl Store for FlakyStore {
-    async fn create(
-        &self,
-        id: &str,
-        service: &str,
-        state: &str,
-        active: bool,
-        now: Timestamp,
-    ) -> Result<RolloutRecord, StoreError> {
-        self.inner.create(id, service, state, active, now).await
-    }
-    async fn load(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError> {
-        self.inner.load(id).await
-    }
-    async fn update(
-        &self,
-        id: &str,
-        expected_version: u64,
-        state: &str,
-        active: bool,
-        now: Timestamp,
-    ) -> Result<RolloutRecord, StoreError> {
-        self.inner
-            .update(id, expected_version, state, active, now)
-            .await
-    }
-    async fn list_active(&self) -> Result<Vec<RolloutRecord>, StoreError> {
-        self.inner.list_active().await
-    }
-    async fn list_for_service(
-        &self,
-        service: &str,
-        limit: usize,
-    ) -> Result<Vec<RolloutRecord>, StoreError> {
-        self.inner.list_for_service(service, limit).await
-    }
-    async fn claim_trigger(
-        &self,
-        key: &str,
-        owner: &str,
-        now: Timestamp,
-    ) -> Result<bool, StoreError> {
-        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(StoreError::Backend("store unreachable".into()));
-        }
-        self.inner.claim_trigger(key, owner, now).await
-    }
-    async fn acquire_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        now: Timestamp,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        self.inner.acquire_lease(name, holder, now, ttl).await
-    }
-    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
-        self.inner.release_lease(name, holder).await
-    }
-    async fn post_command(
-        &self,
-        rollout_id: &str,
-        command: Command,
-        now: Timestamp,
-    ) -> Result<u64, StoreError> {
-        self.inner.post_command(rollout_id, command, now).await
-    }
-    async fn commands_after(
-        &self,
-        rollout_id: &str,
-        after: u64,
-    ) -> Result<Vec<PostedCommand>, StoreError> {
-        self.inner.commands_after(rollout_id, after).await
-    }
-}
-
 #[tokio::test]
 async fn an_event_whose_claim_fails_stays_in_the_queue_and_is_retried() {
     let sdk = cutover_aws::config::load(&common::aws()).await;
@@ -358,10 +275,12 @@ async fn an_event_whose_claim_fails_stays_in_the_queue_and_is_retried() {
         .queue_url
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FlakyStore {
-        inner: SqliteStore::open(&dir.path().join("db")).unwrap(),
-        down: true.into(),
-    });
+    let store = Arc::new(cutover_engine::store::faults::FaultyStore::new(
+        SqliteStore::open(&dir.path().join("db")).unwrap(),
+    ));
+    store
+        .fail_claims
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let mut watcher =
         Watcher::new(&sdk, trigger(&url), store.clone(), "w").with_wait(Duration::from_secs(1));
     let def = task_def("green", 9);
@@ -386,7 +305,9 @@ async fn an_event_whose_claim_fails_stays_in_the_queue_and_is_retried() {
     // The store is back; the message becomes visible again (after the
     // queue's 1 s visibility timeout: the long polls below wait for it)
     // and, since the failed attempt did not count as seen, it is claimed.
-    store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    store
+        .fail_claims
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     let mut report = PollReport::default();
     for _ in 0..5 {
         report = watcher

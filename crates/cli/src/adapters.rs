@@ -8,19 +8,6 @@ use cutover_engine::Adapters;
 
 use crate::Exit;
 
-/// Whether green holds the traffic now (half or more), as the router says.
-pub async fn green_is_live(plan: &Plan) -> Result<bool, Exit> {
-    let sdk = match plan.router {
-        RouterConfig::Local(_) => None,
-        _ => Some(sdk(plan).await?),
-    };
-    let split = build_router(plan, sdk.as_ref())
-        .current()
-        .await
-        .map_err(|e| Exit::Internal(format!("reading the current split: {e}")))?;
-    Ok(split.basis_points() >= 5_000)
-}
-
 /// The plan's router; `sdk` is loaded by the caller whenever the router is
 /// an AWS one.
 fn build_router(plan: &Plan, sdk: Option<&cutover_aws::config::SdkConfig>) -> Arc<dyn Router> {

@@ -123,7 +123,9 @@ pub async fn watch(file: &Path, wait: Duration) -> Exit {
         Err(e) => return e,
     };
     let progress = Progress::new(Output::Text, "").plain();
-    let observer = Arc::new(move |r: &Rollout| progress.update(r));
+    let observer = Arc::new(
+        move |id: &str, r: &Rollout, events: &[cutover_core::Event]| progress.update(id, r, events),
+    );
     let engine = Arc::new(
         Engine::new(store.clone(), Clock::system(), holder(), Options::default())
             .with_observer(observer),

@@ -19,8 +19,18 @@ Exit codes:
 #[derive(Parser, Debug)]
 #[command(name = "cutover", version, after_help = EXIT_CODES, propagate_version = true)]
 pub struct Cli {
+    /// Log lines on stderr: `text` (readable) or `json` (one object per
+    /// line). Which lines: `RUST_LOG` (e.g. `info`, `cutover_engine=debug`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -128,13 +138,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub detach: bool,
     /// How long another `cutover run` must wait before taking over a
-    /// rollout whose driver stopped answering (e.g. after a kill).
+    /// rollout whose driver stopped answering (e.g. after a kill). From 1s
+    /// to 1h, and at least three ticks.
     #[arg(long, default_value = "15s", value_parser = duration)]
     pub lease_ttl: std::time::Duration,
-    /// How often operator commands are picked up.
+    /// How often operator commands are picked up (10ms to 60s).
     #[arg(long, default_value = "500ms", value_parser = duration)]
     pub tick: std::time::Duration,
-    /// Print progress as JSON lines (one rollout snapshot per transition).
+    /// Print progress as JSON lines (one line per event).
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
     /// Deploy this image first: the plan's `[platform]` registers a new task
@@ -145,6 +156,16 @@ pub struct RunArgs {
     /// Like --image, with a ready task definition (ARN or family:revision).
     #[arg(long)]
     pub task_definition: Option<String>,
+    /// Start from the split the router has now instead of refusing
+    /// anything but all traffic on the live target: continue at the first
+    /// step at or above it. Not with --image / --task-definition.
+    #[arg(long, conflicts_with_all = ["image", "task_definition"])]
+    pub adopt: bool,
+    /// Run the plan with blue's and green's roles exchanged: move traffic
+    /// from the plan's green side to its blue side (e.g. back, after a
+    /// successful rollout, without a platform).
+    #[arg(long)]
+    pub swap_colours: bool,
 }
 
 /// Which rollout a command is about.

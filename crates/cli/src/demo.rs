@@ -175,6 +175,7 @@ async fn run_demo(args: &DemoArgs) -> Result<Exit, String> {
     let router = cutover_local::LocalRouter::new(&LocalRouterConfig {
         admin_url: format!("http://{}", proxy.admin_addr()),
         token: None,
+        swapped: false,
     });
 
     let clock = Clock::system();
@@ -251,14 +252,16 @@ async fn scenario(
     let progress = Progress::new(Output::Text, "  ").plain();
     let observer = {
         let splits = splits.clone();
-        Arc::new(move |r: &Rollout| {
-            progress.update(r);
-            if let Ok(mut s) = splits.lock() {
-                if s.last().map(|l| l.1) != Some(r.split.percent()) {
-                    s.push((clock.now(), r.split.percent()));
+        Arc::new(
+            move |id: &str, r: &Rollout, events: &[cutover_core::Event]| {
+                progress.update(id, r, events);
+                if let Ok(mut s) = splits.lock() {
+                    if s.last().map(|l| l.1) != Some(r.split.percent()) {
+                        s.push((clock.now(), r.split.percent()));
+                    }
                 }
-            }
-        })
+            },
+        )
     };
     let options = Options {
         tick: Duration::from_millis(100),
@@ -280,6 +283,14 @@ async fn scenario(
         .await
         .map_err(|e| e.to_string())?;
     let ended = clock.now();
+    let history: Vec<cutover_core::Event> = engine
+        .store()
+        .events(&id, 0, usize::MAX)
+        .await
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(cutover_engine::driver::decode_event)
+        .collect::<Result<_, _>>()?;
 
     let all = samples.lock().map_err(|_| "load samples lost")?.clone();
     let window: Vec<Sample> = all
@@ -298,7 +309,7 @@ async fn scenario(
     let first_failure = window.iter().find(|s| s.green && s.error).map(|s| s.at);
     let zero_at = matches!(end.phase, Phase::RolledBack { .. })
         .then(|| {
-            end.history
+            history
                 .iter()
                 .rev()
                 .find(|e| e.split == cutover_core::Split::ZERO && e.phase == "rolled-back")
@@ -331,8 +342,7 @@ async fn scenario(
         failed_during_reaction,
         analysis_interval_ms: plan.analysis.interval.as_millis() as u64,
         series: series(started, ended, &splits, &window),
-        history: end
-            .history
+        history: history
             .iter()
             .map(|e| format!("+{:.1}s  {}", e.at.since(started).as_secs_f64(), e.message))
             .collect(),

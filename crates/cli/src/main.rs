@@ -34,10 +34,12 @@ mod adapters;
 mod aws;
 mod cli;
 mod demo;
+mod logging;
 mod progress;
 mod read;
 mod run;
 mod settings;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -69,6 +71,7 @@ impl Exit {
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    logging::init(args.log_format);
     let exit = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

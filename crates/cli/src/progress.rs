@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cutover_core::time::Human;
-use cutover_core::{Rollout, Timestamp};
+use cutover_core::{Event, Rollout, Timestamp};
 
 use crate::cli::Output;
 
@@ -37,8 +37,17 @@ pub fn date_time(t: Timestamp) -> String {
     format!("{y:04}-{m:02}-{d:02} {}", clock_time(t))
 }
 
+/// One event as a JSON line: the rollout's id and the event's fields.
+pub fn event_json(id: &str, e: &Event) -> String {
+    let mut value = serde_json::to_value(e).unwrap_or_default();
+    if let Some(object) = value.as_object_mut() {
+        object.insert("rollout".into(), id.into());
+        object.insert("split_percent".into(), e.split.percent().into());
+    }
+    value.to_string()
+}
+
 struct State {
-    printed: usize,
     latest: Option<Rollout>,
     status_shown: bool,
 }
@@ -56,7 +65,6 @@ impl Progress {
     pub fn new(output: Output, prefix: impl Into<String>) -> Progress {
         Progress {
             state: Arc::new(Mutex::new(State {
-                printed: 0,
                 latest: None,
                 status_shown: false,
             })),
@@ -72,25 +80,25 @@ impl Progress {
         self
     }
 
-    /// Shows what is new in `rollout` since the last call.
-    pub fn update(&self, rollout: &Rollout) {
+    /// Shows `events`, just recorded for rollout `id`, now at `rollout`.
+    /// As JSON: one line per event.
+    pub fn update(&self, id: &str, rollout: &Rollout, events: &[Event]) {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
         let mut out = std::io::stdout().lock();
         if self.output == Output::Json {
-            let _ = writeln!(
-                out,
-                "{}",
-                serde_json::to_string(rollout).unwrap_or_default()
-            );
+            for e in events {
+                let _ = writeln!(out, "{}", event_json(id, e));
+            }
+            let _ = out.flush();
             return;
         }
         if state.status_shown {
             let _ = write!(out, "\r\x1b[2K");
             state.status_shown = false;
         }
-        for e in rollout.history.iter().skip(state.printed) {
+        for e in events {
             let _ = writeln!(
                 out,
                 "{}{}  {:>8}  {}",
@@ -100,7 +108,6 @@ impl Progress {
                 e.message
             );
         }
-        state.printed = rollout.history.len();
         state.latest = Some(rollout.clone());
         if self.tty {
             let _ = write!(
@@ -169,10 +176,8 @@ fn status_line(r: &Rollout, now: Timestamp) -> String {
     let filled = ((done.clamp(0.0, 1.0)) * width as f64).round() as usize;
     let bar = format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled));
     let verdict = r
-        .history
-        .iter()
-        .rev()
-        .find(|e| !e.observations.is_empty())
+        .last_analysis
+        .as_ref()
         .map(|e| {
             let first = &e.observations[0];
             format!(" · last: {} ({})", first.verdict, first.detail)
@@ -184,10 +189,11 @@ fn status_line(r: &Rollout, now: Timestamp) -> String {
         total.saturating_sub(elapsed_in_plan)
     };
     let mut line = format!(
-        "{bar} step {}/{} · {} green · {}{verdict} · ~{} left",
+        "{bar} step {}/{} · {} on `{}` · {}{verdict} · ~{} left",
         r.step + 1,
         r.plan.strategy.steps.len(),
         r.split,
+        r.targets().candidate,
         r.phase.name(),
         Human(Duration::from_secs(left.as_secs()))
     );

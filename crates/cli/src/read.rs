@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::cli::{Output, ReadArgs, TargetArgs};
 use crate::progress::{clock_time, date_time};
-use crate::settings::{latest, load_plan, resolve_target};
+use crate::settings::{latest, load_plan, resolve_target, Access};
 use crate::Exit;
 
 pub fn plan(file: &Path, output: Output) -> Exit {
@@ -76,15 +76,11 @@ pub fn render_timeline(t: &Timeline) -> String {
 }
 
 fn decode(record: &RolloutRecord) -> Result<Rollout, Exit> {
-    serde_json::from_str(&record.state).map_err(|e| {
-        Exit::Internal(format!(
-            "rollout `{}` has a snapshot this version cannot read: {e}",
-            record.id
-        ))
-    })
+    cutover_engine::driver::decode(record).map_err(|e| Exit::Internal(e.to_string()))
 }
 
 pub fn status_json(record: &RolloutRecord, r: &Rollout) -> serde_json::Value {
+    let t = r.targets();
     json!({
         "id": record.id,
         "service": record.service,
@@ -94,17 +90,23 @@ pub fn status_json(record: &RolloutRecord, r: &Rollout) -> serde_json::Value {
         "reason": r.phase.reason(),
         "step": r.step + 1,
         "steps": r.plan.strategy.steps.len(),
+        "router": r.plan.router.kind(),
+        "targets": {"live": t.live, "candidate": t.candidate},
         "split_percent": r.split.percent(),
         "target_percent": r.target.percent(),
+        "traffic": t.describe(r.split),
         "last_verdict": r.last_verdict.map(|(at, v)| json!({"at": at.as_millis(), "verdict": v})),
+        "last_analysis": r.last_analysis,
+        "events": r.events,
         "started_at": r.started_at.map(|t| t.as_millis()),
         "ended_at": r.ended_at.map(|t| t.as_millis()),
         "updated_at": record.updated_at.as_millis(),
+        "written_by": record.written_by,
     })
 }
 
 pub async fn status(args: ReadArgs) -> Exit {
-    let (service, store) = match resolve_target(&args.target).await {
+    let (service, store) = match resolve_target(&args.target, Access::Read).await {
         Ok(x) => x,
         Err(e) => return e,
     };
@@ -119,11 +121,24 @@ pub async fn status(args: ReadArgs) -> Exit {
         Ok(r) => r,
         Err(e) => return e,
     };
+    let now = cutover_engine::Clock::system().now();
+    let driver = if record.active {
+        match store
+            .lease(&cutover_engine::driver::lease_name(&record.id))
+            .await
+        {
+            Ok(Some(l)) if l.expires_at > now => Some(l.holder),
+            _ => None,
+        }
+    } else {
+        None
+    };
     match args.output {
-        Output::Json => outln!(
-            "{}",
-            serde_json::to_string_pretty(&status_json(&record, &rollout)).expect("json")
-        ),
+        Output::Json => {
+            let mut value = status_json(&record, &rollout);
+            value["driver"] = json!(driver);
+            outln!("{}", serde_json::to_string_pretty(&value).expect("json"))
+        }
         Output::Text => {
             let state = if record.active { "active" } else { "ended" };
             outln!("rollout  {} ({state})", record.id);
@@ -136,13 +151,21 @@ pub async fn status(args: ReadArgs) -> Exit {
                     rollout.step + 1
                 ),
             }
-            outln!("split    {} green", rollout.split);
-            if let Some(e) = rollout
-                .history
-                .iter()
-                .rev()
-                .find(|e| !e.observations.is_empty())
-            {
+            let t = rollout.targets();
+            outln!("traffic  {}", t.describe(rollout.split));
+            outln!(
+                "targets  live `{}`, candidate `{}` (router {})",
+                t.live,
+                t.candidate,
+                rollout.plan.router.kind()
+            );
+            if record.active {
+                match &driver {
+                    Some(holder) => outln!("driver   {holder}"),
+                    None => outln!("driver   none: `cutover run` (or `cutover serve`) resumes it"),
+                }
+            }
+            if let Some(e) = &rollout.last_analysis {
                 outln!("verdict  {}  {}", clock_time(e.at), e.message);
             }
             if let Some(at) = rollout.started_at {
@@ -157,7 +180,7 @@ pub async fn status(args: ReadArgs) -> Exit {
 }
 
 pub async fn history(args: ReadArgs, all: bool, limit: usize) -> Exit {
-    let (service, store) = match resolve_target(&args.target).await {
+    let (service, store) = match resolve_target(&args.target, Access::Read).await {
         Ok(x) => x,
         Err(e) => return e,
     };
@@ -182,10 +205,11 @@ pub async fn history(args: ReadArgs, all: bool, limit: usize) -> Exit {
                 for (rec, r) in rows {
                     let started = r.started_at.map(date_time).unwrap_or_else(|| "-".into());
                     outln!(
-                        "{:<40} {:<12} {:>8}  {started}  {}",
+                        "{:<40} {:<12} {:>8} on {:<12} {started}  {}",
                         rec.id,
                         r.phase.name(),
                         r.split.to_string(),
+                        format!("`{}`", r.targets().candidate),
                         r.phase.reason().unwrap_or("")
                     );
                 }
@@ -204,25 +228,59 @@ pub async fn history(args: ReadArgs, all: bool, limit: usize) -> Exit {
         Ok(r) => r,
         Err(e) => return e,
     };
-    match args.output {
-        Output::Json => outln!(
-            "{}",
-            serde_json::to_string_pretty(&json!({"id": record.id, "history": rollout.history}))
-                .expect("json")
-        ),
-        Output::Text => {
-            outln!("rollout {}", record.id);
-            for e in &rollout.history {
-                outln!(
+    if args.output == Output::Text {
+        let t = rollout.targets();
+        outln!(
+            "rollout {} (live `{}`, candidate `{}`; splits are the candidate's share)",
+            record.id,
+            t.live,
+            t.candidate
+        );
+    }
+    // The event log, a page at a time: it can be long.
+    let mut after = 0;
+    loop {
+        let page = match store.events(&record.id, after, 500).await {
+            Ok(p) => p,
+            Err(e) => return Exit::Internal(e.to_string()),
+        };
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for stored in &page {
+            let e = match cutover_engine::driver::decode_event(stored) {
+                Ok(e) => e,
+                Err(e) => return Exit::Internal(format!("rollout `{}`: {e}", record.id)),
+            };
+            match args.output {
+                Output::Json => outln!("{}", crate::progress::event_json(&record.id, &e)),
+                Output::Text => {
+                    outln!(
+                        "{}  {:<12} {:>8}  {}",
+                        date_time(e.at),
+                        e.phase,
+                        e.split.to_string(),
+                        e.message
+                    );
+                    for o in &e.observations {
+                        outln!("{:>43}{}: {} ({})", "", o.check, o.verdict, o.detail);
+                    }
+                }
+            }
+        }
+    }
+    // Events a schema-1 snapshot still holds (not moved to the log until
+    // a driver writes the rollout again).
+    for e in rollout.pending_events() {
+        if e.seq > after {
+            match args.output {
+                Output::Json => outln!("{}", crate::progress::event_json(&record.id, e)),
+                Output::Text => outln!(
                     "{}  {:<12} {:>8}  {}",
                     date_time(e.at),
                     e.phase,
                     e.split.to_string(),
                     e.message
-                );
-                for o in &e.observations {
-                    outln!("{:>43}{}: {} ({})", "", o.check, o.verdict, o.detail);
-                }
+                ),
             }
         }
     }
@@ -255,7 +313,7 @@ fn applicable(command: Command, phase: &Phase) -> Result<(), String> {
 }
 
 pub async fn command(args: TargetArgs, command: Command) -> Exit {
-    let (service, store) = match resolve_target(&args).await {
+    let (service, store) = match resolve_target(&args, Access::Write).await {
         Ok(x) => x,
         Err(e) => return e,
     };
@@ -284,6 +342,9 @@ pub async fn command(args: TargetArgs, command: Command) -> Exit {
             );
             Exit::Ok
         }
+        Err(e) if e.to_string().contains("readonly") => Exit::Internal(format!(
+            "cannot post {command}: the store is read-only here ({e}); post it where the store is writable, e.g. on the host that runs the rollout"
+        )),
         Err(e) => Exit::Internal(e.to_string()),
     }
 }

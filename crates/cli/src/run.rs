@@ -3,8 +3,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use cutover_core::plan::Release;
-use cutover_core::{Phase, Rollout};
+use cutover_core::{Phase, Rollout, Split, Timestamp};
 use cutover_engine::{Clock, Engine, EngineError, Options};
 
 use crate::cli::{Output, RunArgs};
@@ -46,6 +48,17 @@ async fn run_inner(args: RunArgs, retry: bool) -> Result<Exit, Exit> {
             args.file.display()
         )));
     }
+    if args.swap_colours {
+        plan = plan.with_colours_swapped();
+    }
+    let options = Options {
+        tick: args.tick,
+        lease_ttl: args.lease_ttl,
+        ..Options::default()
+    };
+    options
+        .check()
+        .map_err(|e| Exit::Usage(format!("--tick / --lease-ttl: {e}")))?;
     if args.detach {
         return Ok(detach());
     }
@@ -54,12 +67,11 @@ async fn run_inner(args: RunArgs, retry: bool) -> Result<Exit, Exit> {
     let progress = Progress::new(args.output, "");
     let observer = {
         let progress = progress.clone();
-        Arc::new(move |r: &Rollout| progress.update(r))
-    };
-    let options = Options {
-        tick: args.tick,
-        lease_ttl: args.lease_ttl,
-        ..Options::default()
+        Arc::new(
+            move |id: &str, r: &Rollout, events: &[cutover_core::Event]| {
+                progress.update(id, r, events)
+            },
+        )
     };
     let engine =
         Engine::new(store.clone(), Clock::system(), holder(), options).with_observer(observer);
@@ -72,28 +84,64 @@ async fn run_inner(args: RunArgs, retry: bool) -> Result<Exit, Exit> {
     let previous = latest(store.as_ref(), &plan.service).await?;
     let id = match (retry, previous) {
         (false, Some(record)) if record.active => {
+            if args.adopt || args.swap_colours {
+                return Err(Exit::Usage(format!(
+                    "service `{}` has an unfinished rollout {}; --adopt and --swap-colours apply only to a new one (abort it first, or run without them to resume it)",
+                    plan.service, record.id
+                )));
+            }
             say(format!(
-                "resuming unfinished rollout {} of `{}` ({choice})",
+                "found unfinished rollout {} of `{}` ({choice})",
                 record.id, plan.service
             ));
             record.id
         }
         (false, _) => {
-            if plan.release.is_some() && crate::adapters::green_is_live(&plan).await? {
-                say(
-                    "green is live: this rollout deploys to blue's side and moves traffic there"
-                        .into(),
-                );
+            let adapters = crate::adapters::build(&plan).await?;
+            let found = adapters.router.current().await.map_err(|e| {
+                Exit::Internal(format!(
+                    "reading the router's split before moving traffic ({}): {e}",
+                    adapters.router.describe()
+                ))
+            })?;
+            if plan.release.is_some() && found == Split::FULL && !args.swap_colours {
+                // The candidate side serves everything: it is the live
+                // version now; deploy to the other side and move there.
                 plan = plan.with_colours_swapped();
+                let t = plan.targets();
+                say(format!(
+                    "`{}` is live: this rollout deploys to `{}` and moves traffic there",
+                    t.live, t.candidate
+                ));
+            }
+            let found = if plan.release.is_some() && found == Split::FULL {
+                Split::ZERO
+            } else {
+                found
+            };
+            if let Some(why) = cutover_core::machine::start_refusal(
+                &plan.targets(),
+                found,
+                args.adopt,
+                plan.release.is_some(),
+            ) {
+                return Err(Exit::Usage(why));
             }
             let id = new_id(&plan.service, engine.now());
+            let mut rollout = Rollout::new(plan.clone(), plan.release.is_some(), engine.now());
+            if args.adopt {
+                rollout = rollout.adopting();
+            }
             engine
-                .create(&id, plan.clone(), plan.release.is_some())
+                .create_rollout(&id, rollout)
                 .await
                 .map_err(|e| Exit::Internal(e.to_string()))?;
+            let t = plan.targets();
             say(format!(
-                "rollout {id} of `{}` through router {} ({choice})",
+                "rollout {id} of `{}`: live `{}` -> candidate `{}` through router {} ({choice})",
                 plan.service,
+                t.live,
+                t.candidate,
                 plan.router.kind()
             ));
             id
@@ -127,33 +175,127 @@ async fn run_inner(args: RunArgs, retry: bool) -> Result<Exit, Exit> {
     }
     let adapters = crate::adapters::build(&stored.plan).await?;
 
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signals = tokio::spawn(async move {
+        crate::signals::terminated().await;
+        let _ = stop_tx.send(true);
+        // Keep the sender until the process ends.
+        std::future::pending::<()>().await;
+    });
     let ticker = progress.spawn_ticker();
-    let result = tokio::select! {
-        r = engine.drive_when_free(&id, &adapters) => Some(r),
-        _ = tokio::signal::ctrl_c() => None,
-    };
+    let result = drive_or_follow(&engine, &id, &adapters, stop_rx, &progress, &say).await;
+    signals.abort();
     if let Some(t) = ticker {
         t.abort();
     }
     progress.finish();
     match result {
-        Some(Ok(rollout)) => {
+        Ok(rollout) if rollout.phase.is_terminal() => {
             if args.output == Output::Text {
-                outln!(
-                    "{}: {}",
-                    rollout.phase.name(),
-                    rollout.phase.reason().unwrap_or("all traffic on green")
-                );
+                outln!("{}", ending(&rollout));
             }
             Ok(exit_for(&rollout))
         }
-        Some(Err(e)) => Err(Exit::Internal(e.to_string())),
-        None => {
-            let _ = store
-                .release_lease(&format!("rollout:{id}"), &holder())
-                .await;
-            eprintln!("interrupted: rollout {id} is left as it is; `cutover run` the same plan to resume it, or `cutover abort` it");
+        Ok(rollout) => {
+            eprintln!(
+                "interrupted: rollout {id} is left {} with {}; `cutover run` the same plan to resume it, or `cutover abort` it",
+                rollout.phase.name(),
+                rollout.targets().describe(rollout.split)
+            );
             Err(Exit::Internal("interrupted".into()))
+        }
+        Err(e) => Err(Exit::Internal(e.to_string())),
+    }
+}
+
+/// The last line of a run: how it ended and where traffic is.
+pub fn ending(r: &Rollout) -> String {
+    let t = r.targets();
+    match r.phase.reason() {
+        Some(reason) => format!("{}: {reason} ({})", r.phase.name(), t.describe(r.split)),
+        None => format!(
+            "{}: {}",
+            r.phase.name(),
+            if r.phase == Phase::Succeeded {
+                format!("all traffic on `{}` (the candidate, now live)", t.candidate)
+            } else {
+                t.describe(r.split)
+            }
+        ),
+    }
+}
+
+/// Drives the rollout; while another live process holds it, says so and
+/// shows its progress from the store, taking over once that lease is
+/// released or runs out.
+async fn drive_or_follow(
+    engine: &Engine,
+    id: &str,
+    adapters: &cutover_engine::Adapters,
+    stop: tokio::sync::watch::Receiver<bool>,
+    progress: &Progress,
+    say: &dyn Fn(String),
+) -> Result<Rollout, EngineError> {
+    // The holder announced, and whether it was seen to stop renewing.
+    let mut shown: Option<String> = None;
+    let mut stale_said = false;
+    let mut seen = 0u64;
+    let ttl = engine.options().lease_ttl;
+    loop {
+        let control = cutover_engine::driver::Control::stoppable(stop.clone());
+        match engine.drive_with(id, adapters, control).await {
+            Err(EngineError::LeaseHeld {
+                holder, expires_at, ..
+            }) => {
+                let now = engine.now();
+                let left = Duration::from_secs(expires_at.since(now).as_secs() + 1);
+                if shown.as_deref() != Some(holder.as_str()) {
+                    say(format!(
+                        "rollout {id} is driven by `{holder}`, not by this process; showing its progress here. This process takes over if that one stops (its lease runs out in {} unless renewed)",
+                        cutover_core::time::Human(left)
+                    ));
+                    if shown.is_none() {
+                        let (_, r) = engine.load(id).await?;
+                        seen = r.events;
+                    }
+                    shown = Some(holder.clone());
+                    stale_said = false;
+                }
+                // A live driver renews every third of the lease (assuming
+                // it runs with the same TTL); one that missed that is gone.
+                let renewed = Timestamp(
+                    expires_at
+                        .as_millis()
+                        .saturating_sub(ttl.as_millis() as u64),
+                );
+                if !stale_said && now.since(renewed) > ttl / 3 + engine.options().tick * 4 {
+                    say(format!(
+                        "`{holder}` stopped renewing its lease; taking the rollout over in {}",
+                        cutover_core::time::Human(left)
+                    ));
+                    stale_said = true;
+                }
+                // Follow the other driver's events.
+                let events = engine.store().events(id, seen, 1000).await?;
+                if !events.is_empty() {
+                    seen = events.last().map_or(seen, |e| e.seq);
+                    let (_, r) = engine.load(id).await?;
+                    let decoded: Vec<cutover_core::Event> = events
+                        .iter()
+                        .filter_map(|e| cutover_engine::driver::decode_event(e).ok())
+                        .collect();
+                    progress.update(id, &r, &decoded);
+                    if r.phase.is_terminal() {
+                        return Ok(r);
+                    }
+                }
+                if *stop.borrow() {
+                    let (_, r) = engine.load(id).await?;
+                    return Ok(r);
+                }
+                tokio::time::sleep(engine.options().tick).await;
+            }
+            other => return other,
         }
     }
 }

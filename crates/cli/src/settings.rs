@@ -79,9 +79,20 @@ pub async fn open_store(choice: &StoreChoice) -> Result<Arc<dyn Store>, Exit> {
     }
 }
 
+/// Whether a command only reads the store or writes to it too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Opens SQLite read-only: works on a read-only file or mount.
+    Read,
+    Write,
+}
+
 /// The service and store a command is about: `target` is a plan file if
 /// such a file exists, otherwise a service name.
-pub async fn resolve_target(args: &TargetArgs) -> Result<(String, Arc<dyn Store>), Exit> {
+pub async fn resolve_target(
+    args: &TargetArgs,
+    access: Access,
+) -> Result<(String, Arc<dyn Store>), Exit> {
     let as_path = Path::new(&args.target);
     let (service, plan) = if as_path.is_file() {
         let plan = load_plan(as_path)?;
@@ -101,6 +112,11 @@ pub async fn resolve_target(args: &TargetArgs) -> Result<(String, Arc<dyn Store>
                 "no store at {}: nothing has run there yet (use --store to point at another)",
                 path.display()
             )));
+        }
+        if access == Access::Read {
+            let store =
+                SqliteStore::open_read_only(path).map_err(|e| Exit::Internal(e.to_string()))?;
+            return Ok((service, Arc::new(store)));
         }
     }
     Ok((service, open_store(&choice).await?))

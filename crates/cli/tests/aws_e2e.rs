@@ -138,6 +138,19 @@ async fn deploys_go_to_the_idle_colour_and_alternate() {
     let (g, b) = zone.weights().await;
     assert!(g > 0 && b == 0, "weights green {g} blue {b}");
 
+    // The same plan again without a release: green already holds all
+    // traffic, and nothing may move it backwards (it once set 90 / 10).
+    let o = blocking(vec!["run".into(), plan.clone()]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("refused before any traffic moved")
+            && text(&o).contains("all traffic on candidate `green`")
+            && text(&o).contains("--swap-colours"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(zone.weights().await, (g, b), "the records are untouched");
+
     // Second deploy: green is live, so v3 goes to blue and traffic moves back.
     let o = blocking(vec![
         "run".into(),
@@ -147,7 +160,21 @@ async fn deploys_go_to_the_idle_colour_and_alternate() {
     ])
     .await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(text(&o).contains("green is live"), "{}", text(&o));
+    assert!(
+        text(&o).contains("`green` is live: this rollout deploys to `blue`"),
+        "{}",
+        text(&o)
+    );
+    // What it says is what the records do: blue, the candidate this time,
+    // holds everything (it once said "all traffic on green").
+    assert!(
+        text(&o).contains("succeeded: all traffic on `blue` (the candidate, now live)"),
+        "{}",
+        text(&o)
+    );
+    let s = wait_for_status(&plan, |s| s["phase"] == "succeeded");
+    assert_eq!(s["targets"]["candidate"], "blue");
+    assert_eq!(s["traffic"], "all traffic on candidate `blue`");
     assert_eq!(image_of(&ecs, &blue).await, (2, "repo/app:v3".into()));
     assert_eq!(image_of(&ecs, &green).await, (0, "repo/app:v2".into()));
     let (g, b) = zone.weights().await;

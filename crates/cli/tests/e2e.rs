@@ -219,7 +219,27 @@ async fn a_run_succeeds_and_a_failing_green_is_rolled_back_with_exit_3() {
         (Some("succeeded"), Some(false))
     );
 
-    // The next rollout of the same service: green answers 500 to real requests.
+    // The same plan again: green already holds everything, so nothing may
+    // move, least of all backwards to 0 % (it once restarted from 0 %).
+    let o = tokio::task::spawn_blocking({
+        let plan = plan.clone();
+        move || cutover(&["run", plan.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    assert!(
+        text(&o).contains(
+            "refused before any traffic moved: the router has all traffic on candidate `green`"
+        ),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(stage.proxy.split().percent(), 100.0, "untouched");
+
+    // The next rollout of the same service, once an operator put blue back
+    // in front: green answers 500 to real requests.
+    stage.proxy.set_split(cutover_core::Split::ZERO);
     stage.green.set_fail_ratio(1.0);
     let o = tokio::task::spawn_blocking({
         let plan = plan.clone();
@@ -231,7 +251,8 @@ async fn a_run_succeeds_and_a_failing_green_is_rolled_back_with_exit_3() {
     assert_eq!(stage.proxy.split().percent(), 0.0);
     let h = cutover(&["history", plan.to_str().unwrap()]);
     assert!(
-        text(&h).contains("rolling back to 0 % green: green failed analysis: http fail"),
+        text(&h)
+            .contains("rolling back: all traffic to live `blue`: green failed analysis: http fail"),
         "{}",
         text(&h)
     );
@@ -356,11 +377,18 @@ async fn kill_9_at_any_moment_then_run_again_resumes_and_finishes() {
     .await
     .unwrap();
     assert_eq!(code(&again), 0, "{}", text(&again));
-    assert!(
-        text(&again).contains("resuming unfinished rollout"),
-        "{}",
-        text(&again)
-    );
+    // It says what it does while it waits for the dead driver's lease.
+    for want in [
+        "found unfinished rollout",
+        "not by this process",
+        "stopped renewing its lease; taking the rollout over",
+    ] {
+        assert!(
+            text(&again).contains(want),
+            "lacks `{want}`: {}",
+            text(&again)
+        );
+    }
     assert_eq!(stage.proxy.split().percent(), 100.0);
 
     // One rollout, never two; its history walks 10 -> 40 -> 100 without going back.
@@ -373,11 +401,19 @@ async fn kill_9_at_any_moment_then_run_again_resumes_and_finishes() {
     ]);
     let list: Value = serde_json::from_slice(&all.stdout).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1);
+    // `--output json`: one event per line.
     let h = cutover(&["history", plan.to_str().unwrap(), "--output", "json"]);
-    let h: Value = serde_json::from_slice(&h.stdout).unwrap();
-    let mut splits: Vec<u64> = h["history"]
-        .as_array()
-        .unwrap()
+    let events: Vec<Value> = String::from_utf8_lossy(&h.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "every event, once, in order"
+    );
+    let mut splits: Vec<u64> = events
         .iter()
         .map(|e| e["split"].as_u64().unwrap())
         .collect();
@@ -444,7 +480,7 @@ async fn detach_keeps_the_rollout_running_in_the_background() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let log = std::fs::read_to_string(&logs[0]).unwrap();
-        if log.contains("succeeded: all traffic on green") {
+        if log.contains("succeeded: all traffic on `green` (the candidate, now live)") {
             break;
         }
         assert!(

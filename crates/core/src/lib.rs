@@ -12,8 +12,8 @@ pub mod split;
 pub mod time;
 pub mod verdict;
 
-pub use machine::{Action, Command, Event, Input, Phase, Rollout};
-pub use plan::Plan;
+pub use machine::{Action, Command, Event, Input, Phase, Rollout, SnapshotError};
+pub use plan::{Plan, Targets};
 pub use split::Split;
 pub use time::Timestamp;
 pub use verdict::{Observation, Verdict};

@@ -5,26 +5,42 @@
 //! command) and returns the [`Action`]s the engine must perform next. The
 //! machine never performs anything itself and never reads a clock, so the
 //! same inputs always give the same outputs, and a snapshot (the struct,
-//! serialised) is all there is to resume from.
+//! serialised by [`Rollout::to_snapshot`]) is all there is to resume from.
 //!
 //! Rules it keeps:
+//! - it observes before it acts: the router's real split is read before the
+//!   first shift (a rollout starts only from "all traffic on the live
+//!   target"), on every resume, and at every analysis during holds; a split
+//!   that neither cutover nor its in-flight action explains is drift,
+//!   recorded with the values and acted on (`rollback.on_drift`);
 //! - green's share rises only after a passing verdict taken once the current
 //!   step's hold is over; a fail beyond `failure_limit` sends all traffic to
 //!   blue at once;
 //! - every phase that waits has a deadline derived from the plan, except a
 //!   pause, which waits for an operator by design;
-//! - each decision is written to `history` with its time, the observations
-//!   behind it and the reason.
+//! - each decision is an [`Event`] with its time, the observations behind it
+//!   and the reason. Events are not kept in the snapshot: they wait in an
+//!   outbox ([`Rollout::take_events`]) for the engine to append them to the
+//!   store's event log together with the new snapshot, so the snapshot stays
+//!   a few KB however long the rollout runs.
+//!
+//! "Blue" and "green" are roles: the live target and the candidate. The real
+//! names (set identifiers, target groups, pools) come from the plan's router
+//! ([`crate::plan::RouterConfig::targets`]) and are what messages show.
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{Judge, OnAdapterFailure, OnInconclusive, Plan};
+use crate::plan::{Judge, OnAdapterFailure, OnDrift, OnInconclusive, Plan, Targets};
 use crate::time::Human;
 use crate::verdict::{combine, Observation, Verdict};
 use crate::{Split, Timestamp};
+
+/// The snapshot schema this build writes. Version 1 (no `schema` field)
+/// kept the whole history inside the snapshot.
+pub const SNAPSHOT_SCHEMA: u32 = 2;
 
 /// What an operator can ask of a rollout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -60,7 +76,8 @@ impl fmt::Display for Command {
 pub enum Phase {
     /// Created, not started.
     Pending,
-    /// Checks' preflight (e.g. no alarm firing) before anything changes.
+    /// Checks' preflight (e.g. no alarm firing) and the read of the
+    /// router's split, before anything changes.
     Preflight,
     /// A platform puts the new version on green.
     Preparing,
@@ -72,7 +89,8 @@ pub enum Phase {
     Baking,
     /// The platform retires blue.
     Finalizing,
-    /// Not advancing until an operator resumes (analysis keeps running).
+    /// Not advancing until an operator resumes (analysis keeps running,
+    /// unless the pause waits to re-apply a split).
     Paused {
         reason: String,
         resume_to: ResumeTo,
@@ -100,7 +118,8 @@ pub enum Phase {
 pub enum ResumeTo {
     Holding,
     Baking,
-    /// Try the interrupted shift again.
+    /// Apply `target` again (an interrupted shift, or the split cutover
+    /// had in force before drift moved it).
     Shifting,
 }
 
@@ -178,6 +197,13 @@ pub enum Input {
         message: String,
         transient: bool,
     },
+    /// The router's split, as read for `ReadSplit`.
+    SplitRead(Split),
+    /// The router's split could not be read.
+    ReadFailed {
+        message: String,
+        transient: bool,
+    },
     /// One analysis run's observations.
     Analysis(Vec<Observation>),
     /// The platform's outcome for `Finalize`.
@@ -194,15 +220,21 @@ pub enum Action {
     Prepare,
     /// Set the split; answer with `SplitApplied` or `ApplyFailed`.
     ApplySplit(Split),
+    /// Read the split the router has in force; answer with `SplitRead` or
+    /// `ReadFailed`.
+    ReadSplit,
     /// Run the checks once; answer with `Input::Analysis`.
     RunAnalysis,
     /// Retire blue; answer with `Input::Finalized`.
     Finalize,
 }
 
-/// One decision, as kept in the rollout's history.
+/// One decision, as appended to the rollout's event log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
+    /// 1 for the rollout's first event, +1 for each one after.
+    #[serde(default)]
+    pub seq: u64,
     pub at: Timestamp,
     /// Phase after the decision.
     pub phase: String,
@@ -220,18 +252,50 @@ pub struct Retry {
     pub attempts: u32,
     /// When the next attempt is due; `None` while it is in flight.
     pub next_at: Option<Timestamp>,
+    /// Which call is retried.
+    #[serde(default)]
+    pub of: Call,
 }
 
-/// A rollout: its plan and where it is. Serialise it to persist it.
+/// A router call the machine retries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Call {
+    /// `ApplySplit(target)`.
+    #[default]
+    Apply,
+    /// `ReadSplit`.
+    Read,
+}
+
+/// Why the machine waits for a read of the router's split before doing
+/// anything else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Observing {
+    /// Before the first shift: a rollout starts only from 0 % on the candidate.
+    Start,
+    /// After loading a snapshot: does the router do what the record says?
+    Resume,
+}
+
+/// A rollout: its plan and where it is. [`Rollout::to_snapshot`] persists it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Rollout {
+    /// Snapshot schema version ([`SNAPSHOT_SCHEMA`]).
+    #[serde(default = "schema_v1")]
+    pub schema: u32,
     pub plan: Plan,
     /// Whether a platform readies green and retires blue.
     pub has_platform: bool,
+    /// Start from the split the router has instead of refusing anything
+    /// but 0 % on the candidate.
+    #[serde(default)]
+    pub adopt: bool,
     pub phase: Phase,
     /// Index of the current step in `plan.strategy.steps`.
     pub step: usize,
-    /// The split last confirmed by the router.
+    /// The split in force, as last confirmed or read from the router.
     pub split: Split,
     /// The split the rollout intends (persisted before it is applied).
     pub target: Split,
@@ -252,18 +316,49 @@ pub struct Rollout {
     /// An operator promoted: once 100 % lands, skip to the bake.
     pub promoted: bool,
     pub retry: Option<Retry>,
+    /// Waiting for a `ReadSplit` answer before anything else happens.
+    #[serde(default)]
+    pub observing: Option<Observing>,
+    /// Why the last read of the split during a hold failed, if it did: the
+    /// next verdict cannot pass on a split nobody could confirm.
+    #[serde(default)]
+    pub split_unverified: Option<String>,
     pub started_at: Option<Timestamp>,
     pub ended_at: Option<Timestamp>,
     /// Sequence number of the last operator command applied (store-assigned).
     pub last_command_seq: u64,
-    pub history: Vec<Event>,
+    /// How many events the rollout has recorded (the last one's `seq`).
+    #[serde(default)]
+    pub events: u64,
+    /// The latest event that carried observations (the last verdict with
+    /// its numbers), kept for status displays.
+    #[serde(default)]
+    pub last_analysis: Option<Event>,
+    /// Events recorded and not yet taken by the engine.
+    #[serde(skip)]
+    outbox: Vec<Event>,
+}
+
+fn schema_v1() -> u32 {
+    1
+}
+
+/// A snapshot this build cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot schema {found} was written by a newer cutover (this one reads up to {SNAPSHOT_SCHEMA}); upgrade cutover to drive or read this rollout")]
+    TooNew { found: u64 },
+    #[error("unreadable snapshot: {0}")]
+    Invalid(String),
 }
 
 impl Rollout {
     pub fn new(plan: Plan, has_platform: bool, now: Timestamp) -> Rollout {
         let mut r = Rollout {
+            schema: SNAPSHOT_SCHEMA,
             plan,
             has_platform,
+            adopt: false,
             phase: Phase::Pending,
             step: 0,
             split: Split::ZERO,
@@ -277,23 +372,107 @@ impl Rollout {
             pause_requested: false,
             promoted: false,
             retry: None,
+            observing: None,
+            split_unverified: None,
             started_at: None,
             ended_at: None,
             last_command_seq: 0,
-            history: Vec::new(),
+            events: 0,
+            last_analysis: None,
+            outbox: Vec::new(),
         };
+        let t = r.targets();
         r.record(
             now,
-            format!("created for service `{}`", r.plan.service),
+            format!(
+                "created for service `{}`: moves traffic from live `{}` to candidate `{}`",
+                r.plan.service, t.live, t.candidate
+            ),
             vec![],
         );
         r
+    }
+
+    /// The same rollout, starting from whatever split the router has
+    /// (`--adopt`) instead of refusing anything but 0 % on the candidate.
+    pub fn adopting(mut self) -> Rollout {
+        self.adopt = true;
+        self
+    }
+
+    /// The snapshot to persist (JSON).
+    pub fn to_snapshot(&self) -> String {
+        serde_json::to_string(self).expect("a rollout always serialises")
+    }
+
+    /// Reads a snapshot of this or any older schema. A version-1 snapshot's
+    /// history becomes events in the outbox, so the next persist moves them
+    /// into the event log. A newer schema is refused, never guessed at.
+    pub fn from_snapshot(text: &str) -> Result<Rollout, SnapshotError> {
+        let mut value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+        let object = value
+            .as_object_mut()
+            .ok_or_else(|| SnapshotError::Invalid("not a JSON object".into()))?;
+        let schema = match object.get("schema") {
+            None => 1,
+            Some(v) => v
+                .as_u64()
+                .ok_or_else(|| SnapshotError::Invalid(format!("`schema` is {v}, not a number")))?,
+        };
+        if schema > u64::from(SNAPSHOT_SCHEMA) {
+            return Err(SnapshotError::TooNew { found: schema });
+        }
+        let legacy = if schema == 1 {
+            object.remove("history")
+        } else {
+            None
+        };
+        let mut rollout: Rollout =
+            serde_json::from_value(value).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+        if let Some(history) = legacy {
+            let history: Vec<Event> = serde_json::from_value(history)
+                .map_err(|e| SnapshotError::Invalid(format!("`history`: {e}")))?;
+            for (i, mut event) in history.into_iter().enumerate() {
+                event.seq = i as u64 + 1;
+                if !event.observations.is_empty() {
+                    rollout.last_analysis = Some(event.clone());
+                }
+                rollout.events = event.seq;
+                rollout.outbox.push(event);
+            }
+        }
+        rollout.schema = SNAPSHOT_SCHEMA;
+        Ok(rollout)
+    }
+
+    /// Events recorded since the last call, oldest first. The engine
+    /// appends them to the store with the snapshot that follows them.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Events recorded and not yet taken.
+    pub fn pending_events(&self) -> &[Event] {
+        &self.outbox
+    }
+
+    /// The real targets traffic moves between.
+    pub fn targets(&self) -> Targets {
+        self.plan.targets()
     }
 
     /// The next time at which a `Tick` has something to do.
     pub fn next_wakeup(&self) -> Option<Timestamp> {
         if self.phase.is_terminal() {
             return None;
+        }
+        if self.observing.is_some() {
+            // Only a retried read of the split can be due.
+            return self
+                .retry
+                .filter(|r| r.of == Call::Read)
+                .and_then(|r| r.next_at);
         }
         let analysis = self.next_analysis.filter(|_| !self.analysis_in_flight);
         let retry = self.retry.and_then(|r| r.next_at);
@@ -313,27 +492,40 @@ impl Rollout {
         Some(self.phase_started.after(length))
     }
 
-    /// The actions to re-issue after loading a snapshot: whatever was asked
-    /// and not yet answered. Safe because every action is idempotent.
-    pub fn resume(&mut self, now: Timestamp) -> Vec<Action> {
-        let mut out = match &self.phase {
-            Phase::Preflight => vec![Action::Preflight],
-            Phase::Preparing => vec![Action::Prepare],
-            Phase::Shifting | Phase::RollingBack { .. }
-                if self.retry.is_none_or(|r| r.next_at.is_none()) =>
-            {
-                vec![Action::ApplySplit(self.target)]
-            }
-            Phase::Finalizing => vec![Action::Finalize],
-            _ => vec![],
-        };
+    /// What to do after loading a snapshot. Operator `commands` posted
+    /// while no driver ran are applied first, so an abort posted meanwhile
+    /// means traffic never goes above the split it had. Then, unless the
+    /// rollout has not touched traffic yet, the router's split is read and
+    /// compared with the record before anything else happens; whatever was
+    /// in flight is re-issued once that read agrees (every action is
+    /// idempotent).
+    pub fn resume(&mut self, now: Timestamp, commands: &[(u64, Command)]) -> Vec<Action> {
+        for &(seq, command) in commands {
+            self.last_command_seq = self.last_command_seq.max(seq);
+            // The actions are re-derived below from the resulting phase.
+            let _ = self.handle(now, Input::Command(command));
+        }
         if self.analysis_in_flight {
-            // The verdict was lost with the process; take it again now.
+            // The verdict was lost with the process; take it again once
+            // the router's split is confirmed.
             self.analysis_in_flight = false;
             self.next_analysis = Some(now);
         }
-        out.extend(self.handle(now, Input::Tick));
-        out
+        match &self.phase {
+            Phase::Pending => vec![],
+            p if p.is_terminal() => vec![],
+            Phase::Preflight if self.observing == Some(Observing::Start) => {
+                vec![Action::ReadSplit]
+            }
+            Phase::Preflight => vec![Action::Preflight],
+            _ => {
+                if self.retry.is_some_and(|r| r.of == Call::Read) {
+                    self.retry = None;
+                }
+                self.observing = Some(Observing::Resume);
+                vec![Action::ReadSplit]
+            }
+        }
     }
 
     /// Feeds one input; returns the actions to perform, in order.
@@ -353,6 +545,10 @@ impl Rollout {
                 message,
                 transient,
             } => self.on_apply_failed(now, requested, message, transient, &mut out),
+            Input::SplitRead(split) => self.on_read(now, split, &mut out),
+            Input::ReadFailed { message, transient } => {
+                self.on_read_failed(now, message, transient, &mut out)
+            }
             Input::Analysis(observations) => self.on_analysis(now, observations, &mut out),
             Input::Finalized(result) => self.on_finalized(now, result),
             Input::Command(command) => self.on_command(now, command, &mut out),
@@ -371,7 +567,7 @@ impl Rollout {
     }
 
     fn on_preflight(&mut self, now: Timestamp, result: Result<(), String>, out: &mut Vec<Action>) {
-        if self.phase != Phase::Preflight {
+        if self.phase != Phase::Preflight || self.observing.is_some() {
             return;
         }
         match result {
@@ -383,46 +579,310 @@ impl Rollout {
                     ),
                 },
             ),
-            Ok(()) if self.has_platform => {
-                self.set_phase(now, Phase::Preparing);
-                self.record(now, "preflight passed; preparing green".into(), vec![]);
-                out.push(Action::Prepare);
-            }
             Ok(()) => {
-                self.record(now, "preflight passed".into(), vec![]);
-                self.shift_to_step(now, 0, out);
+                self.observing = Some(Observing::Start);
+                self.record(
+                    now,
+                    "preflight passed; reading the router's split before moving traffic".into(),
+                    vec![],
+                );
+                out.push(Action::ReadSplit);
             }
         }
     }
 
     fn on_prepared(&mut self, now: Timestamp, result: Result<(), String>, out: &mut Vec<Action>) {
-        if self.phase != Phase::Preparing {
+        if self.phase != Phase::Preparing || self.observing.is_some() {
             return;
         }
         match result {
             Ok(()) => {
-                self.record(now, "green is ready".into(), vec![]);
+                let candidate = self.targets().candidate;
+                self.record(now, format!("candidate `{candidate}` is ready"), vec![]);
                 self.shift_to_step(now, 0, out);
             }
             Err(reason) => self.finish(
                 now,
                 Phase::Failed {
-                    reason: format!("green could not be prepared (no traffic moved): {reason}"),
+                    reason: format!(
+                        "the candidate could not be prepared (no traffic moved): {reason}"
+                    ),
                 },
             ),
+        }
+    }
+
+    /// The router's split, read at the start, on resume or during a hold.
+    fn on_read(&mut self, now: Timestamp, found: Split, out: &mut Vec<Action>) {
+        if self.retry.is_some_and(|r| r.of == Call::Read) {
+            self.retry = None;
+        }
+        match self.observing.take() {
+            Some(Observing::Start) => self.on_start_read(now, found, out),
+            Some(Observing::Resume) => self.on_resume_read(now, found, out),
+            None => {
+                // A read taken with an analysis: only holds check it.
+                if self.phase_for_timing().is_none() {
+                    return;
+                }
+                self.split_unverified = None;
+                if found != self.split {
+                    self.drift(now, found, out);
+                }
+            }
+        }
+    }
+
+    fn on_start_read(&mut self, now: Timestamp, found: Split, out: &mut Vec<Action>) {
+        if self.phase != Phase::Preflight {
+            return;
+        }
+        let t = self.targets();
+        if found == Split::ZERO {
+            self.record(
+                now,
+                format!(
+                    "router has all traffic on live `{}` (0 % on candidate `{}`)",
+                    t.live, t.candidate
+                ),
+                vec![],
+            );
+            return self.begin(now, out);
+        }
+        if let Some(reason) = start_refusal(&t, found, self.adopt, self.has_platform) {
+            return self.finish(now, Phase::Failed { reason });
+        }
+        let shown = t.describe(found);
+        // Adopt: the first step at or above the split found.
+        self.split = found;
+        let steps = &self.plan.strategy.steps;
+        let step = steps
+            .iter()
+            .position(|s| s.split >= found)
+            .unwrap_or(steps.len() - 1);
+        let at_step = steps[step].split == found;
+        self.record(
+            now,
+            format!(
+                "adopting the split found: {shown}; continuing at step {} of {}",
+                step + 1,
+                self.steps()
+            ),
+            vec![],
+        );
+        if at_step {
+            self.step = step;
+            self.target = found;
+            self.enter_hold(now);
+        } else {
+            self.shift_to_step(now, step, out);
+        }
+    }
+
+    /// After the start read found all traffic on the live target.
+    fn begin(&mut self, now: Timestamp, out: &mut Vec<Action>) {
+        if self.has_platform {
+            self.set_phase(now, Phase::Preparing);
+            let candidate = self.targets().candidate;
+            self.record(now, format!("preparing candidate `{candidate}`"), vec![]);
+            out.push(Action::Prepare);
+        } else {
+            self.shift_to_step(now, 0, out);
+        }
+    }
+
+    fn on_resume_read(&mut self, now: Timestamp, found: Split, out: &mut Vec<Action>) {
+        let t = self.targets();
+        match self.phase.clone() {
+            Phase::Shifting | Phase::RollingBack { .. } => {
+                if found == self.target {
+                    self.record(
+                        now,
+                        format!(
+                            "resumed: the router already has {} (the shift in flight landed)",
+                            t.describe(found)
+                        ),
+                        vec![],
+                    );
+                    let target = self.target;
+                    return self.on_applied(now, target, found, out);
+                }
+                if found != self.split && !matches!(self.phase, Phase::RollingBack { .. }) {
+                    return self.drift(now, found, out);
+                }
+                self.split = found;
+                self.record(
+                    now,
+                    format!(
+                        "resumed: the router has {}; applying {} again",
+                        t.describe(found),
+                        self.target
+                    ),
+                    vec![],
+                );
+                if self.retry.is_none_or(|r| r.next_at.is_none()) {
+                    out.push(Action::ApplySplit(self.target));
+                }
+            }
+            phase => {
+                if found != self.split {
+                    return self.drift(now, found, out);
+                }
+                self.record(
+                    now,
+                    format!("resumed: the router has {}, as recorded", t.describe(found)),
+                    vec![],
+                );
+                match phase {
+                    Phase::Preparing => out.push(Action::Prepare),
+                    Phase::Finalizing => out.push(Action::Finalize),
+                    _ => {}
+                }
+                // Timers resume from their stored times; overdue ones fire now.
+                self.on_tick(now, out);
+            }
+        }
+    }
+
+    /// The router has `found` where cutover has `self.split` in force and
+    /// nothing in flight explains it.
+    fn drift(&mut self, now: Timestamp, found: Split, out: &mut Vec<Action>) {
+        let t = self.targets();
+        let what = format!(
+            "drift: the router has {} where cutover last applied {} on `{}`; cutover did not cause this",
+            t.describe(found),
+            self.split,
+            t.candidate
+        );
+        let recorded = self.split;
+        self.split = found;
+        self.split_unverified = None;
+        if matches!(self.phase, Phase::RollingBack { .. }) {
+            self.record(now, format!("{what}; still rolling back"), vec![]);
+            out.push(Action::ApplySplit(Split::ZERO));
+            return;
+        }
+        match self.plan.rollback.on_drift {
+            OnDrift::Rollback => self.rollback(now, what, Ending::RolledBack, vec![], out),
+            OnDrift::Pause => {
+                // On resume, cutover applies again the split it had (or, in
+                // the middle of a shift, the one it was moving to).
+                if !matches!(self.phase, Phase::Shifting) {
+                    self.target = recorded;
+                }
+                if self.phase == Phase::Finalizing {
+                    // Blue must not be retired unless green holds 100 %:
+                    // re-apply it and bake again first.
+                    self.target = Split::FULL;
+                    self.promoted = true;
+                }
+                if self.phase == Phase::Preparing {
+                    // Traffic must be on the live target before the
+                    // candidate is changed.
+                    return self.rollback(now, what, Ending::RolledBack, vec![], out);
+                }
+                self.retry = None;
+                self.next_analysis = None;
+                self.analysis_in_flight = false;
+                self.set_phase(
+                    now,
+                    Phase::Paused {
+                        reason: what.clone(),
+                        resume_to: ResumeTo::Shifting,
+                    },
+                );
+                self.record(
+                    now,
+                    format!(
+                        "paused: {what}. Resume to apply {} on `{}` again, or abort to send all traffic to `{}`",
+                        self.target, t.candidate, t.live
+                    ),
+                    vec![],
+                );
+            }
+        }
+    }
+
+    fn on_read_failed(
+        &mut self,
+        now: Timestamp,
+        message: String,
+        transient: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(observing) = self.observing else {
+            // A read during a hold: the next verdict cannot pass on it.
+            if self.phase_for_timing().is_some() {
+                self.split_unverified = Some(message);
+            }
+            return;
+        };
+        let first_failure = self
+            .retry
+            .filter(|r| r.of == Call::Read)
+            .map_or(now, |r| r.first_failure);
+        let attempts = self
+            .retry
+            .filter(|r| r.of == Call::Read)
+            .map_or(1, |r| r.attempts + 1);
+        let deadline = first_failure.after(self.plan.rollback.adapter_deadline);
+        let backoff = backoff(attempts);
+        if transient && now.after(backoff) <= deadline {
+            self.retry = Some(Retry {
+                first_failure,
+                attempts,
+                next_at: Some(now.after(backoff)),
+                of: Call::Read,
+            });
+            self.record(
+                now,
+                format!("reading the router's split failed (attempt {attempts}): {message}; retrying in {}", Human(backoff)),
+                vec![],
+            );
+            return;
+        }
+        self.retry = None;
+        self.observing = None;
+        let why = if transient {
+            format!(
+                "the router's split could not be read for {} ({attempts} attempts): {message}",
+                Human(now.since(first_failure))
+            )
+        } else {
+            format!("the router's split could not be read: {message}")
+        };
+        match observing {
+            Observing::Start => self.finish(
+                now,
+                Phase::Failed {
+                    reason: format!("refused before any traffic moved: {why}"),
+                },
+            ),
+            Observing::Resume => {
+                if matches!(self.phase, Phase::RollingBack { .. }) {
+                    // Rolling back is always safe to repeat.
+                    out.push(Action::ApplySplit(self.target));
+                    return;
+                }
+                self.adapter_gave_up(now, why, out);
+            }
         }
     }
 
     fn shift_to_step(&mut self, now: Timestamp, step: usize, out: &mut Vec<Action>) {
         self.step = step;
         let split = self.plan.strategy.steps[step].split;
+        let t = self.targets();
         self.shift(
             now,
             split,
             format!(
-                "step {} of {}: shifting to {split} green",
+                "step {} of {}: shifting to {split} on candidate `{}` ({} on live `{}`)",
                 step + 1,
-                self.steps()
+                self.steps(),
+                t.candidate,
+                Split::from_basis_points(split.blue_basis_points()).unwrap_or(Split::ZERO),
+                t.live
             ),
             out,
         );
@@ -431,6 +891,7 @@ impl Rollout {
     fn shift(&mut self, now: Timestamp, split: Split, why: String, out: &mut Vec<Action>) {
         self.target = split;
         self.retry = None;
+        self.observing = None;
         self.next_analysis = None;
         self.set_phase(now, Phase::Shifting);
         self.record(now, why, vec![]);
@@ -447,10 +908,12 @@ impl Rollout {
     ) {
         self.target = Split::ZERO;
         self.retry = None;
+        self.observing = None;
         self.next_analysis = None;
         self.pause_requested = false;
         self.promoted = false;
-        let message = format!("rolling back to 0 % green: {reason}");
+        let live = self.targets().live;
+        let message = format!("rolling back: all traffic to live `{live}`: {reason}");
         self.set_phase(now, Phase::RollingBack { reason, then });
         self.record(now, message, observations);
         out.push(Action::ApplySplit(Split::ZERO));
@@ -474,10 +937,16 @@ impl Rollout {
         }
         self.split = realized;
         self.retry = None;
+        self.observing = None;
+        let t = self.targets();
         let shown = if realized == requested {
-            format!("{realized} green in force")
+            format!("{} in force", t.describe(realized))
         } else {
-            format!("{realized} green in force (asked for {requested}; the router rounds)")
+            format!(
+                "{} in force (asked for {requested} on `{}`; the router rounds)",
+                t.describe(realized),
+                t.candidate
+            )
         };
         if let Phase::RollingBack { reason, then } = self.phase.clone() {
             let terminal = match then {
@@ -489,18 +958,25 @@ impl Rollout {
             self.finish(now, terminal);
             return;
         }
-        self.set_phase(now, Phase::Holding);
         self.last_verdict = None;
         if std::mem::take(&mut self.promoted) {
+            self.set_phase(now, Phase::Holding);
             self.record(now, shown, vec![]);
             return self.advance(now, ResumeTo::Holding, out);
         }
-        self.schedule_analysis(now);
         let hold = self.plan.strategy.steps[self.step].hold;
+        self.enter_hold(now);
         self.record(now, format!("{shown}; holding for {}", Human(hold)), vec![]);
         if std::mem::take(&mut self.pause_requested) {
             self.pause(now, "paused by operator".into());
         }
+    }
+
+    /// Holds the current step's split from now on.
+    fn enter_hold(&mut self, now: Timestamp) {
+        self.set_phase(now, Phase::Holding);
+        self.split_unverified = None;
+        self.schedule_analysis(now);
     }
 
     fn on_apply_failed(
@@ -516,8 +992,9 @@ impl Rollout {
         {
             return;
         }
-        let first_failure = self.retry.map_or(now, |r| r.first_failure);
-        let attempts = self.retry.map_or(1, |r| r.attempts + 1);
+        let retry = self.retry.filter(|r| r.of == Call::Apply);
+        let first_failure = retry.map_or(now, |r| r.first_failure);
+        let attempts = retry.map_or(1, |r| r.attempts + 1);
         let deadline = first_failure.after(self.plan.rollback.adapter_deadline);
         let backoff = backoff(attempts);
         if transient && now.after(backoff) <= deadline {
@@ -525,6 +1002,7 @@ impl Rollout {
                 first_failure,
                 attempts,
                 next_at: Some(now.after(backoff)),
+                of: Call::Apply,
             });
             self.record(
                 now,
@@ -543,10 +1021,21 @@ impl Rollout {
             format!("router refused {requested}: {message}")
         };
         if let Phase::RollingBack { reason, .. } = &self.phase {
-            let reason = format!("{reason}; and blue could not be restored: {why} (traffic may still be at {} green)", self.split);
+            let t = self.targets();
+            let reason = format!(
+                "{reason}; and live `{}` could not be restored: {why} (traffic may still be at {})",
+                t.live,
+                t.describe(self.split)
+            );
             self.finish(now, Phase::Failed { reason });
             return;
         }
+        self.adapter_gave_up(now, why, out);
+    }
+
+    /// A router call failed for good outside a rollback: the plan's
+    /// `on_adapter_failure` decides.
+    fn adapter_gave_up(&mut self, now: Timestamp, why: String, out: &mut Vec<Action>) {
         match self.plan.rollback.on_adapter_failure {
             OnAdapterFailure::Rollback => self.rollback(now, why, Ending::RolledBack, vec![], out),
             OnAdapterFailure::Hold => {
@@ -558,12 +1047,10 @@ impl Rollout {
                     },
                 );
                 self.next_analysis = None;
+                let shown = self.targets().describe(self.split);
                 self.record(
                     now,
-                    format!(
-                        "holding at {} green and waiting for an operator: {why}",
-                        self.split
-                    ),
+                    format!("holding at {shown} and waiting for an operator: {why}"),
                     vec![],
                 );
             }
@@ -571,18 +1058,30 @@ impl Rollout {
     }
 
     fn on_tick(&mut self, now: Timestamp, out: &mut Vec<Action>) {
+        if self.phase.is_terminal() {
+            return;
+        }
         if let Some(retry) = self.retry {
             if retry.next_at.is_some_and(|at| now >= at) {
                 self.retry = Some(Retry {
                     next_at: None,
                     ..retry
                 });
-                out.push(Action::ApplySplit(self.target));
+                out.push(match retry.of {
+                    Call::Apply => Action::ApplySplit(self.target),
+                    Call::Read => Action::ReadSplit,
+                });
             }
+        }
+        if self.observing.is_some() {
+            // Nothing else happens until the router's split is known.
+            return;
         }
         if let Some(due) = self.next_analysis {
             if now >= due && !self.analysis_in_flight {
                 self.analysis_in_flight = true;
+                // Judge only a split the router confirms: read it first.
+                out.push(Action::ReadSplit);
                 out.push(Action::RunAnalysis);
             }
         }
@@ -591,7 +1090,7 @@ impl Rollout {
     fn on_analysis(
         &mut self,
         now: Timestamp,
-        observations: Vec<Observation>,
+        mut observations: Vec<Observation>,
         out: &mut Vec<Action>,
     ) {
         if !self.analysis_in_flight {
@@ -601,6 +1100,13 @@ impl Rollout {
         let Some(resume_to) = self.phase_for_timing() else {
             return;
         };
+        if let Some(why) = self.split_unverified.take() {
+            observations.push(Observation::new(
+                "router",
+                Verdict::Error,
+                format!("could not confirm the split in force: {why}"),
+            ));
+        }
         let verdict = combine(&observations);
         self.last_verdict = Some((now, verdict));
         let hold_over = self.hold_ends_at().is_some_and(|end| now >= end);
@@ -664,11 +1170,10 @@ impl Rollout {
             Verdict::Pass => {
                 self.inconclusive_streak = 0;
                 let paused = matches!(self.phase, Phase::Paused { .. });
+                self.record(now, format!("passed: {summary}"), observations);
                 if hold_over && !paused {
-                    self.record(now, format!("passed: {summary}"), observations);
                     return self.advance(now, resume_to, out);
                 }
-                self.record(now, format!("passed: {summary}"), observations);
             }
         }
         self.schedule_next_analysis(now);
@@ -684,10 +1189,11 @@ impl Rollout {
             // The last step's hold is over; the bake follows at the same split.
             self.set_phase(now, Phase::Baking);
             self.schedule_analysis(now);
+            let candidate = self.targets().candidate;
             self.record(
                 now,
                 format!(
-                    "baking at {} green for {}",
+                    "baking at {} on `{candidate}` for {}",
                     self.split,
                     Human(self.plan.strategy.bake)
                 ),
@@ -698,9 +1204,13 @@ impl Rollout {
         self.next_analysis = None;
         if self.has_platform {
             self.set_phase(now, Phase::Finalizing);
+            let t = self.targets();
             self.record(
                 now,
-                "green held 100 % through the bake; retiring blue".into(),
+                format!(
+                    "`{}` held 100 % through the bake; retiring `{}`",
+                    t.candidate, t.live
+                ),
                 vec![],
             );
             out.push(Action::Finalize);
@@ -710,15 +1220,16 @@ impl Rollout {
     }
 
     fn on_finalized(&mut self, now: Timestamp, result: Result<(), String>) {
-        if self.phase != Phase::Finalizing {
+        if self.phase != Phase::Finalizing || self.observing.is_some() {
             return;
         }
         if let Err(e) = result {
             // Traffic is on green and green is healthy: the rollout succeeded,
             // but blue is still running; say so.
+            let live = self.targets().live;
             self.record(
                 now,
-                format!("blue could not be retired, leave it to an operator: {e}"),
+                format!("`{live}` could not be retired, leave it to an operator: {e}"),
                 vec![],
             );
         }
@@ -754,10 +1265,11 @@ impl Rollout {
                 self.failures = 0;
                 self.inconclusive_streak = 0;
                 self.promoted = true;
+                let candidate = self.targets().candidate;
                 self.shift(
                     now,
                     Split::FULL,
-                    "promoted by operator: shifting straight to 100 % green".into(),
+                    format!("promoted by operator: shifting straight to 100 % on `{candidate}`"),
                     out,
                 );
             }
@@ -778,10 +1290,11 @@ impl Rollout {
                 match resume_to {
                     ResumeTo::Shifting => {
                         let target = self.target;
+                        let candidate = self.targets().candidate;
                         self.shift(
                             now,
                             target,
-                            format!("retrying the shift to {target} green"),
+                            format!("applying {target} on `{candidate}` again"),
                             out,
                         );
                     }
@@ -806,6 +1319,8 @@ impl Rollout {
                 self.inconclusive_streak = 0;
                 self.last_verdict = None;
                 self.ended_at = None;
+                self.observing = None;
+                self.split_unverified = None;
                 self.started_at = Some(now);
                 self.set_phase(now, Phase::Preflight);
                 self.record(
@@ -832,22 +1347,29 @@ impl Rollout {
             reason: reason.clone(),
             resume_to,
         };
-        self.record(
-            now,
-            format!("paused at {} green: {reason}", self.split),
-            vec![],
-        );
+        let shown = self.targets().describe(self.split);
+        self.record(now, format!("paused at {shown}: {reason}"), vec![]);
     }
 
     fn finish(&mut self, now: Timestamp, phase: Phase) {
+        let t = self.targets();
         let message = match &phase {
-            Phase::Succeeded => format!("succeeded: {} green", self.split),
-            p => format!("{}: {}", p.name(), p.reason().unwrap_or_default()),
+            Phase::Succeeded => format!(
+                "succeeded: all traffic on `{}` (the candidate, now live)",
+                t.candidate
+            ),
+            p => format!(
+                "{}: {} ({})",
+                p.name(),
+                p.reason().unwrap_or_default(),
+                t.describe(self.split)
+            ),
         };
         self.set_phase(now, phase);
         self.next_analysis = None;
         self.analysis_in_flight = false;
         self.retry = None;
+        self.observing = None;
         self.ended_at = Some(now);
         self.record(now, message, vec![]);
     }
@@ -902,14 +1424,65 @@ impl Rollout {
     }
 
     fn record(&mut self, now: Timestamp, message: String, observations: Vec<Observation>) {
-        self.history.push(Event {
+        self.events += 1;
+        let event = Event {
+            seq: self.events,
             at: now,
             phase: self.phase.name().to_string(),
             split: self.split,
             message,
             observations,
-        });
+        };
+        if !event.observations.is_empty() {
+            self.last_analysis = Some(event.clone());
+        }
+        self.outbox.push(event);
     }
+}
+
+/// Why a rollout may not start with the router at `found` (the
+/// candidate's share), naming the weights found and the ways on; `None`
+/// when it may. A rollout starts only from all traffic on the live
+/// target, unless it adopts the split found (and then deploys nothing).
+pub fn start_refusal(
+    targets: &Targets,
+    found: Split,
+    adopt: bool,
+    has_platform: bool,
+) -> Option<String> {
+    if found == Split::ZERO {
+        return None;
+    }
+    let shown = targets.describe(found);
+    if adopt && has_platform {
+        return Some(format!(
+            "refused before any traffic moved: --adopt cannot deploy a release onto candidate `{}` while it serves traffic ({shown})",
+            targets.candidate
+        ));
+    }
+    if adopt {
+        return None;
+    }
+    let ways = if found == Split::FULL {
+        vec![
+            format!(
+                "`{}` is already live: to move traffic back to `{}`, run the plan with --swap-colours",
+                targets.candidate, targets.live
+            ),
+            "with --image or --task-definition cutover deploys to the idle side and swaps by itself"
+                .to_string(),
+        ]
+    } else {
+        vec![
+            format!("put all traffic back on `{}` first", targets.live),
+            "run with --adopt to continue from the split found".to_string(),
+        ]
+    };
+    Some(format!(
+        "refused before any traffic moved: the router has {shown}; a rollout starts only from all traffic on the live target `{}`. Ways on: {}",
+        targets.live,
+        ways.join("; ")
+    ))
 }
 
 /// The longest wait between two attempts of a failing router call.

@@ -6,7 +6,10 @@ use serde::{Deserialize, Serialize};
 
 /// Green's share of traffic. Stored in basis points so that 0.1 % (and
 /// 0.01 %) steps are exact; blue gets the rest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// The default is [`Split::ZERO`]: all traffic on blue.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Split(u16);
 

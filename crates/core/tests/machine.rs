@@ -102,10 +102,9 @@ fn failure_limit_tolerates_that_many_fails_and_green_rises_only_after_a_pass() {
     assert_eq!(run.rollout.phase, Phase::Succeeded);
     assert_eq!(applied(&run), [(0, 10.0), (20, 100.0)]);
     assert!(run
-        .rollout
-        .history
+        .messages()
         .iter()
-        .any(|e| e.message.contains("fail verdict 1 of 1 tolerated")));
+        .any(|m| m.contains("fail verdict 1 of 1 tolerated")));
 
     let world = World {
         verdict: Box::new(|_, t| {
@@ -227,8 +226,8 @@ fn a_rollback_that_cannot_restore_blue_fails_and_says_where_traffic_is() {
     let reason = run.rollout.phase.reason().unwrap();
     assert_eq!(run.rollout.phase.name(), "failed");
     assert!(
-        reason.contains("blue could not be restored")
-            && reason.contains("traffic may still be at 10 % green"),
+        reason.contains("live `blue` could not be restored")
+            && reason.contains("traffic may still be at 10 % on candidate `green`"),
         "{reason}"
     );
 }
@@ -268,7 +267,7 @@ fn operator_commands() {
         ]
     );
     assert_eq!(run.rollout.phase, Phase::Succeeded);
-    assert!(run.rollout.history.iter().any(|e| e.phase == "aborted"));
+    assert!(run.events.iter().any(|e| e.phase == "aborted"));
 
     // Pause holds the split past the hold's end; resume lets it advance.
     let world = World {
@@ -293,9 +292,10 @@ fn operator_commands() {
     );
     run.finish(&world);
     assert_eq!(run.rollout.phase, Phase::Succeeded);
-    assert!(run.rollout.history.iter().any(|e| e
-        .message
-        .contains("ignored `resume`: not possible while holding")));
+    assert!(run
+        .messages()
+        .iter()
+        .any(|m| m.contains("ignored `resume`: not possible while holding")));
 }
 
 #[test]
@@ -338,4 +338,249 @@ fn resume_after_a_crash_mid_hold_keeps_the_hold_start() {
     run.crash_and_resume();
     run.finish(&world);
     assert_eq!(run.rollout.ended_at.unwrap().since(sim::T0).as_secs(), 180);
+}
+
+#[test]
+fn a_rollout_starts_only_from_all_traffic_on_the_live_target() {
+    let world = World::healthy();
+    // The candidate already holds everything (a successful rollout ran
+    // before): nothing moves, least of all backwards.
+    let mut run = Run::start_rollout(
+        cutover_core::Rollout::new(plan("[strategy]\npreset = \"seed\"\n"), false, sim::T0),
+        Split::FULL,
+    );
+    run.finish(&world);
+    assert!(applied(&run).is_empty(), "{:?}", applied(&run));
+    let reason = run.rollout.phase.reason().unwrap();
+    assert_eq!(run.rollout.phase.name(), "failed");
+    assert!(
+        reason.contains("refused before any traffic moved")
+            && reason.contains("all traffic on candidate `green`")
+            && reason.contains("--swap-colours"),
+        "{reason}"
+    );
+
+    // Half-way: refused too, with both ways on named.
+    let mut run = Run::start_rollout(
+        cutover_core::Rollout::new(plan("[strategy]\npreset = \"seed\"\n"), false, sim::T0),
+        Split::from_percent(30.0).unwrap(),
+    );
+    run.finish(&world);
+    assert!(applied(&run).is_empty());
+    let reason = run.rollout.phase.reason().unwrap();
+    assert!(
+        reason.contains("30 % on candidate `green`, 70 % on live `blue`")
+            && reason.contains("--adopt"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn adopt_continues_from_the_split_found() {
+    let world = World::healthy();
+    let rollout =
+        cutover_core::Rollout::new(plan("[strategy]\npreset = \"seed\"\n"), false, sim::T0)
+            .adopting();
+    let mut run = Run::start_rollout(rollout, Split::from_percent(50.0).unwrap());
+    run.finish(&world);
+    assert_eq!(run.rollout.phase, Phase::Succeeded);
+    // 50 % is step 2: it is held as found (no write), then 100 %.
+    assert_eq!(applied(&run), [(60, 100.0)]);
+
+    let rollout =
+        cutover_core::Rollout::new(plan("[strategy]\npreset = \"seed\"\n"), false, sim::T0)
+            .adopting();
+    let mut run = Run::start_rollout(rollout, Split::from_percent(30.0).unwrap());
+    run.finish(&world);
+    assert_eq!(
+        applied(&run),
+        [(0, 50.0), (60, 100.0)],
+        "the next step above"
+    );
+}
+
+/// Runs until the rollout holds step `step` (0-based).
+fn run_to_hold(run: &mut Run, world: &World, step: usize) {
+    while !(run.rollout.phase == Phase::Holding && run.rollout.step == step) {
+        assert!(run.step(world), "ended before step {step}");
+    }
+}
+
+#[test]
+fn a_router_that_lost_its_split_mid_hold_is_drift_and_the_step_does_not_pass_on_it() {
+    // The proxy restarts at 30 s into step 1's hold and comes back at 0 %.
+    let world = World {
+        drift: vec![(30_000, Split::ZERO)],
+        ..World::healthy()
+    };
+    let mut run = Run::start(
+        plan("[strategy]\npreset = \"canary\"\nhold = \"1m\"\n"),
+        &world,
+    );
+    run.finish(&world);
+    assert_eq!(
+        applied(&run),
+        [(0, 10.0)],
+        "never advanced on verdicts about 0 %"
+    );
+    assert!(
+        matches!(&run.rollout.phase, Phase::Paused { reason, .. } if reason.contains("drift: the router has all traffic on live `blue` where cutover last applied 10 %")),
+        "{:?}",
+        run.rollout.phase
+    );
+    assert_eq!(
+        run.rollout.split,
+        Split::ZERO,
+        "reports what the router does"
+    );
+
+    // With `on_drift = "rollback"` it rolls back instead.
+    let mut run = Run::start(
+        plan(
+            "[strategy]\npreset = \"canary\"\nhold = \"1m\"\n[rollback]\non_drift = \"rollback\"\n",
+        ),
+        &world,
+    );
+    run.finish(&world);
+    assert_eq!(run.rollout.phase.name(), "rolled-back");
+    assert_eq!(applied(&run), [(0, 10.0), (30, 0.0)]);
+
+    // Resuming applies cutover's split again and the hold starts over.
+    let world = World {
+        drift: vec![(30_000, Split::ZERO)],
+        commands: vec![(50_000, Command::Resume)],
+        ..World::healthy()
+    };
+    let mut run = Run::start(
+        plan("[strategy]\npreset = \"canary\"\nhold = \"1m\"\n"),
+        &world,
+    );
+    run.finish(&world);
+    assert_eq!(run.rollout.phase, Phase::Succeeded);
+    assert_eq!(applied(&run), [(0, 10.0), (50, 10.0), (110, 100.0)]);
+}
+
+#[test]
+fn resume_reads_the_router_before_believing_the_record() {
+    // Killed at 100 % during the bake; the proxy restarted meanwhile (0 %).
+    let world = World::healthy();
+    let mut run = Run::start(
+        plan("[strategy]\npreset = \"canary\"\nhold = \"20s\"\nbake = \"30s\"\n"),
+        &world,
+    );
+    while run.rollout.phase != Phase::Baking {
+        assert!(run.step(&world));
+    }
+    run.router = Split::ZERO;
+    run.crash_and_resume();
+    run.finish(&world);
+    assert_ne!(run.rollout.phase, Phase::Succeeded, "never succeeds at 0 %");
+    assert_eq!(run.rollout.phase.name(), "paused");
+    assert_eq!(run.rollout.split, Split::ZERO);
+
+    // Killed while a shift was in flight and the shift landed: no second write.
+    let mut run = Run::start(plan("[strategy]\npreset = \"seed\"\n"), &world);
+    run_to_hold(&mut run, &world, 0);
+    while run.rollout.phase != Phase::Shifting {
+        assert!(run.step(&world));
+    }
+    assert_eq!(
+        run.queue,
+        [cutover_core::Action::ApplySplit(
+            Split::from_percent(50.0).unwrap()
+        )]
+    );
+    run.router = Split::from_percent(50.0).unwrap(); // it landed, the answer was lost
+    run.crash_and_resume();
+    run.finish(&world);
+    assert_eq!(run.rollout.phase, Phase::Succeeded);
+    assert_eq!(applied(&run), [(0, 10.0), (120, 100.0)]);
+    assert!(run
+        .messages()
+        .iter()
+        .any(|m| m.contains("the shift in flight landed")));
+}
+
+#[test]
+fn an_abort_posted_while_no_driver_ran_is_applied_before_any_timer() {
+    // The driver dies holding step 1 (10 %); while it is down, the hold
+    // ends and an operator posts abort. The resumed driver must go to 0 %,
+    // never to step 2's 50 %.
+    let world = World::healthy();
+    let mut run = Run::start(plan("[strategy]\npreset = \"seed\"\n"), &world);
+    run_to_hold(&mut run, &world, 0);
+    run.now = run.now.after(std::time::Duration::from_secs(120));
+    run.crash_and_resume_with(&[Command::Abort]);
+    run.finish(&world);
+    assert_eq!(applied(&run), [(0, 10.0), (120, 0.0)]);
+    assert_eq!(run.rollout.phase.name(), "aborted");
+}
+
+#[test]
+fn a_split_nobody_could_read_during_a_hold_never_passes_the_step() {
+    // Reads fail from 15 s on: the analyses are inconclusive, never a pass.
+    let world = World {
+        read_fails: Box::new(|t| (t >= 15_000).then_some(true)),
+        ..World::healthy()
+    };
+    let mut run = Run::start(
+        plan("[strategy]\npreset = \"canary\"\nhold = \"30s\"\n[analysis]\ninterval = \"10s\"\n"),
+        &world,
+    );
+    run.finish(&world);
+    assert_eq!(applied(&run), [(0, 10.0), (50, 0.0)]);
+    let reason = run.rollout.phase.reason().unwrap();
+    assert!(
+        reason.contains("router error: could not confirm the split in force"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn snapshots_of_every_schema_are_read_and_newer_ones_refused() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/snapshot-v1");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let old: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let history = old["history"].as_array().unwrap().len();
+        let mut r = cutover_core::Rollout::from_snapshot(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(r.schema, cutover_core::machine::SNAPSHOT_SCHEMA);
+        assert_eq!(
+            r.phase.name(),
+            old["phase"]["phase"].as_str().unwrap(),
+            "{}",
+            path.display()
+        );
+        assert_eq!(
+            u64::from(r.split.basis_points()),
+            old["split"].as_u64().unwrap()
+        );
+        // The old history becomes the first events of the log, numbered.
+        let events = r.take_events();
+        assert_eq!(events.len(), history, "{}", path.display());
+        assert!(events
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.seq == i as u64 + 1));
+        assert_eq!(r.events, history as u64);
+        // And it is written back in the new schema, without the history.
+        let again = r.to_snapshot();
+        assert!(!again.contains("\"history\""));
+        assert!(again.len() < 8 * 1024, "{} bytes", again.len());
+        assert_eq!(cutover_core::Rollout::from_snapshot(&again).unwrap(), r);
+        seen += 1;
+    }
+    assert!(seen >= 8, "fixtures found: {seen}");
+
+    let newer = r#"{"schema": 99, "phase": {"phase": "pending"}}"#;
+    let err = cutover_core::Rollout::from_snapshot(newer).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("schema 99 was written by a newer cutover"),
+        "{err}"
+    );
+    assert!(cutover_core::Rollout::from_snapshot("[1]").is_err());
 }

@@ -1,26 +1,42 @@
 //! Drives one rollout to its end.
 //!
-//! The loop: load the snapshot, take the lease, then repeatedly feed the
-//! state machine an input, persist the result (compare-and-set on the
-//! version), and only then perform the actions it asked for. Between
-//! actions the driver sleeps until the machine's next wake-up or the next
-//! tick, whichever is first; at every tick it renews its lease and picks up
-//! operator commands posted to the store by other processes.
+//! The loop: load the snapshot, take the lease, apply the operator commands
+//! posted meanwhile, then repeatedly feed the state machine an input,
+//! persist the result with the events it recorded (compare-and-set on the
+//! version, one atomic write), and only then perform the actions it asked
+//! for. Between actions the driver sleeps until the machine's next wake-up
+//! or the next tick, whichever is first; at every tick it renews its lease
+//! and picks up operator commands posted to the store by other processes.
 //!
 //! Every action is idempotent (splits are absolute), so a driver that dies
 //! at any instant can be replaced by another that loads the snapshot and
-//! calls `Rollout::resume`.
+//! calls `Rollout::resume`, which reads the router's split before anything
+//! else.
+//!
+//! The store may fail under a running rollout (disk full, file deleted,
+//! DynamoDB throttling). The driver then keeps going on what needs no
+//! record: reads (analysis, the router's split) and the one write that is
+//! always safe, all traffic to the live target. Anything else waits for the
+//! store, retried with back-off and jitter; past `store_deadline`, or once
+//! its lease has run out (it could not be renewed, so another driver may
+//! be acting), the driver sends all traffic to the live target and stops
+//! with [`EngineError::StoreUnavailable`], which says where traffic is.
 
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cutover_core::verdict::combine;
-use cutover_core::{Action, Input, Observation, Plan, Rollout, Timestamp, Verdict};
+use cutover_core::{
+    Action, Command, Event, Input, Observation, Plan, Rollout, Split, Timestamp, Verdict,
+};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::clock::Clock;
 use crate::ports::{Check, Platform, Router};
-use crate::store::{RolloutRecord, Store, StoreError};
+use crate::store::{Change, EventRecord, PostedCommand, RolloutRecord, Store, StoreError};
 
 /// The adapters a rollout acts through.
 #[derive(Clone)]
@@ -41,6 +57,9 @@ pub struct Options {
     pub prepare_deadline: Duration,
     /// Retries of a check that answers `Error`, within one analysis.
     pub check_retries: u32,
+    /// How long the store may keep failing before the driver sends all
+    /// traffic to the live target and stops.
+    pub store_deadline: Duration,
 }
 
 impl Default for Options {
@@ -50,7 +69,47 @@ impl Default for Options {
             lease_ttl: Duration::from_secs(15),
             prepare_deadline: Duration::from_secs(600),
             check_retries: 2,
+            store_deadline: Duration::from_secs(30),
         }
+    }
+}
+
+/// The bounds [`Options::check`] enforces.
+pub const MIN_TICK: Duration = Duration::from_millis(10);
+pub const MAX_TICK: Duration = Duration::from_secs(60);
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(3600);
+
+impl Options {
+    /// Refuses settings under which the engine cannot keep its promises:
+    /// a lease must outlive several ticks (it is renewed every third of
+    /// its life, and a renewal needs a tick to notice it is due).
+    pub fn check(&self) -> Result<(), String> {
+        use cutover_core::time::Human;
+        if !(MIN_TICK..=MAX_TICK).contains(&self.tick) {
+            return Err(format!(
+                "tick {} must be from {} to {}",
+                Human(self.tick),
+                Human(MIN_TICK),
+                Human(MAX_TICK)
+            ));
+        }
+        if !(MIN_LEASE_TTL..=MAX_LEASE_TTL).contains(&self.lease_ttl) {
+            return Err(format!(
+                "lease TTL {} must be from {} to {}",
+                Human(self.lease_ttl),
+                Human(MIN_LEASE_TTL),
+                Human(MAX_LEASE_TTL)
+            ));
+        }
+        if self.lease_ttl < self.tick * 3 {
+            return Err(format!(
+                "lease TTL {} must be at least three ticks ({})",
+                Human(self.lease_ttl),
+                Human(self.tick * 3)
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -61,13 +120,81 @@ pub enum EngineError {
     #[error("rollout `{id}` has a snapshot this version cannot read: {message}")]
     Snapshot { id: String, message: String },
     #[error("rollout `{id}` is being driven by `{holder}`; its lease must expire first")]
-    LeaseHeld { id: String, holder: String },
+    LeaseHeld {
+        id: String,
+        holder: String,
+        /// When the lease runs out unless renewed.
+        expires_at: Timestamp,
+    },
     #[error("lost the lease on rollout `{0}` to another driver; stopping without acting further")]
     LostLease(String),
+    #[error("rollout `{id}`: the store failed for {failing_for}: {message}; sent all traffic to the live target: {traffic}. The rollout's record is as last written; `cutover run` resumes it once the store works")]
+    StoreUnavailable {
+        id: String,
+        message: String,
+        failing_for: String,
+        /// Where traffic is, in words, as the router confirmed it (or why not).
+        traffic: String,
+    },
 }
 
-/// Called after every persisted transition (progress display, metrics).
-pub type Observer = Arc<dyn Fn(&Rollout) + Send + Sync>;
+/// Called after every persisted transition with the rollout's id, the
+/// rollout and the events that write appended (progress display, metrics,
+/// event streams).
+pub type Observer = Arc<dyn Fn(&str, &Rollout, &[Event]) + Send + Sync>;
+
+/// How a driver is steered from outside.
+pub struct Control {
+    /// Set to true to stop: the action in flight finishes, its result is
+    /// persisted, the lease is released and `drive` returns the rollout as
+    /// it is (not terminal). `None`: never asked to stop.
+    pub stop: Option<watch::Receiver<bool>>,
+    /// `None`: the driver renews its own lease and polls the store for
+    /// commands every tick. `Some`: a controller does both for many
+    /// rollouts at once and feeds this driver.
+    pub feed: Option<Feed>,
+}
+
+impl Control {
+    /// Never asked to stop; renews its own lease, polls its own commands.
+    pub fn standalone() -> Control {
+        Control {
+            stop: None,
+            feed: None,
+        }
+    }
+
+    /// Stops when `stop` becomes true; renews its own lease, polls its own commands.
+    pub fn stoppable(stop: watch::Receiver<bool>) -> Control {
+        Control {
+            stop: Some(stop),
+            feed: None,
+        }
+    }
+}
+
+/// Resolves once `stop` is true (never, for `None` or a dropped sender).
+async fn stop_requested(stop: Option<watch::Receiver<bool>>) {
+    let Some(mut stop) = stop else {
+        return std::future::pending().await;
+    };
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// What a controller gives each driver it supervises.
+pub struct Feed {
+    /// Commands for this rollout, in order (duplicates are harmless).
+    pub commands: mpsc::UnboundedReceiver<PostedCommand>,
+    /// Becomes true when the controller could not renew the lease.
+    pub lease_lost: watch::Receiver<bool>,
+}
 
 pub struct Engine {
     store: Arc<dyn Store>,
@@ -75,13 +202,6 @@ pub struct Engine {
     holder: String,
     options: Options,
     observer: Option<Observer>,
-}
-
-/// A loaded rollout and the version it was loaded at.
-struct Loaded {
-    id: String,
-    version: u64,
-    rollout: Rollout,
 }
 
 impl Engine {
@@ -110,6 +230,14 @@ impl Engine {
         &self.store
     }
 
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
     pub fn now(&self) -> Timestamp {
         self.clock.now()
     }
@@ -122,12 +250,29 @@ impl Engine {
         plan: Plan,
         has_platform: bool,
     ) -> Result<RolloutRecord, EngineError> {
+        self.create_rollout(id, Rollout::new(plan, has_platform, self.clock.now()))
+            .await
+    }
+
+    /// Records `rollout` (as made by `Rollout::new`, perhaps adopting) under `id`.
+    pub async fn create_rollout(
+        &self,
+        id: &str,
+        mut rollout: Rollout,
+    ) -> Result<RolloutRecord, EngineError> {
         let now = self.clock.now();
-        let rollout = Rollout::new(plan, has_platform, now);
-        let state = encode(&rollout);
+        let events = encode_events(&rollout.take_events());
+        let state = rollout.to_snapshot();
+        let change = Change {
+            state: &state,
+            active: !rollout.phase.is_terminal(),
+            events: &events,
+            writer: &self.holder,
+            now,
+        };
         Ok(self
             .store
-            .create(id, &rollout.plan.service, &state, true, now)
+            .create_rollout(id, &rollout.plan.service, change)
             .await?)
     }
 
@@ -146,33 +291,67 @@ impl Engine {
     /// adapter failure with nobody to resume it: it keeps waiting, as the
     /// plan asked). Resumes from wherever the snapshot is.
     pub async fn drive(&self, id: &str, adapters: &Adapters) -> Result<Rollout, EngineError> {
-        let lease = format!("rollout:{id}");
+        self.drive_with(id, adapters, Control::standalone()).await
+    }
+
+    /// [`Engine::drive`], steered by `control`.
+    pub async fn drive_with(
+        &self,
+        id: &str,
+        adapters: &Adapters,
+        control: Control,
+    ) -> Result<Rollout, EngineError> {
+        let lease = lease_name(id);
         let now = self.clock.now();
         if !self
             .store
             .acquire_lease(&lease, &self.holder, now, self.options.lease_ttl)
             .await?
         {
+            let held = self.store.lease(&lease).await.ok().flatten();
             return Err(EngineError::LeaseHeld {
                 id: id.to_string(),
-                holder: "another driver".into(),
+                holder: held
+                    .as_ref()
+                    .map_or_else(|| "another driver".into(), |l| l.holder.clone()),
+                expires_at: held.map_or(now, |l| l.expires_at),
             });
         }
-        let result = self.drive_leased(id, &lease, adapters).await;
-        let _ = self.store.release_lease(&lease, &self.holder).await;
+        let result = self.drive_leased(id, &lease, adapters, control).await;
+        if !matches!(result, Err(EngineError::LostLease(_))) {
+            let _ = self.store.release_lease(&lease, &self.holder).await;
+        }
         result
     }
 
-    /// Like [`Engine::drive`], but first waits (polling every tick) for a
-    /// lease left by a driver that died to expire.
+    /// Like [`Engine::drive_with`], but first waits (polling every tick)
+    /// for a lease held by another driver to be released or to expire,
+    /// calling `waiting` with its holder and expiry at each poll.
     pub async fn drive_when_free(
         &self,
         id: &str,
         adapters: &Adapters,
+        stop: Option<watch::Receiver<bool>>,
+        mut waiting: impl FnMut(&str, Timestamp),
     ) -> Result<Rollout, EngineError> {
         loop {
-            match self.drive(id, adapters).await {
-                Err(EngineError::LeaseHeld { .. }) => tokio::time::sleep(self.options.tick).await,
+            let control = Control {
+                stop: stop.clone(),
+                feed: None,
+            };
+            match self.drive_with(id, adapters, control).await {
+                Err(EngineError::LeaseHeld {
+                    holder, expires_at, ..
+                }) => {
+                    waiting(&holder, expires_at);
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.options.tick) => {}
+                        _ = stop_requested(stop.clone()) => {
+                            let (_, rollout) = self.load(id).await?;
+                            return Ok(rollout);
+                        }
+                    }
+                }
                 other => return other,
             }
         }
@@ -183,11 +362,17 @@ impl Engine {
     pub async fn retry(&self, id: &str) -> Result<(), EngineError> {
         let (record, mut rollout) = self.load(id).await?;
         let now = self.clock.now();
-        let _ = rollout.handle(now, Input::Command(cutover_core::Command::Retry));
-        let active = !rollout.phase.is_terminal();
-        self.store
-            .update(id, record.version, &encode(&rollout), active, now)
-            .await?;
+        let _ = rollout.handle(now, Input::Command(Command::Retry));
+        let events = encode_events(&rollout.take_events());
+        let state = rollout.to_snapshot();
+        let change = Change {
+            state: &state,
+            active: !rollout.phase.is_terminal(),
+            events: &events,
+            writer: &self.holder,
+            now,
+        };
+        self.store.commit(id, record.version, change).await?;
         Ok(())
     }
 
@@ -196,136 +381,77 @@ impl Engine {
         id: &str,
         lease: &str,
         adapters: &Adapters,
+        control: Control,
     ) -> Result<Rollout, EngineError> {
         let (record, rollout) = self.load(id).await?;
-        let mut cur = Loaded {
+        let now = self.clock.now();
+        let mut d = Driving {
+            engine: self,
             id: id.to_string(),
+            lease: lease.to_string(),
             version: record.version,
             rollout,
+            unsaved: Vec::new(),
+            in_doubt: None,
+            dirty: false,
+            store_failure: None,
+            lease_renewed: now,
+            queue: VecDeque::new(),
+            stop: control.stop,
+            feed: control.feed,
         };
-        let now = self.clock.now();
-        let mut queue = if cur.rollout.phase == cutover_core::Phase::Pending {
-            cur.rollout.handle(now, Input::Start)
-        } else {
-            cur.rollout.resume(now)
-        };
-        self.persist(&mut cur).await?;
-        let mut lease_renewed = now;
-
-        loop {
-            // Perform what the machine asked, persisting after each answer.
-            while !queue.is_empty() {
-                let action = queue.remove(0);
-                let input = self
-                    .perform_leased(&action, adapters, &cur.rollout, lease, &mut lease_renewed)
-                    .await?;
-                let now = self.clock.now();
-                queue.extend(cur.rollout.handle(now, input));
-                self.persist(&mut cur).await?;
-                // Commands that arrived during a long action take effect now.
-                queue.extend(self.take_commands(&mut cur).await?);
-            }
-            if cur.rollout.phase.is_terminal() {
-                return Ok(cur.rollout);
-            }
-
-            let now = self.clock.now();
-            if now.since(lease_renewed) >= self.options.lease_ttl / 3 {
-                self.renew(lease, &mut lease_renewed).await?;
-            }
-
-            queue.extend(self.take_commands(&mut cur).await?);
-            if !queue.is_empty() {
-                continue;
-            }
-
-            // Sleep until the next timer or the next tick.
-            let tick_at = now.after(self.options.tick);
-            let wake = cur
-                .rollout
-                .next_wakeup()
-                .map_or(tick_at, |w| w.min(tick_at));
-            if wake > now {
-                tokio::time::sleep_until(self.clock.instant_of(wake)).await;
-            }
-            let now = self.clock.now();
-            queue.extend(cur.rollout.handle(now, Input::Tick));
-            if !queue.is_empty() {
-                self.persist(&mut cur).await?;
-            }
+        // Commands posted while nobody drove come before any timer.
+        let posted = self
+            .store
+            .commands_after(id, d.rollout.last_command_seq)
+            .await?;
+        let commands: Vec<(u64, Command)> = posted.iter().map(|c| (c.seq, c.command)).collect();
+        let mut first = d.rollout.resume(now, &commands);
+        if d.rollout.phase == cutover_core::Phase::Pending {
+            first.extend(d.rollout.handle(now, Input::Start));
         }
+        d.queue.extend(first);
+        d.dirty = true;
+        d.run(adapters).await
     }
 
-    /// Performs an action, renewing the lease while it runs: a router may
-    /// take minutes (Route53 waits for INSYNC), longer than the lease lasts.
-    /// If the lease is lost meanwhile, the action is dropped: its intent is
-    /// persisted, and the new holder performs it again.
-    async fn perform_leased(
-        &self,
-        action: &Action,
-        adapters: &Adapters,
-        rollout: &Rollout,
-        lease: &str,
-        renewed: &mut Timestamp,
-    ) -> Result<Input, EngineError> {
-        let work = self.perform(action, adapters, rollout);
-        tokio::pin!(work);
-        loop {
-            let renew_at = renewed.after(self.options.lease_ttl / 3);
-            tokio::select! {
-                input = &mut work => return Ok(input),
-                _ = tokio::time::sleep_until(self.clock.instant_of(renew_at)) => {
-                    self.renew(lease, renewed).await?;
+    /// Runs every check at once; a check that errors is retried a few
+    /// times with a short back-off and, if it still cannot measure, counts
+    /// as an error (inconclusive to the machine, never a pass).
+    async fn analyse(&self, checks: &[Arc<dyn Check>]) -> Vec<Observation> {
+        let mut set = JoinSet::new();
+        for (i, check) in checks.iter().enumerate() {
+            let check = Arc::clone(check);
+            let retries = self.options.check_retries;
+            set.spawn(async move {
+                let mut observation = check.evaluate().await;
+                let mut attempt = 0;
+                while observation.verdict == Verdict::Error && attempt < retries {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    observation = check.evaluate().await;
                 }
+                (i, observation)
+            });
+        }
+        let mut out: Vec<Option<Observation>> = vec![None; checks.len()];
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((i, o)) => out[i] = Some(o),
+                Err(e) => tracing::error!("a check task failed: {e}"),
             }
         }
-    }
-
-    async fn renew(&self, lease: &str, renewed: &mut Timestamp) -> Result<(), EngineError> {
-        let now = self.clock.now();
-        if !self
-            .store
-            .acquire_lease(lease, &self.holder, now, self.options.lease_ttl)
-            .await?
-        {
-            let id = lease.trim_start_matches("rollout:").to_string();
-            return Err(EngineError::LostLease(id));
-        }
-        *renewed = now;
-        Ok(())
-    }
-
-    /// Feeds pending operator commands to the machine; persists if any.
-    async fn take_commands(&self, cur: &mut Loaded) -> Result<Vec<Action>, EngineError> {
-        let commands = self
-            .store
-            .commands_after(&cur.id, cur.rollout.last_command_seq)
-            .await?;
-        if commands.is_empty() {
-            return Ok(vec![]);
-        }
-        let mut actions = Vec::new();
-        for posted in commands {
-            let now = self.clock.now();
-            cur.rollout.last_command_seq = posted.seq;
-            actions.extend(cur.rollout.handle(now, Input::Command(posted.command)));
-        }
-        self.persist(cur).await?;
-        Ok(actions)
-    }
-
-    async fn persist(&self, cur: &mut Loaded) -> Result<(), EngineError> {
-        let now = self.clock.now();
-        let active = !cur.rollout.phase.is_terminal();
-        let record = self
-            .store
-            .update(&cur.id, cur.version, &encode(&cur.rollout), active, now)
-            .await?;
-        cur.version = record.version;
-        if let Some(observer) = &self.observer {
-            observer(&cur.rollout);
-        }
-        Ok(())
+        let observations: Vec<Observation> = out
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| {
+                o.unwrap_or_else(|| {
+                    Observation::new(checks[i].name(), Verdict::Error, "the check crashed")
+                })
+            })
+            .collect();
+        tracing::debug!(verdict = %combine(&observations), "analysis");
+        observations
     }
 
     async fn perform(&self, action: &Action, adapters: &Adapters, rollout: &Rollout) -> Input {
@@ -371,62 +497,443 @@ impl Engine {
                     requested: *split,
                     realized,
                 },
-                Err(e) => Input::ApplyFailed {
-                    requested: *split,
-                    message: e.message,
-                    transient: e.transient,
-                },
+                Err(e) => {
+                    tracing::warn!(rollout = %rollout.plan.service, router = %adapters.router.describe(), error = %e, "router failed to apply {split}");
+                    Input::ApplyFailed {
+                        requested: *split,
+                        message: e.message,
+                        transient: e.transient,
+                    }
+                }
+            },
+            Action::ReadSplit => match adapters.router.current().await {
+                Ok(split) => Input::SplitRead(split),
+                Err(e) => {
+                    tracing::warn!(rollout = %rollout.plan.service, router = %adapters.router.describe(), error = %e, "reading the router's split failed");
+                    Input::ReadFailed {
+                        message: e.message,
+                        transient: e.transient,
+                    }
+                }
             },
             Action::RunAnalysis => Input::Analysis(self.analyse(&adapters.checks).await),
         }
     }
+}
 
-    /// Runs every check at once; a check that errors is retried a few
-    /// times with a short back-off and, if it still cannot measure, counts
-    /// as an error (inconclusive to the machine, never a pass).
-    async fn analyse(&self, checks: &[Arc<dyn Check>]) -> Vec<Observation> {
-        let mut set = JoinSet::new();
-        for (i, check) in checks.iter().enumerate() {
-            let check = Arc::clone(check);
-            let retries = self.options.check_retries;
-            set.spawn(async move {
-                let mut observation = check.evaluate().await;
-                let mut attempt = 0;
-                while observation.verdict == Verdict::Error && attempt < retries {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                    observation = check.evaluate().await;
+/// The lease a rollout's driver holds.
+pub fn lease_name(id: &str) -> String {
+    format!("rollout:{id}")
+}
+
+/// One rollout being driven.
+struct Driving<'a> {
+    engine: &'a Engine,
+    id: String,
+    lease: String,
+    /// The stored version `rollout` was last written at.
+    version: u64,
+    rollout: Rollout,
+    /// Events taken from the machine and not yet stored.
+    unsaved: Vec<Event>,
+    /// The last write whose outcome is unknown (the store failed to
+    /// answer): its snapshot and how many of `unsaved` it carried.
+    in_doubt: Option<(String, usize)>,
+    /// The machine changed since the last successful write.
+    dirty: bool,
+    /// Since when, and until when to wait before the next try, while the
+    /// store fails.
+    store_failure: Option<StoreFailure>,
+    lease_renewed: Timestamp,
+    queue: VecDeque<Action>,
+    stop: Option<watch::Receiver<bool>>,
+    feed: Option<Feed>,
+}
+
+struct StoreFailure {
+    since: Timestamp,
+    attempts: u32,
+    retry_at: Timestamp,
+    message: String,
+}
+
+impl Driving<'_> {
+    async fn run(&mut self, adapters: &Adapters) -> Result<Rollout, EngineError> {
+        loop {
+            let now = self.now();
+            if self.dirty
+                && self
+                    .store_failure
+                    .as_ref()
+                    .is_none_or(|f| now >= f.retry_at)
+            {
+                self.persist().await?;
+            }
+            if let Some(f) = &self.store_failure {
+                // Past the deadline, or with the lease run out (another
+                // driver may be acting), the one safe thing is left to do.
+                if now.since(f.since) >= self.engine.options.store_deadline
+                    || now >= self.lease_expires()
+                {
+                    return Err(self.fail_safe(adapters).await);
                 }
-                (i, observation)
-            });
+            }
+
+            // Perform what the machine asked; without a record, only what
+            // needs none.
+            if let Some(action) = self.queue.front() {
+                if !self.dirty || needs_no_record(action) {
+                    let action = self.queue.pop_front().expect("front exists");
+                    let input = self.perform_leased(&action, adapters).await?;
+                    self.feed_input(input);
+                    continue;
+                }
+            }
+            if self.rollout.phase.is_terminal() && !self.dirty && self.queue.is_empty() {
+                return Ok(self.rollout.clone());
+            }
+            if !self.dirty {
+                self.keep_lease().await?;
+                if self.take_commands().await? {
+                    continue;
+                }
+                if self.stop_is_requested() && self.queue.is_empty() {
+                    return Ok(self.rollout.clone());
+                }
+            }
+
+            // Sleep until the next timer, tick, store retry, command or stop.
+            let now = self.now();
+            let mut wake = now.after(self.engine.options.tick);
+            if let Some(w) = self.rollout.next_wakeup() {
+                wake = wake.min(w);
+            }
+            if let Some(f) = &self.store_failure {
+                wake = wake.min(f.retry_at).min(self.lease_expires());
+            }
+            if wake > now {
+                let sleep = tokio::time::sleep_until(self.engine.clock.instant_of(wake));
+                let stop = stop_requested(self.stop.clone());
+                match &mut self.feed {
+                    Some(feed) => {
+                        tokio::select! {
+                            _ = sleep => {}
+                            c = feed.commands.recv() => match c {
+                                Some(c) => {
+                                    self.apply_command(c);
+                                    continue;
+                                }
+                                // The controller is gone: nobody keeps the lease.
+                                None => return Err(EngineError::LostLease(self.id.clone())),
+                            },
+                            _ = stop => {}
+                        }
+                    }
+                    None => {
+                        tokio::select! {
+                            _ = sleep => {}
+                            _ = stop => {}
+                        }
+                    }
+                }
+            }
+            let now = self.now();
+            let actions = self.rollout.handle(now, Input::Tick);
+            if !actions.is_empty() || !self.rollout.pending_events().is_empty() {
+                self.dirty = true;
+            }
+            self.queue.extend(actions);
         }
-        let mut out: Vec<Option<Observation>> = vec![None; checks.len()];
-        while let Some(joined) = set.join_next().await {
-            match joined {
-                Ok((i, o)) => out[i] = Some(o),
-                Err(e) => tracing::error!("a check task failed: {e}"),
+    }
+
+    fn now(&self) -> Timestamp {
+        self.engine.clock.now()
+    }
+
+    fn stop_is_requested(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| *s.borrow())
+    }
+
+    fn feed_input(&mut self, input: Input) {
+        let now = self.now();
+        let actions = self.rollout.handle(now, input);
+        self.queue.extend(actions);
+        self.dirty = true;
+    }
+
+    fn apply_command(&mut self, posted: PostedCommand) {
+        if posted.seq <= self.rollout.last_command_seq {
+            return;
+        }
+        self.rollout.last_command_seq = posted.seq;
+        self.feed_input(Input::Command(posted.command));
+    }
+
+    /// Feeds commands posted since the last one applied; true if any.
+    async fn take_commands(&mut self) -> Result<bool, EngineError> {
+        let posted = match &mut self.feed {
+            Some(feed) => {
+                let mut posted = Vec::new();
+                while let Ok(c) = feed.commands.try_recv() {
+                    posted.push(c);
+                }
+                posted
+            }
+            None => match self
+                .engine
+                .store
+                .commands_after(&self.id, self.rollout.last_command_seq)
+                .await
+            {
+                Ok(posted) => posted,
+                Err(e) => {
+                    tracing::warn!(rollout = %self.id, error = %e, "reading operator commands failed; trying again at the next tick");
+                    return Ok(false);
+                }
+            },
+        };
+        let before = self.rollout.last_command_seq;
+        for c in posted {
+            self.apply_command(c);
+        }
+        Ok(self.rollout.last_command_seq != before)
+    }
+
+    /// Renews the lease when a third of it has passed (or checks the
+    /// controller kept it). A renewal that fails is tried again at the next
+    /// tick until the lease has really run out.
+    async fn keep_lease(&mut self) -> Result<(), EngineError> {
+        if let Some(feed) = &self.feed {
+            if *feed.lease_lost.borrow() {
+                return Err(EngineError::LostLease(self.id.clone()));
+            }
+            return Ok(());
+        }
+        let now = self.now();
+        let ttl = self.engine.options.lease_ttl;
+        if now.since(self.lease_renewed) < ttl / 3 {
+            return Ok(());
+        }
+        self.renew().await
+    }
+
+    async fn renew(&mut self) -> Result<(), EngineError> {
+        let now = self.now();
+        let ttl = self.engine.options.lease_ttl;
+        match self
+            .engine
+            .store
+            .acquire_lease(&self.lease, &self.engine.holder, now, ttl)
+            .await
+        {
+            Ok(true) => {
+                self.lease_renewed = now;
+                Ok(())
+            }
+            Ok(false) => Err(EngineError::LostLease(self.id.clone())),
+            Err(e) => {
+                // Still ours until it runs out; `run` acts once it has.
+                tracing::warn!(rollout = %self.id, error = %e, "renewing the lease failed; trying again");
+                self.store_failed(e.to_string());
+                Ok(())
             }
         }
-        let observations: Vec<Observation> = out
-            .into_iter()
-            .enumerate()
-            .map(|(i, o)| {
-                o.unwrap_or_else(|| {
-                    Observation::new(checks[i].name(), Verdict::Error, "the check crashed")
-                })
-            })
-            .collect();
-        tracing::debug!(verdict = %combine(&observations), "analysis");
-        observations
+    }
+
+    /// When the lease runs out unless renewed.
+    fn lease_expires(&self) -> Timestamp {
+        self.lease_renewed.after(self.engine.options.lease_ttl)
+    }
+
+    /// Notes a failed store call and when to try again.
+    fn store_failed(&mut self, message: String) {
+        let now = self.now();
+        let (since, attempts) = self
+            .store_failure
+            .as_ref()
+            .map_or((now, 1), |f| (f.since, f.attempts + 1));
+        self.store_failure = Some(StoreFailure {
+            since,
+            attempts,
+            retry_at: now.after(jittered_backoff(attempts)),
+            message,
+        });
+    }
+
+    /// Performs an action, keeping the lease while it runs: a router may
+    /// take minutes (Route53 waits for INSYNC), longer than the lease lasts.
+    /// If the lease is lost meanwhile, the action is dropped: its intent is
+    /// persisted, and the new holder performs it again.
+    async fn perform_leased(
+        &mut self,
+        action: &Action,
+        adapters: &Adapters,
+    ) -> Result<Input, EngineError> {
+        let rollout = self.rollout.clone();
+        let work = self.engine.perform(action, adapters, &rollout);
+        tokio::pin!(work);
+        loop {
+            match &mut self.feed {
+                Some(feed) => {
+                    let lost = stop_requested(Some(feed.lease_lost.clone()));
+                    tokio::select! {
+                        input = &mut work => return Ok(input),
+                        _ = lost => return Err(EngineError::LostLease(self.id.clone())),
+                    }
+                }
+                None => {
+                    let renew_at = self.lease_renewed.after(self.engine.options.lease_ttl / 3);
+                    let renew = tokio::time::sleep_until(self.engine.clock.instant_of(renew_at));
+                    tokio::select! {
+                        input = &mut work => return Ok(input),
+                        _ = renew => self.renew().await?,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the machine's state and new events. On a store failure,
+    /// schedules the next try; on a conflict, stops (someone else drives).
+    async fn persist(&mut self) -> Result<(), EngineError> {
+        self.unsaved.extend(self.rollout.take_events());
+        let now = self.now();
+        let events = encode_events(&self.unsaved);
+        let state = self.rollout.to_snapshot();
+        let change = Change {
+            state: &state,
+            active: !self.rollout.phase.is_terminal(),
+            events: &events,
+            writer: &self.engine.holder,
+            now,
+        };
+        match self
+            .engine
+            .store
+            .commit(&self.id, self.version, change)
+            .await
+        {
+            Ok(record) => {
+                self.in_doubt = None;
+                self.saved(record.version, self.unsaved.len());
+                Ok(())
+            }
+            Err(StoreError::Conflict {
+                found: Some(found), ..
+            }) if found == self.version + 1 && self.in_doubt.is_some() => {
+                // Maybe our own earlier write, landed with its reply lost.
+                let (doubted, carried) = self.in_doubt.take().expect("checked");
+                match self.engine.store.load(&self.id).await {
+                    Ok(Some(r)) if r.written_by == self.engine.holder && r.state == doubted => {
+                        tracing::info!(rollout = %self.id, version = r.version, "a write whose reply was lost had landed");
+                        self.saved(r.version, carried);
+                        // What changed since is written next.
+                        self.dirty = true;
+                        Ok(())
+                    }
+                    _ => Err(EngineError::LostLease(self.id.clone())),
+                }
+            }
+            Err(e @ StoreError::Conflict { .. }) => Err(e.into()),
+            Err(e) => {
+                let message = e.to_string();
+                tracing::error!(rollout = %self.id, error = %message, "the store failed; retrying");
+                if self.in_doubt.is_none() {
+                    self.in_doubt = Some((state, self.unsaved.len()));
+                }
+                self.store_failed(message);
+                Ok(())
+            }
+        }
+    }
+
+    /// The store holds `version`, with the first `events` of `unsaved`.
+    fn saved(&mut self, version: u64, events: usize) {
+        self.version = version;
+        self.dirty = false;
+        if let Some(f) = self.store_failure.take() {
+            tracing::warn!(rollout = %self.id, attempts = f.attempts, "the store works again");
+        }
+        let events: Vec<Event> = self.unsaved.drain(..events).collect();
+        if let Some(observer) = &self.engine.observer {
+            observer(&self.id, &self.rollout, &events);
+        }
+    }
+
+    /// The store stayed unavailable past the deadline: send all traffic to
+    /// the live target (always safe, needs no record) and say where it is.
+    async fn fail_safe(&mut self, adapters: &Adapters) -> EngineError {
+        let f = self
+            .store_failure
+            .take()
+            .expect("only called while failing");
+        let targets = self.rollout.targets();
+        let mut traffic = String::new();
+        for attempt in 1..=5u32 {
+            match adapters.router.apply(Split::ZERO).await {
+                Ok(realized) => {
+                    traffic = format!("the router confirms {}", targets.describe(realized));
+                    break;
+                }
+                Err(e) => {
+                    traffic = format!(
+                        "the router could not confirm it ({e}); last known: {}",
+                        targets.describe(self.rollout.split)
+                    );
+                    tokio::time::sleep(jittered_backoff(attempt)).await;
+                }
+            }
+        }
+        tracing::error!(rollout = %self.id, error = %f.message, traffic = %traffic, "the store stayed unavailable; sent all traffic to the live target");
+        EngineError::StoreUnavailable {
+            id: self.id.clone(),
+            message: f.message,
+            failing_for: cutover_core::time::Human(self.now().since(f.since)).to_string(),
+            traffic,
+        }
     }
 }
 
-fn encode(rollout: &Rollout) -> String {
-    serde_json::to_string(rollout).expect("a rollout always serialises")
+/// What the driver may do before the state that asked for it is stored:
+/// reads, and sending all traffic to the live target.
+fn needs_no_record(action: &Action) -> bool {
+    matches!(
+        action,
+        Action::ReadSplit | Action::RunAnalysis | Action::Preflight
+    ) || *action == Action::ApplySplit(Split::ZERO)
 }
 
-fn decode(record: &RolloutRecord) -> Result<Rollout, EngineError> {
-    serde_json::from_str(&record.state).map_err(|e| EngineError::Snapshot {
+/// 200 ms doubling to 5 s, each with up to half of it again at random, so
+/// that drivers sharing a failing store do not retry in lock-step.
+fn jittered_backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(200u64 << attempt.saturating_sub(1).min(5))
+        .min(Duration::from_secs(5));
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(attempt);
+    let jitter = h.finish() % (base.as_millis() as u64 / 2 + 1);
+    base + Duration::from_millis(jitter)
+}
+
+/// Events as the store keeps them.
+pub fn encode_events(events: &[Event]) -> Vec<EventRecord> {
+    events
+        .iter()
+        .map(|e| EventRecord {
+            seq: e.seq,
+            at: e.at,
+            body: serde_json::to_string(e).expect("an event always serialises"),
+        })
+        .collect()
+}
+
+/// An event from the store's log.
+pub fn decode_event(record: &EventRecord) -> Result<Event, String> {
+    serde_json::from_str(&record.body).map_err(|e| format!("event #{}: {e}", record.seq))
+}
+
+/// A rollout from its stored record, whatever schema it was written in.
+pub fn decode(record: &RolloutRecord) -> Result<Rollout, EngineError> {
+    Rollout::from_snapshot(&record.state).map_err(|e| EngineError::Snapshot {
         id: record.id.clone(),
         message: e.to_string(),
     })

@@ -21,6 +21,9 @@ struct ScriptedRouter {
     applied: Mutex<Vec<(Split, Split)>>,
     clock: Clock,
     log: Mutex<Vec<(u64, Split)>>,
+    /// Set by a test: the router lost its state (a restart) or someone
+    /// changed it by hand.
+    changed: Mutex<Option<Split>>,
 }
 
 #[async_trait]
@@ -29,9 +32,13 @@ impl Router for ScriptedRouter {
         "scripted".into()
     }
     async fn apply(&self, split: Split) -> Result<Split, AdapterError> {
-        let record = self.store.load(&self.id).await.unwrap().unwrap();
-        let stored: Rollout = serde_json::from_str(&record.state).unwrap();
-        self.applied.lock().unwrap().push((split, stored.target));
+        // What the store says is intended (unless a test broke the store).
+        let intended = match self.store.load(&self.id).await {
+            Ok(Some(record)) => Rollout::from_snapshot(&record.state).unwrap().target,
+            _ => split,
+        };
+        self.applied.lock().unwrap().push((split, intended));
+        *self.changed.lock().unwrap() = None;
         self.log
             .lock()
             .unwrap()
@@ -39,6 +46,9 @@ impl Router for ScriptedRouter {
         Ok(split)
     }
     async fn current(&self) -> Result<Split, AdapterError> {
+        if let Some(split) = *self.changed.lock().unwrap() {
+            return Ok(split);
+        }
         Ok(self
             .applied
             .lock()
@@ -109,6 +119,7 @@ impl Fixture {
             applied: Mutex::default(),
             clock: self.clock,
             log: Mutex::default(),
+            changed: Mutex::default(),
         });
         let check = Arc::new(GreenFailsAbove {
             router: router.clone(),
@@ -167,7 +178,7 @@ async fn a_healthy_rollout_succeeds_persisting_intent_before_each_shift() {
     }
     let record = f.store.load("r1").await.unwrap().unwrap();
     assert!(!record.active);
-    let stored: Rollout = serde_json::from_str(&record.state).unwrap();
+    let stored = Rollout::from_snapshot(&record.state).unwrap();
     assert_eq!(stored, end);
 }
 
@@ -263,7 +274,10 @@ async fn a_driver_killed_at_any_point_is_replaced_and_the_rollout_ends_as_it_wou
             second.drive("r1", &adapters).await,
             Err(EngineError::LeaseHeld { .. })
         ));
-        let end = second.drive_when_free("r1", &adapters).await.unwrap();
+        let end = second
+            .drive_when_free("r1", &adapters, None, |_, _| {})
+            .await
+            .unwrap();
         assert_eq!(end.phase, Phase::Succeeded, "killed at {kill_at_ms} ms");
         let splits: Vec<f64> = log(&router).iter().map(|l| l.1).collect();
         let mut distinct = splits.clone();
@@ -276,9 +290,10 @@ async fn a_driver_killed_at_any_point_is_replaced_and_the_rollout_ends_as_it_wou
     }
 }
 
-/// A router whose every call takes much longer than a lease lasts (as a
+/// A router whose every write takes much longer than a lease lasts (as a
 /// Route53 change waiting for INSYNC can).
-struct SlowRouter;
+#[derive(Default)]
+struct SlowRouter(Mutex<Split>);
 
 #[async_trait]
 impl Router for SlowRouter {
@@ -287,10 +302,11 @@ impl Router for SlowRouter {
     }
     async fn apply(&self, split: Split) -> Result<Split, AdapterError> {
         tokio::time::sleep(Duration::from_secs(20)).await;
+        *self.0.lock().unwrap() = split;
         Ok(split)
     }
     async fn current(&self) -> Result<Split, AdapterError> {
-        Ok(Split::ZERO)
+        Ok(*self.0.lock().unwrap())
     }
 }
 
@@ -303,7 +319,7 @@ async fn the_lease_is_renewed_while_a_slow_action_runs() {
         .await
         .unwrap();
     let adapters = Adapters {
-        router: Arc::new(SlowRouter),
+        router: Arc::new(SlowRouter::default()),
         checks: vec![],
         platform: None,
     };
@@ -320,4 +336,292 @@ async fn the_lease_is_renewed_while_a_slow_action_runs() {
     ));
     let end = driving.await.unwrap().unwrap();
     assert_eq!(end.phase, Phase::Succeeded);
+}
+
+type FaultyStore = cutover_engine::store::faults::FaultyStore<SqliteStore>;
+
+fn faulty(f: &Fixture) -> (Arc<FaultyStore>, Engine) {
+    let store = Arc::new(FaultyStore::new(SqliteStore::open(&f.path).unwrap()));
+    let options = Options {
+        tick: Duration::from_millis(200),
+        // Longer than the store deadline, which is then what decides.
+        lease_ttl: Duration::from_secs(60),
+        store_deadline: Duration::from_secs(30),
+        ..Options::default()
+    };
+    let engine = Engine::new(store.clone(), f.clock, "faulty", options);
+    (store, engine)
+}
+
+/// Sets `flag` to `value` `after` from now, in the test's clock.
+fn at(after: Duration, flag: Arc<FaultyStore>, f: impl FnOnce(&FaultyStore) + Send + 'static) {
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        f(&flag);
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abort_posted_while_no_driver_ran_never_lets_the_split_rise() {
+    let f = Fixture::new();
+    let first = f.engine("first");
+    first
+        .create(
+            "r1",
+            plan("preset = \"linear\"\nincrement = 50\nhold = \"20s\""),
+            false,
+        )
+        .await
+        .unwrap();
+    let (adapters, router) = f.adapters("r1", 101.0);
+    // Killed 10 s into step 1's hold (50 %).
+    let _ = tokio::time::timeout(Duration::from_secs(10), first.drive("r1", &adapters)).await;
+    // Nobody drives for a minute: the hold ends meanwhile. Then abort.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    f.store
+        .post_command("r1", Command::Abort, f.clock.now())
+        .await
+        .unwrap();
+    let end = f.engine("second").drive("r1", &adapters).await.unwrap();
+    assert_eq!(end.phase.name(), "aborted");
+    assert_eq!(log(&router), [(0, 50.0), (70, 0.0)], "never above 50 %");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resumed_driver_reads_the_router_and_pauses_on_drift_instead_of_succeeding() {
+    let f = Fixture::new();
+    let first = f.engine("first");
+    first
+        .create(
+            "r1",
+            plan("preset = \"all-at-once\"\nhold = \"20s\"\nbake = \"20s\""),
+            false,
+        )
+        .await
+        .unwrap();
+    let (adapters, router) = f.adapters("r1", 101.0);
+    // Killed at 100 %; the proxy restarts and comes back at 0 %.
+    let _ = tokio::time::timeout(Duration::from_secs(10), first.drive("r1", &adapters)).await;
+    *router.changed.lock().unwrap() = Some(Split::ZERO);
+    let second = Arc::new(f.engine("second"));
+    let driving = {
+        let (second, adapters) = (second.clone(), adapters.clone());
+        tokio::spawn(async move {
+            second
+                .drive_when_free("r1", &adapters, None, |_, _| {})
+                .await
+        })
+    };
+    // The second driver takes over once the lease expires and pauses on drift.
+    let paused = loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (_, r) = second.load("r1").await.unwrap();
+        if r.phase.name() == "paused" {
+            break r;
+        }
+        assert!(
+            f.clock.now().since(T0) < Duration::from_secs(120),
+            "{:?}",
+            r.phase
+        );
+    };
+    driving.abort();
+    assert_eq!(paused.split, Split::ZERO, "what the router really does");
+    assert!(paused.phase.reason().unwrap().contains("drift"));
+    assert_eq!(
+        log(&router),
+        [(0, 100.0)],
+        "and nothing re-applied on its own"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_down_past_its_deadline_sends_all_traffic_to_the_live_target() {
+    let f = Fixture::new();
+    let (store, engine) = faulty(&f);
+    engine
+        .create("r1", plan("preset = \"canary\"\nhold = \"5m\""), false)
+        .await
+        .unwrap();
+    let (adapters, router) = f.adapters("r1", 101.0);
+    at(Duration::from_secs(7), store.clone(), |s| {
+        s.fail_writes
+            .store(true, std::sync::atomic::Ordering::SeqCst)
+    });
+    let err = engine.drive("r1", &adapters).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, EngineError::StoreUnavailable { .. }),
+        "{err:?}"
+    );
+    assert!(
+        msg.contains("the router confirms all traffic on live `blue`")
+            && msg.contains("disk I/O error"),
+        "{msg}"
+    );
+    let log = log(&router);
+    assert_eq!(log.first(), Some(&(0, 10.0)));
+    // The first failed write is the analysis at 10 s; 30 s later, all to blue.
+    let (t, split) = *log.last().unwrap();
+    assert_eq!(split, 0.0);
+    assert!((40..=46).contains(&t), "sent to blue at {t} s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_green_is_rolled_back_at_once_while_the_store_is_down() {
+    let f = Fixture::new();
+    let (store, engine) = faulty(&f);
+    engine
+        .create("r1", plan("preset = \"canary\"\nhold = \"5m\""), false)
+        .await
+        .unwrap();
+    // Green fails from the first analysis (5 s); the store is down from 3 s.
+    let (adapters, router) = f.adapters("r1", 10.0);
+    at(Duration::from_secs(3), store.clone(), |s| {
+        s.fail_writes
+            .store(true, std::sync::atomic::Ordering::SeqCst)
+    });
+    let err = engine.drive("r1", &adapters).await.unwrap_err();
+    assert!(
+        matches!(err, EngineError::StoreUnavailable { .. }),
+        "{err:?}"
+    );
+    let log = log(&router);
+    assert_eq!(
+        &log[..2],
+        [(0, 10.0), (5, 0.0)],
+        "the rollback did not wait for the store"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_back_within_its_deadline_loses_nothing() {
+    let f = Fixture::new();
+    let (store, engine) = faulty(&f);
+    engine
+        .create("r1", plan("preset = \"canary\"\nhold = \"30s\""), false)
+        .await
+        .unwrap();
+    let (adapters, router) = f.adapters("r1", 101.0);
+    at(Duration::from_secs(7), store.clone(), |s| {
+        s.fail_writes
+            .store(true, std::sync::atomic::Ordering::SeqCst)
+    });
+    at(Duration::from_secs(19), store.clone(), |s| {
+        s.fail_writes
+            .store(false, std::sync::atomic::Ordering::SeqCst)
+    });
+    let end = engine.drive("r1", &adapters).await.unwrap();
+    assert_eq!(end.phase, Phase::Succeeded);
+    assert_eq!(log(&router), [(0, 10.0), (30, 100.0)]);
+    let events = f.store.events("r1", 0, 1000).await.unwrap();
+    assert_eq!(events.len() as u64, end.events);
+    assert!(events
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.seq == i as u64 + 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_that_landed_with_its_reply_lost_is_its_own_not_a_conflict() {
+    let f = Fixture::new();
+    let (store, engine) = faulty(&f);
+    engine
+        .create("r1", plan("preset = \"canary\"\nhold = \"20s\""), false)
+        .await
+        .unwrap();
+    let (adapters, router) = f.adapters("r1", 101.0);
+    at(Duration::from_secs(7), store.clone(), |s| {
+        s.lose_next_reply
+            .store(true, std::sync::atomic::Ordering::SeqCst)
+    });
+    let end = engine.drive("r1", &adapters).await.unwrap();
+    assert_eq!(end.phase, Phase::Succeeded);
+    assert_eq!(log(&router), [(0, 10.0), (20, 100.0)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sqlite_file_deleted_under_a_driver_is_noticed_and_traffic_sent_to_the_live_target() {
+    let f = Fixture::new();
+    let engine = f.engine("a");
+    engine
+        .create("r1", plan("preset = \"canary\"\nhold = \"5m\""), false)
+        .await
+        .unwrap();
+    let (adapters, router) = f.adapters("r1", 101.0);
+    let path = f.path.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    });
+    let err = engine.drive("r1", &adapters).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("gone since it was opened"), "{msg}");
+    assert!(msg.contains("all traffic on live `blue`"), "{msg}");
+    assert_eq!(log(&router).last().unwrap().1, 0.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stopped_driver_persists_and_releases_its_lease_for_the_next_at_once() {
+    let f = Fixture::new();
+    let engine = f.engine("a");
+    engine
+        .create("r1", plan("preset = \"canary\"\nhold = \"1m\""), false)
+        .await
+        .unwrap();
+    let (adapters, _router) = f.adapters("r1", 101.0);
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        stop.send(true).unwrap();
+        // Keep the sender until the driver has seen it.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    });
+    let stopped = engine
+        .drive_with(
+            "r1",
+            &adapters,
+            cutover_engine::driver::Control::stoppable(rx),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stopped.phase, Phase::Holding);
+    assert_eq!(f.store.lease("rollout:r1").await.unwrap(), None, "released");
+    // Another driver takes over at once (`drive` would refuse a held lease)
+    // and the holds keep their recorded times: 60 s + 60 s from the start.
+    let end = f.engine("b").drive("r1", &adapters).await.unwrap();
+    assert_eq!(end.phase, Phase::Succeeded);
+    assert_eq!(end.ended_at.unwrap().since(T0), Duration::from_secs(120));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_down_longer_than_the_lease_ends_in_the_safe_state_when_the_lease_runs_out() {
+    let f = Fixture::new();
+    let store = Arc::new(FaultyStore::new(SqliteStore::open(&f.path).unwrap()));
+    let options = Options {
+        tick: Duration::from_millis(200),
+        lease_ttl: Duration::from_secs(6),
+        store_deadline: Duration::from_secs(30),
+        ..Options::default()
+    };
+    let engine = Engine::new(store.clone(), f.clock, "faulty", options);
+    engine
+        .create("r1", plan("preset = \"canary\"\nhold = \"5m\""), false)
+        .await
+        .unwrap();
+    let (adapters, router) = f.adapters("r1", 101.0);
+    at(Duration::from_secs(7), store.clone(), |s| {
+        s.fail_writes
+            .store(true, std::sync::atomic::Ordering::SeqCst)
+    });
+    let err = engine.drive("r1", &adapters).await.unwrap_err();
+    assert!(
+        matches!(err, EngineError::StoreUnavailable { .. }),
+        "{err:?}"
+    );
+    // Renewed last at 6 s (every 2 s): the lease ran out at 12 s.
+    let (t, split) = *log(&router).last().unwrap();
+    assert_eq!((t, split), (12, 0.0));
 }

@@ -24,6 +24,21 @@ fn backend() -> impl Fn() -> SqliteStore {
 }
 
 #[tokio::test]
+async fn event_log() {
+    conformance::event_log(&backend()()).await;
+}
+
+#[tokio::test]
+async fn writer_and_lease_holder() {
+    conformance::writer_and_lease_holder(&backend()()).await;
+}
+
+#[tokio::test]
+async fn commands_store_wide() {
+    conformance::commands_store_wide(&backend()()).await;
+}
+
+#[tokio::test]
 async fn create_then_load() {
     conformance::create_then_load(&backend()()).await;
 }
@@ -108,7 +123,7 @@ async fn open_sets_wal_and_schema_version_and_keeps_data() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
     drop(conn);
 
     // Reopening (a restarted process) finds the data and leaves the schema alone.
@@ -234,4 +249,97 @@ async fn timestamps_beyond_sqlite_integers_are_errors_not_panics() {
         .acquire_lease("l", "b", Timestamp(1 << 62), forever)
         .await
         .unwrap());
+}
+
+#[tokio::test]
+async fn commits_are_fsynced_before_they_return() {
+    // `synchronous` is per connection: read it from the store's own.
+    let (_dir, path) = temp_db();
+    let store = SqliteStore::open(&path).expect("open");
+    assert_eq!(store.pragma_synchronous().await.unwrap(), 2, "2 = FULL");
+}
+
+#[tokio::test]
+async fn a_version_1_database_is_migrated_keeping_its_rollouts() {
+    let (_dir, path) = temp_db();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    {
+        let conn = raw(&path);
+        conn.execute_batch(include_str!("fixtures/sqlite-v1.sql"))
+            .unwrap();
+    }
+    let store = SqliteStore::open(&path).expect("open migrates");
+    let r = store.load("old").await.unwrap().expect("kept");
+    assert_eq!(
+        (r.service.as_str(), r.version, r.written_by.as_str()),
+        ("svc", 3, "")
+    );
+    assert_eq!(store.commands_after("old", 0).await.unwrap().len(), 1);
+    assert!(store.events("old", 0, 10).await.unwrap().is_empty());
+    let version: i64 = raw(&path)
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+}
+
+#[tokio::test]
+async fn a_database_deleted_or_replaced_under_the_store_is_refused_not_written() {
+    let (_dir, path) = temp_db();
+    let store = SqliteStore::open(&path).expect("open");
+    store
+        .create("r", "svc", "s", true, Timestamp(1))
+        .await
+        .unwrap();
+
+    // Deleted (with its WAL): writes would go to a file nobody else sees.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let err = store
+        .update("r", 1, "t", true, Timestamp(2))
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("gone since it was opened") && msg.contains(&path.display().to_string()),
+        "{msg}"
+    );
+
+    // Replaced by another database at the same path.
+    let other = SqliteStore::open(&path).expect("a new file");
+    other
+        .create("r2", "svc", "s", true, Timestamp(3))
+        .await
+        .unwrap();
+    let err = store.load("r").await.unwrap_err();
+    assert!(err.to_string().contains("replaced by another one"), "{err}");
+    // The new file's own handle works.
+    assert!(other.load("r2").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_read_only_handle_reads_while_a_writer_writes_and_refuses_to_write() {
+    let (_dir, path) = temp_db();
+    let writer = SqliteStore::open(&path).expect("open");
+    writer
+        .create("r", "svc", "s", true, Timestamp(1))
+        .await
+        .unwrap();
+    let reader = SqliteStore::open_read_only(&path).expect("open read-only");
+    assert!(reader.is_read_only());
+    writer
+        .update("r", 1, "t", true, Timestamp(2))
+        .await
+        .unwrap();
+    assert_eq!(reader.load("r").await.unwrap().unwrap().state, "t");
+    let err = reader
+        .post_command("r", Command::Abort, Timestamp(3))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("readonly"), "{err}");
+
+    let missing = path.with_file_name("missing.db");
+    let err = SqliteStore::open_read_only(&missing).unwrap_err();
+    assert!(err.to_string().contains("missing.db"), "{err}");
+    assert!(!missing.exists(), "a read-only open creates nothing");
 }

@@ -16,6 +16,16 @@ pub enum Colour {
 impl Colour {
     pub const BOTH: [Colour; 2] = [Colour::Blue, Colour::Green];
 
+    /// The candidate's pool under a plan's router settings: green, unless
+    /// the colours' roles are swapped.
+    pub fn candidate(router: &cutover_core::plan::LocalRouter) -> Colour {
+        if router.swapped {
+            Colour::Blue
+        } else {
+            Colour::Green
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Colour::Blue => "blue",
@@ -80,6 +90,16 @@ pub struct MetricsReport {
     /// Counts since the proxy started.
     pub totals: Totals,
     pub uptime_ms: u64,
+}
+
+impl MetricsReport {
+    /// One pool's figures.
+    pub fn of(&self, colour: Colour) -> &WindowStats {
+        match colour {
+            Colour::Blue => &self.blue,
+            Colour::Green => &self.green,
+        }
+    }
 }
 
 impl MetricsReport {

@@ -48,6 +48,9 @@ pub fn build_check(spec: &CheckSpec, router: Option<&LocalRouter>) -> Option<Arc
     }
     let router = router?;
     let admin = || AdminClient::from_config(router);
+    // The pool the candidate runs in (the proxy's blue one once the
+    // plan's colours are swapped).
+    let candidate = Colour::candidate(router);
     Some(match &spec.config {
         CheckConfig::ErrorRate {
             max_percent,
@@ -56,6 +59,7 @@ pub fn build_check(spec: &CheckSpec, router: Option<&LocalRouter>) -> Option<Arc
         } => Arc::new(ErrorRateCheck {
             name,
             admin: admin(),
+            candidate,
             max_percent: *max_percent,
             min_requests: *min_requests,
             window: *window,
@@ -70,6 +74,7 @@ pub fn build_check(spec: &CheckSpec, router: Option<&LocalRouter>) -> Option<Arc
         } => Arc::new(LatencyCheck {
             name,
             admin: admin(),
+            candidate,
             percentile: *percentile,
             max: *max,
             max_ratio_to_blue: *max_ratio_to_blue,
@@ -80,6 +85,7 @@ pub fn build_check(spec: &CheckSpec, router: Option<&LocalRouter>) -> Option<Arc
         CheckConfig::Health => Arc::new(HealthCheck {
             name,
             admin: admin(),
+            candidate,
         }),
         _ => return None,
     })
@@ -132,6 +138,7 @@ fn window_text(asked: Duration, used_ms: u64) -> String {
 struct ErrorRateCheck {
     name: String,
     admin: Result<AdminClient, AdapterError>,
+    candidate: Colour,
     max_percent: f64,
     min_requests: u64,
     window: Duration,
@@ -158,7 +165,7 @@ impl Check for ErrorRateCheck {
                 )
             }
         };
-        let g = &report.green;
+        let g = report.of(self.candidate);
         let window = window_text(self.window, report.window_ms);
         if g.requests < self.min_requests.max(1) {
             return obs(
@@ -204,6 +211,7 @@ impl Check for ErrorRateCheck {
 struct LatencyCheck {
     name: String,
     admin: Result<AdminClient, AdapterError>,
+    candidate: Colour,
     percentile: f64,
     max: Option<Duration>,
     max_ratio_to_blue: Option<f64>,
@@ -251,7 +259,7 @@ impl Check for LatencyCheck {
         let window = window_text(self.window, report.window_ms);
         let min = self.min_requests.max(1);
         let p = format!("p{}", num(self.percentile));
-        let (g, b) = (&report.green, &report.blue);
+        let (g, b) = (report.of(self.candidate), report.of(self.candidate.other()));
         let Some(green_ms) = g
             .percentile_ms(self.percentile)
             .filter(|_| g.requests >= min)
@@ -348,6 +356,7 @@ impl Check for LatencyCheck {
 struct HealthCheck {
     name: String,
     admin: Result<AdminClient, AdapterError>,
+    candidate: Colour,
 }
 
 #[async_trait]
@@ -381,7 +390,7 @@ impl Check for HealthCheck {
         let green: Vec<_> = report
             .upstreams
             .iter()
-            .filter(|u| u.colour == Colour::Green)
+            .filter(|u| u.colour == self.candidate)
             .collect();
         let unhealthy: Vec<String> = green
             .iter()

@@ -13,6 +13,9 @@ use crate::client::AdminClient;
 #[derive(Clone, Debug)]
 pub struct LocalRouter {
     url: String,
+    /// The plan's colours are swapped: the proxy's blue pool is the
+    /// candidate, so a split for the candidate is the proxy's blue share.
+    swapped: bool,
     /// The client, or why the settings cannot make one (malformed URL or
     /// token): then every call fails permanently with that reason.
     client: Result<AdminClient, AdapterError>,
@@ -23,6 +26,7 @@ impl LocalRouter {
     pub fn new(config: &cutover_core::plan::LocalRouter) -> LocalRouter {
         LocalRouter {
             url: config.admin_url.clone(),
+            swapped: config.swapped,
             client: AdminClient::from_config(config),
         }
     }
@@ -31,6 +35,7 @@ impl LocalRouter {
     pub fn from_client(client: AdminClient) -> LocalRouter {
         LocalRouter {
             url: client.base_url().to_string(),
+            swapped: false,
             client: Ok(client),
         }
     }
@@ -41,17 +46,33 @@ impl LocalRouter {
     }
 }
 
+impl LocalRouter {
+    /// The candidate's share from the proxy's green share, and back.
+    fn flip(&self, split: Split) -> Split {
+        if self.swapped {
+            Split::from_basis_points(split.blue_basis_points()).expect("0..=10000")
+        } else {
+            split
+        }
+    }
+}
+
 #[async_trait]
 impl Router for LocalRouter {
     fn describe(&self) -> String {
-        format!("local proxy at {}", self.url)
+        if self.swapped {
+            format!("local proxy at {} (candidate: its blue pool)", self.url)
+        } else {
+            format!("local proxy at {}", self.url)
+        }
     }
 
     async fn apply(&self, split: Split) -> Result<Split, AdapterError> {
-        self.client()?.set_split(split).await
+        let set = self.client()?.set_split(self.flip(split)).await?;
+        Ok(self.flip(set))
     }
 
     async fn current(&self) -> Result<Split, AdapterError> {
-        self.client()?.split().await
+        Ok(self.flip(self.client()?.split().await?))
     }
 }

@@ -15,6 +15,7 @@ fn settings(p: &ProxyHandle) -> RouterSettings {
     RouterSettings {
         admin_url: p.admin_url(),
         token: p.config().admin_token.clone(),
+        swapped: false,
     }
 }
 
@@ -33,6 +34,7 @@ fn dead_router_settings(addr: std::net::SocketAddr) -> RouterSettings {
     RouterSettings {
         admin_url: format!("http://{addr}"),
         token: None,
+        swapped: false,
     }
 }
 
@@ -80,6 +82,7 @@ async fn local_router_applies_and_reads_the_split() {
     let wrong = LocalRouter::new(&RouterSettings {
         admin_url: p.admin_url(),
         token: Some("nope".into()),
+        swapped: false,
     });
     let e = wrong.apply(Split::FULL).await.unwrap_err();
     assert!(!e.transient, "a rejected token is permanent: {e}");
@@ -92,6 +95,7 @@ async fn local_router_applies_and_reads_the_split() {
     let malformed = LocalRouter::new(&RouterSettings {
         admin_url: "ftp://x".into(),
         token: None,
+        swapped: false,
     });
     let e = malformed.current().await.unwrap_err();
     assert!(!e.transient && e.message.contains("http://"), "{e:?}");

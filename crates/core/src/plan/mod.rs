@@ -114,6 +114,21 @@ pub struct RollbackPolicy {
     #[serde(with = "crate::time::serde_duration")]
     pub adapter_deadline: Duration,
     pub on_adapter_failure: OnAdapterFailure,
+    /// What to do when the router's split differs from what cutover put
+    /// there and nothing cutover did explains it.
+    #[serde(default)]
+    pub on_drift: OnDrift,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnDrift {
+    /// Record it, keep the split found and wait for an operator: resume
+    /// applies cutover's split again, abort sends all traffic to blue.
+    #[default]
+    Pause,
+    /// Record it and send all traffic to blue.
+    Rollback,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +153,23 @@ pub enum RouterConfig {
 }
 
 impl RouterConfig {
+    /// The real targets behind the roles: the names a user knows them by.
+    pub fn targets(&self) -> Targets {
+        let (live, candidate) = match self {
+            RouterConfig::Local(l) if l.swapped => ("green".to_string(), "blue".to_string()),
+            RouterConfig::Local(_) => ("blue".to_string(), "green".to_string()),
+            RouterConfig::Route53(r) => (
+                r.blue_set_identifier.clone(),
+                r.green_set_identifier.clone(),
+            ),
+            RouterConfig::Alb(a) => (
+                target_group_name(&a.blue_target_group_arn),
+                target_group_name(&a.green_target_group_arn),
+            ),
+        };
+        Targets { live, candidate }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             RouterConfig::Local(_) => "local",
@@ -145,6 +177,40 @@ impl RouterConfig {
             RouterConfig::Alb(_) => "alb",
         }
     }
+}
+
+/// Which real targets a rollout moves traffic between: `live` is blue's
+/// role (where traffic is when the rollout starts), `candidate` green's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Targets {
+    pub live: String,
+    pub candidate: String,
+}
+
+impl Targets {
+    /// Where traffic is at `split`, by name: "10 % on candidate `green`,
+    /// 90 % on live `blue`".
+    pub fn describe(&self, split: Split) -> String {
+        if split == Split::ZERO {
+            return format!("all traffic on live `{}`", self.live);
+        }
+        if split == Split::FULL {
+            return format!("all traffic on candidate `{}`", self.candidate);
+        }
+        let live = Split::from_basis_points(split.blue_basis_points()).unwrap_or(Split::ZERO);
+        format!(
+            "{split} on candidate `{}`, {live} on live `{}`",
+            self.candidate, self.live
+        )
+    }
+}
+
+/// A target group's name from its ARN (`...:targetgroup/NAME/ID`); the ARN
+/// itself if it has no such part.
+pub fn target_group_name(arn: &str) -> String {
+    target_group_dimension(arn)
+        .and_then(|d| d.split('/').nth(1).map(str::to_string))
+        .unwrap_or_else(|| arn.to_string())
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -165,6 +231,10 @@ pub struct LocalRouter {
     pub admin_url: String,
     /// Bearer token for the admin API, if it requires one.
     pub token: Option<String>,
+    /// The proxy's `blue` pool is the candidate this time (the colours'
+    /// roles swapped, see [`Plan::with_colours_swapped`]).
+    #[serde(default)]
+    pub swapped: bool,
 }
 
 /// One named check.
@@ -319,10 +389,19 @@ impl Plan {
     /// in checks every target group (ARN or metric dimension) of one colour
     /// for the other's.
     pub fn with_colours_swapped(&self) -> Plan {
+        self.swap_colours()
+    }
+
+    /// The real targets the plan's router moves traffic between.
+    pub fn targets(&self) -> Targets {
+        self.router.targets()
+    }
+
+    fn swap_colours(&self) -> Plan {
         let mut plan = self.clone();
         let mut pairs: Vec<(String, String)> = Vec::new();
         match &mut plan.router {
-            RouterConfig::Local(_) => {}
+            RouterConfig::Local(l) => l.swapped = !l.swapped,
             RouterConfig::Route53(r) => {
                 std::mem::swap(&mut r.blue_set_identifier, &mut r.green_set_identifier)
             }

@@ -20,8 +20,8 @@ use super::{
     Route53Router, TriggerConfig,
 };
 use super::{
-    Analysis, CheckConfig, CheckSpec, Judge, LocalRouter, OnAdapterFailure, OnInconclusive, Plan,
-    RollbackPolicy, RouterConfig, Step, StoreConfig, Strategy,
+    Analysis, CheckConfig, CheckSpec, Judge, LocalRouter, OnAdapterFailure, OnDrift,
+    OnInconclusive, Plan, RollbackPolicy, RouterConfig, Step, StoreConfig, Strategy,
 };
 use crate::time::{parse_duration, Human};
 use crate::Split;
@@ -252,6 +252,7 @@ struct RawAnalysis {
 struct RawRollback {
     adapter_deadline: Option<Spanned<String>>,
     on_adapter_failure: Option<Spanned<String>>,
+    on_drift: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -728,6 +729,7 @@ impl Cx<'_> {
                 Ok(RouterConfig::Local(LocalRouter {
                     admin_url: r.admin_url.trim_end_matches('/').to_string(),
                     token: r.token,
+                    swapped: false,
                 }))
             }
             "route53" => {
@@ -1140,6 +1142,7 @@ impl Cx<'_> {
         let mut policy = RollbackPolicy {
             adapter_deadline: Duration::from_secs(30),
             on_adapter_failure: OnAdapterFailure::Rollback,
+            on_drift: OnDrift::Pause,
         };
         let Some(raw) = raw else { return Ok(policy) };
         if let Some(d) = &raw.adapter_deadline {
@@ -1153,6 +1156,19 @@ impl Cx<'_> {
                     return Err(self.at(o, format!("unknown `rollback.on_adapter_failure` `{other}`; expected `rollback` or `hold`")))
                 }
             };
+        }
+        if let Some(o) = &raw.on_drift {
+            policy.on_drift =
+                match o.get_ref().as_str() {
+                    "pause" => OnDrift::Pause,
+                    "rollback" => OnDrift::Rollback,
+                    other => return Err(self.at(
+                        o,
+                        format!(
+                            "unknown `rollback.on_drift` `{other}`; expected `pause` or `rollback`"
+                        ),
+                    )),
+                };
         }
         Ok(policy)
     }

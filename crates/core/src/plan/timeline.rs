@@ -105,7 +105,9 @@ impl Plan {
             return None;
         }
         let extra = a.interval * (a.failure_limit + a.inconclusive_limit + 2);
-        let shifts = self.strategy.steps.len() as u32 + 1;
+        // Every shift, the rollback, and the read of the router's split
+        // before the first shift.
+        let shifts = self.strategy.steps.len() as u32 + 2;
         let mut total =
             self.rollback.adapter_deadline * shifts + crate::machine::MAX_BACKOFF * shifts;
         for step in &self.strategy.steps {

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use cutover_core::{Command, Timestamp};
 
-use super::{PostedCommand, RolloutRecord, Store, StoreError};
+use super::{Change, EventRecord, PostedCommand, RolloutRecord, Store, StoreError};
 
 /// Threads racing in [`claim_race`] and [`concurrent_update`].
 pub const RACERS: usize = 8;
@@ -61,6 +61,9 @@ where
     lease_lifecycle(&new_backend()).await;
     concurrent_update(&new_backend()).await;
     commands(&new_backend()()).await;
+    event_log(&new_backend()()).await;
+    writer_and_lease_holder(&new_backend()()).await;
+    commands_store_wide(&new_backend()()).await;
 }
 
 fn ts(ms: u64) -> Timestamp {
@@ -100,6 +103,7 @@ fn record(
         state: state.into(),
         created_at: ts(created),
         updated_at: ts(updated),
+        written_by: String::new(),
     }
 }
 
@@ -782,4 +786,195 @@ where
         Ok(Err(e)) => panic!("{e}"),
         Err(e) => panic!("joining the racers failed: {e}"),
     }
+}
+
+fn events(from: u64, to: u64, at: u64) -> Vec<EventRecord> {
+    (from..=to)
+        .map(|seq| EventRecord {
+            seq,
+            at: ts(at + seq),
+            body: format!(r#"{{"seq":{seq},"message":"event {seq} \" ü"}}"#),
+        })
+        .collect()
+}
+
+fn change<'a>(state: &'a str, events: &'a [EventRecord], writer: &'a str, now: u64) -> Change<'a> {
+    Change {
+        state,
+        active: true,
+        events,
+        writer,
+        now: ts(now),
+    }
+}
+
+/// Case 9: Events are appended with the state in one write: a write that
+/// is refused (a stale version, a taken id) appends nothing; they read back
+/// in order, paginated.
+pub async fn event_log<S: Store>(store: &S) {
+    let first = events(1, 2, 1_000);
+    ok(
+        "create with events",
+        store
+            .create_rollout("r", "svc", change("s1", &first, "w", 1_000))
+            .await,
+    );
+    assert_eq!(ok("events", store.events("r", 0, 100).await), first);
+    // A refused create appends nothing to the existing rollout's log.
+    let intruder = events(3, 3, 9_000);
+    assert!(store
+        .create_rollout("r", "svc", change("x", &intruder, "w", 9_000))
+        .await
+        .is_err());
+    assert_eq!(
+        ok(
+            "events after a refused create",
+            store.events("r", 0, 100).await
+        ),
+        first
+    );
+
+    let more = events(3, 60, 2_000);
+    ok(
+        "commit with events",
+        store.commit("r", 1, change("s2", &more, "w", 2_000)).await,
+    );
+    // A stale version: refused, and its events are not kept.
+    let stale = events(61, 62, 3_000);
+    match store.commit("r", 1, change("s3", &stale, "w", 3_000)).await {
+        Err(StoreError::Conflict { found: Some(2), .. }) => {}
+        other => panic!("a stale commit must be a conflict, got {other:?}"),
+    }
+    let all = ok("all events", store.events("r", 0, 1_000).await);
+    assert_eq!(all.len(), 60);
+    assert_eq!(all, [first.clone(), more.clone()].concat());
+    assert_eq!(
+        ok("load", store.load("r").await).map(|r| r.state),
+        Some("s2".into())
+    );
+
+    // Pages.
+    let page = ok("page", store.events("r", 10, 5).await);
+    assert_eq!(
+        page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [11, 12, 13, 14, 15]
+    );
+    assert_eq!(ok("past the end", store.events("r", 60, 10).await), vec![]);
+    assert_eq!(
+        ok("unknown rollout", store.events("nope", 0, 10).await),
+        vec![]
+    );
+    // A commit without events keeps the log as it is.
+    ok(
+        "commit without events",
+        store.commit("r", 2, change("s4", &[], "w", 4_000)).await,
+    );
+    assert_eq!(ok("events", store.events("r", 0, 1_000).await).len(), 60);
+}
+
+/// Case 10: Every version records who wrote it; a lease's holder and
+/// expiry can be read; leases renew in bulk.
+pub async fn writer_and_lease_holder<S: Store>(store: &S) {
+    let r = ok(
+        "create",
+        store
+            .create_rollout("r", "svc", change("s", &[], "host-a:1", 1))
+            .await,
+    );
+    assert_eq!(r.written_by, "host-a:1");
+    let r = ok(
+        "commit",
+        store.commit("r", 1, change("t", &[], "host-b:2", 2)).await,
+    );
+    assert_eq!(r.written_by, "host-b:2");
+    assert_eq!(
+        ok("load", store.load("r").await).unwrap().written_by,
+        "host-b:2"
+    );
+
+    assert_eq!(ok("no lease yet", store.lease("rollout:r").await), None);
+    assert!(ok(
+        "acquire",
+        store
+            .acquire_lease("rollout:r", "host-b:2", ts(10_000), Duration::from_secs(15))
+            .await
+    ));
+    let lease = ok("lease", store.lease("rollout:r").await).expect("held");
+    assert_eq!(lease.holder, "host-b:2");
+    assert_eq!(lease.expires_at, ts(25_000));
+
+    let names: Vec<String> = ["rollout:r", "rollout:s", "rollout:t"]
+        .map(String::from)
+        .to_vec();
+    assert!(ok(
+        "another holder takes t",
+        store
+            .acquire_lease("rollout:t", "host-c:3", ts(10_000), Duration::from_secs(60))
+            .await
+    ));
+    let held = ok(
+        "renew in bulk",
+        store
+            .renew_leases(&names, "host-b:2", ts(20_000), Duration::from_secs(15))
+            .await,
+    );
+    assert_eq!(
+        held,
+        [true, true, false],
+        "renews its own and free ones, not another's"
+    );
+    assert_eq!(
+        ok("lease", store.lease("rollout:r").await)
+            .unwrap()
+            .expires_at,
+        ts(35_000)
+    );
+    assert_eq!(
+        ok("lease", store.lease("rollout:t").await).unwrap().holder,
+        "host-c:3"
+    );
+}
+
+/// Case 11: `commands_since` lists every rollout's commands in store-wide order.
+pub async fn commands_store_wide<S: Store>(store: &S) {
+    ok(
+        "create a",
+        store.create("a", "svc-a", "s", true, ts(1)).await,
+    );
+    ok(
+        "create b",
+        store.create("b", "svc-b", "s", true, ts(1)).await,
+    );
+    let mut seqs = Vec::new();
+    for (i, (id, c)) in [
+        ("a", Command::Pause),
+        ("b", Command::Abort),
+        ("a", Command::Resume),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        seqs.push((
+            ok("post", store.post_command(id, c, ts(10 + i as u64)).await),
+            id,
+            c,
+        ));
+    }
+    let all = ok("since 0", store.commands_since(0, 100).await);
+    assert_eq!(
+        all.iter()
+            .map(|c| (c.seq, c.rollout_id.as_str(), c.command))
+            .collect::<Vec<_>>(),
+        seqs
+    );
+    let rest = ok(
+        "since the first",
+        store.commands_since(seqs[0].0, 100).await,
+    );
+    assert_eq!(rest.len(), 2);
+    assert_eq!(ok("limited", store.commands_since(0, 1).await).len(), 1);
+    assert_eq!(
+        ok("since the last", store.commands_since(seqs[2].0, 100).await),
+        vec![]
+    );
 }

@@ -8,6 +8,7 @@
 //! followed by a write.
 
 pub mod conformance;
+pub mod faults;
 mod sqlite;
 
 use std::time::Duration;
@@ -32,27 +33,57 @@ pub struct RolloutRecord {
     pub state: String,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// Who wrote this version (a driver's lease holder name; empty when
+    /// not said). A writer whose reply was lost recognises its own write
+    /// by it.
+    #[serde(default)]
+    pub written_by: String,
 }
 
 impl RolloutRecord {
-    /// The record `Store::create` writes: version 1, created and updated `now`.
-    pub fn created(
-        id: &str,
-        service: &str,
-        state: &str,
-        active: bool,
-        now: Timestamp,
-    ) -> RolloutRecord {
+    /// The record `Store::create_rollout` writes: version 1, created and updated `now`.
+    pub fn created(id: &str, service: &str, change: &Change<'_>) -> RolloutRecord {
         RolloutRecord {
             id: id.to_owned(),
             service: service.to_owned(),
             version: 1,
-            active,
-            state: state.to_owned(),
-            created_at: now,
-            updated_at: now,
+            active: change.active,
+            state: change.state.to_owned(),
+            created_at: change.now,
+            updated_at: change.now,
+            written_by: change.writer.to_owned(),
         }
     }
+}
+
+/// One write of a rollout: its new snapshot, and the events that led to
+/// it, appended to its event log in the same atomic write.
+#[derive(Clone, Copy, Debug)]
+pub struct Change<'a> {
+    pub state: &'a str,
+    pub active: bool,
+    /// Events numbered after the last one stored (`seq` from 1, no gaps).
+    pub events: &'a [EventRecord],
+    /// Who writes (kept in [`RolloutRecord::written_by`]).
+    pub writer: &'a str,
+    pub now: Timestamp,
+}
+
+/// One entry of a rollout's append-only event log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// 1 for the rollout's first event, +1 for each one after.
+    pub seq: u64,
+    pub at: Timestamp,
+    /// The core's `Event`, as JSON.
+    pub body: String,
+}
+
+/// Who holds a lease, until when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub holder: String,
+    pub expires_at: Timestamp,
 }
 
 /// An operator command waiting for the engine that drives the rollout.
@@ -90,9 +121,40 @@ pub enum StoreError {
 
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Creates a rollout at version 1. An active one is refused with
-    /// `ActiveExists` while the service has another active rollout (an
-    /// inactive record is always accepted); `DuplicateId` if the id is taken.
+    /// Creates a rollout at version 1 with its first events. An active one
+    /// is refused with `ActiveExists` while the service has another active
+    /// rollout (an inactive record is always accepted); `DuplicateId` if
+    /// the id is taken. Nothing is written when it is refused.
+    async fn create_rollout(
+        &self,
+        id: &str,
+        service: &str,
+        change: Change<'_>,
+    ) -> Result<RolloutRecord, StoreError>;
+
+    async fn load(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError>;
+
+    /// Replaces the state and appends the events if the stored version is
+    /// `expected_version`, in one atomic write; returns the new record
+    /// (version + 1). `Conflict` otherwise (and nothing is written), with
+    /// `found: None` when there is no such rollout. Making a rollout active
+    /// again while its service has another active one is `ActiveExists`.
+    async fn commit(
+        &self,
+        id: &str,
+        expected_version: u64,
+        change: Change<'_>,
+    ) -> Result<RolloutRecord, StoreError>;
+
+    /// Events of a rollout with `seq > after`, oldest first, at most `limit`.
+    async fn events(
+        &self,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// [`Store::create_rollout`] without events or a writer.
     async fn create(
         &self,
         id: &str,
@@ -100,14 +162,18 @@ pub trait Store: Send + Sync {
         state: &str,
         active: bool,
         now: Timestamp,
-    ) -> Result<RolloutRecord, StoreError>;
+    ) -> Result<RolloutRecord, StoreError> {
+        let change = Change {
+            state,
+            active,
+            events: &[],
+            writer: "",
+            now,
+        };
+        self.create_rollout(id, service, change).await
+    }
 
-    async fn load(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError>;
-
-    /// Replaces the state if the stored version is `expected_version`;
-    /// returns the new record (version + 1). `Conflict` otherwise, with
-    /// `found: None` when there is no such rollout. Making a rollout active
-    /// again while its service has another active one is `ActiveExists`.
+    /// [`Store::commit`] without events or a writer.
     async fn update(
         &self,
         id: &str,
@@ -115,7 +181,16 @@ pub trait Store: Send + Sync {
         state: &str,
         active: bool,
         now: Timestamp,
-    ) -> Result<RolloutRecord, StoreError>;
+    ) -> Result<RolloutRecord, StoreError> {
+        let change = Change {
+            state,
+            active,
+            events: &[],
+            writer: "",
+            now,
+        };
+        self.commit(id, expected_version, change).await
+    }
 
     /// All active rollouts, oldest first.
     async fn list_active(&self) -> Result<Vec<RolloutRecord>, StoreError>;
@@ -150,6 +225,26 @@ pub trait Store: Send + Sync {
     /// Gives the lease up if `holder` holds it; otherwise does nothing.
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 
+    /// Who holds the lease `name`, if anyone ever took it (an expired
+    /// lease is returned too: compare `expires_at` with the time).
+    async fn lease(&self, name: &str) -> Result<Option<Lease>, StoreError>;
+
+    /// Renews many leases `holder` holds (as [`Store::acquire_lease`]
+    /// would); returns, in order, whether each is held after the call.
+    async fn renew_leases(
+        &self,
+        names: &[String],
+        holder: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut held = Vec::with_capacity(names.len());
+        for name in names {
+            held.push(self.acquire_lease(name, holder, now, ttl).await?);
+        }
+        Ok(held)
+    }
+
     /// Queues an operator command for a rollout; returns its sequence number
     /// (1 or more, so `commands_after(id, 0)` returns them all).
     /// `NotFound` if there is no such rollout.
@@ -166,4 +261,23 @@ pub trait Store: Send + Sync {
         rollout_id: &str,
         after: u64,
     ) -> Result<Vec<PostedCommand>, StoreError>;
+
+    /// Commands for any rollout with `seq > after`, in order, at most
+    /// `limit`: what a controller driving many rollouts polls.
+    async fn commands_since(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<PostedCommand>, StoreError>;
+
+    /// Ids and services of the active rollouts, oldest first (a cheaper
+    /// [`Store::list_active`]).
+    async fn list_active_ids(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .list_active()
+            .await?
+            .into_iter()
+            .map(|r| (r.id, r.service))
+            .collect())
+    }
 }

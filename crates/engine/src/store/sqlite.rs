@@ -12,8 +12,17 @@
 //! - updates: `UPDATE ... WHERE id = ? AND version = ?`.
 //!
 //! The database runs in WAL mode with a busy timeout, so writers from other
-//! processes wait for each other instead of failing. The blocking SQLite
-//! calls run on tokio's blocking pool, one at a time per `SqliteStore`.
+//! processes wait for each other instead of failing, and with
+//! `synchronous=FULL`: every commit is fsynced before it returns, so a
+//! snapshot the engine acts on survives a power loss, which "intent is
+//! persisted before it is acted on" needs (`NORMAL` in WAL mode may lose
+//! the last commits). The blocking SQLite calls run on tokio's blocking
+//! pool, one at a time per `SqliteStore`.
+//!
+//! Before every call the store checks that the path still names the file
+//! it opened (device and inode): a database deleted or replaced under a
+//! running driver would otherwise take its writes silently, where no
+//! other process can see them.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -23,10 +32,10 @@ use async_trait::async_trait;
 use cutover_core::{Command, Timestamp};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior};
 
-use super::{PostedCommand, RolloutRecord, Store, StoreError};
+use super::{Change, EventRecord, Lease, PostedCommand, RolloutRecord, Store, StoreError};
 
 /// The schema version this build creates and understands (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// How long a statement waits for another connection's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,7 +72,20 @@ CREATE TABLE IF NOT EXISTS commands (
 CREATE INDEX IF NOT EXISTS commands_by_rollout ON commands (rollout_id, seq);
 ";
 
-const ROLLOUT_COLUMNS: &str = "id, service, version, active, state, created_at, updated_at";
+/// Version 2: the append-only event log, and who wrote each version.
+const SCHEMA_V2: &str = "
+ALTER TABLE rollouts ADD COLUMN written_by TEXT NOT NULL DEFAULT '';
+CREATE TABLE IF NOT EXISTS events (
+    rollout_id  TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    at          INTEGER NOT NULL,
+    body        TEXT NOT NULL,
+    PRIMARY KEY (rollout_id, seq)
+) WITHOUT ROWID;
+";
+
+const ROLLOUT_COLUMNS: &str =
+    "id, service, version, active, state, created_at, updated_at, written_by";
 
 /// A [`Store`] in one SQLite file.
 ///
@@ -73,6 +95,25 @@ const ROLLOUT_COLUMNS: &str = "id, service, version, active, state, created_at, 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: Arc<PathBuf>,
+    /// The opened file's identity, checked before every call.
+    identity: Option<FileId>,
+    read_only: bool,
+}
+
+/// Device and inode of a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+fn file_id(path: &Path) -> std::io::Result<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    Ok(FileId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
 }
 
 impl SqliteStore {
@@ -99,8 +140,8 @@ impl SqliteStore {
                 &format!("journal mode is still `{mode}`"),
             ));
         }
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(|e| fail("cannot set synchronous=NORMAL", &e))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| fail("cannot set synchronous=FULL", &e))?;
         migrate(&mut conn).map_err(|e| match e {
             MigrateError::Sql(e) => fail("cannot create the schema", &e),
             MigrateError::TooNew(v) => fail(
@@ -110,10 +151,77 @@ impl SqliteStore {
                 ),
             ),
         })?;
+        let identity = file_id(path).map_err(|e| fail("cannot stat", &e))?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path: Arc::new(path.to_path_buf()),
+            identity: Some(identity),
+            read_only: false,
         })
+    }
+
+    /// Opens an existing database for reading only: for `status` and
+    /// `history` where the file (or its directory) is read-only, e.g. a
+    /// read-only mount. Writes fail with an error saying so. Falls back to
+    /// SQLite's `immutable` mode when even the WAL index cannot be opened,
+    /// which is only right while nobody writes the file.
+    pub fn open_read_only(path: &Path) -> Result<SqliteStore, StoreError> {
+        use rusqlite::OpenFlags;
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError::Backend(format!("sqlite database {}: {what}: {e}", path.display()))
+        };
+        let identity = file_id(path).map_err(|e| fail("cannot open", &e))?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let uri = |extra: &str| {
+            format!(
+                "file:{}?mode=ro{extra}",
+                path.display()
+                    .to_string()
+                    .replace('%', "%25")
+                    .replace('?', "%3f")
+                    .replace('#', "%23")
+            )
+        };
+        let try_open = |extra: &str| -> rusqlite::Result<Connection> {
+            let conn = Connection::open_with_flags(uri(extra), flags)?;
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+            if version > SCHEMA_VERSION {
+                return Err(rusqlite::Error::InvalidParameterName(format!(
+                    "schema version {version} was written by a newer cutover (this one knows up to {SCHEMA_VERSION}); upgrade cutover"
+                )));
+            }
+            if version < 1 {
+                return Err(rusqlite::Error::InvalidParameterName(
+                    "not a cutover store (no schema)".into(),
+                ));
+            }
+            Ok(conn)
+        };
+        let conn = try_open("")
+            .or_else(|_| try_open("&immutable=1"))
+            .map_err(|e| fail("cannot open read-only", &e))?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+            path: Arc::new(path.to_path_buf()),
+            identity: Some(identity),
+            read_only: true,
+        })
+    }
+
+    /// The connection's `PRAGMA synchronous` (2 is FULL).
+    pub async fn pragma_synchronous(&self) -> Result<i64, StoreError> {
+        self.with_conn("read pragma", |conn| {
+            Ok(conn.query_row("PRAGMA synchronous", [], |row| row.get(0))?)
+        })
+        .await
+    }
+
+    /// Whether this handle was opened with [`SqliteStore::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// Where the CLI keeps its database: `$XDG_STATE_HOME/cutover/cutover.db`,
@@ -136,11 +244,20 @@ impl SqliteStore {
     {
         let conn = Arc::clone(&self.conn);
         let path = Arc::clone(&self.path);
+        let identity = self.identity;
         let fail = move |e: &dyn std::fmt::Display| {
             StoreError::Backend(format!("sqlite database {}: {op}: {e}", path.display()))
         };
         let fail2 = fail.clone();
+        let path = Arc::clone(&self.path);
         tokio::task::spawn_blocking(move || {
+            if let Some(opened) = identity {
+                match file_id(&path) {
+                    Ok(now) if now == opened => {}
+                    Ok(_) => return Err(fail(&"the file was replaced by another one since it was opened; refusing to use a database no other process sees")),
+                    Err(e) => return Err(fail(&format!("the file is gone since it was opened ({e}); refusing to use a database no other process sees"))),
+                }
+            }
             let mut conn = conn
                 .lock()
                 .map_err(|_| fail(&"connection unusable after a panic in an earlier call"))?;
@@ -189,7 +306,10 @@ fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     if version < 1 {
         tx.execute_batch(SCHEMA_V1)?;
     }
-    // Later versions: `if version < 2 { ... }`.
+    if version < 2 {
+        tx.execute_batch(SCHEMA_V2)?;
+    }
+    // Later versions: `if version < 3 { ... }`.
     if version != SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     }
@@ -258,6 +378,7 @@ struct RawRollout {
     state: String,
     created_at: i64,
     updated_at: i64,
+    written_by: String,
 }
 
 impl RawRollout {
@@ -270,6 +391,7 @@ impl RawRollout {
             state: row.get(4)?,
             created_at: row.get(5)?,
             updated_at: row.get(6)?,
+            written_by: row.get(7)?,
         })
     }
 
@@ -292,6 +414,7 @@ impl RawRollout {
             service: self.service,
             active,
             state: self.state,
+            written_by: self.written_by,
         })
     }
 }
@@ -330,25 +453,26 @@ fn parse_command(name: &str, seq: i64) -> Result<Command, Failure> {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn create(
+    async fn create_rollout(
         &self,
         id: &str,
         service: &str,
-        state: &str,
-        active: bool,
-        now: Timestamp,
+        change: Change<'_>,
     ) -> Result<RolloutRecord, StoreError> {
-        let record = RolloutRecord::created(id, service, state, active, now);
+        let record = RolloutRecord::created(id, service, &change);
+        let events = change.events.to_vec();
+        let now = change.now;
         self.with_conn("create rollout", move |conn| {
             let at = to_sql(now.as_millis(), "timestamp")?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let inserted = tx.execute(
-                "INSERT INTO rollouts (id, service, version, active, state, created_at, updated_at)
-                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?5)",
-                params![record.id, record.service, record.active, record.state, at],
+                "INSERT INTO rollouts (id, service, version, active, state, created_at, updated_at, written_by)
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?5, ?6)",
+                params![record.id, record.service, record.active, record.state, at, record.written_by],
             );
             match inserted {
                 Ok(_) => {
+                    append_events(&tx, &record.id, &events)?;
                     tx.commit()?;
                     Ok(record)
                 }
@@ -403,28 +527,34 @@ impl Store for SqliteStore {
     }
 
     /// `Conflict` with `found: None` if there is no rollout `id` at all.
-    async fn update(
+    async fn commit(
         &self,
         id: &str,
         expected_version: u64,
-        state: &str,
-        active: bool,
-        now: Timestamp,
+        change: Change<'_>,
     ) -> Result<RolloutRecord, StoreError> {
-        let (id, state) = (id.to_owned(), state.to_owned());
+        let (id, state, writer) = (
+            id.to_owned(),
+            change.state.to_owned(),
+            change.writer.to_owned(),
+        );
+        let (active, now, events) = (change.active, change.now, change.events.to_vec());
         self.with_conn("update rollout", move |conn| {
             let at = to_sql(now.as_millis(), "timestamp")?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let sql = format!(
-                "UPDATE rollouts SET version = version + 1, state = ?3, active = ?4, updated_at = ?5
+                "UPDATE rollouts SET version = version + 1, state = ?3, active = ?4, updated_at = ?5,
+                        written_by = ?6
                  WHERE id = ?1 AND version = ?2 RETURNING {ROLLOUT_COLUMNS}"
             );
             // A version beyond i64 cannot be stored, so it cannot match.
             let expected = i64::try_from(expected_version).unwrap_or(-1);
-            let updated = query_rollouts(&tx, &sql, params![id, expected, state, active, at]);
+            let updated =
+                query_rollouts(&tx, &sql, params![id, expected, state, active, at, writer]);
             match updated {
                 Ok(mut rows) => match rows.pop() {
                     Some(record) => {
+                        append_events(&tx, &record.id, &events)?;
                         tx.commit()?;
                         Ok(record)
                     }
@@ -478,6 +608,55 @@ impl Store for SqliteStore {
                 "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE active = 1 ORDER BY created_at, rowid"
             );
             query_rollouts(conn, &sql, [])
+        })
+        .await
+    }
+
+    async fn list_active_ids(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.with_conn("list active rollouts", move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, service FROM rollouts WHERE active = 1 ORDER BY created_at, rowid",
+            )?;
+            let rows = stmt
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn events(
+        &self,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let id = id.to_owned();
+        let (after, limit) = (saturate(after), i64::try_from(limit).unwrap_or(i64::MAX));
+        self.with_conn("read events", move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, at, body FROM events WHERE rollout_id = ?1 AND seq > ?2
+                 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = stmt
+                .query_map(params![id, after, limit], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, String>(2)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter()
+                .map(|(seq, at, body)| {
+                    let row = format!("events row `{id}` #{seq}");
+                    Ok(EventRecord {
+                        seq: from_sql(seq, "seq", &row)?,
+                        at: Timestamp(from_sql(at, "at", &row)?),
+                        body,
+                    })
+                })
+                .collect()
         })
         .await
     }
@@ -556,6 +735,55 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        let name = name.to_owned();
+        self.with_conn("read lease", move |conn| {
+            let row: Option<(String, i64)> = conn
+                .prepare_cached("SELECT holder, expires_at FROM leases WHERE name = ?1")?
+                .query_row([&name], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            Ok(row.map(|(holder, expires_at)| Lease {
+                holder,
+                // Saturated on the way in; never negative.
+                expires_at: Timestamp(u64::try_from(expires_at).unwrap_or(0)),
+            }))
+        })
+        .await
+    }
+
+    async fn renew_leases(
+        &self,
+        names: &[String],
+        holder: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
+        let (names, holder) = (names.to_vec(), holder.to_owned());
+        let (now, expires_at) = (
+            saturate(now.as_millis()),
+            saturate(now.after(ttl).as_millis()),
+        );
+        self.with_conn("renew leases", move |conn| {
+            // One transaction for all: one fsync instead of one per lease.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut held = Vec::with_capacity(names.len());
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (name) DO UPDATE
+                        SET holder = excluded.holder, expires_at = excluded.expires_at
+                        WHERE leases.holder = excluded.holder OR leases.expires_at <= ?4",
+                )?;
+                for name in &names {
+                    held.push(stmt.execute(params![name, holder, expires_at, now])? == 1);
+                }
+            }
+            tx.commit()?;
+            Ok(held)
+        })
+        .await
+    }
+
     async fn post_command(
         &self,
         rollout_id: &str,
@@ -618,6 +846,58 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn commands_since(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<PostedCommand>, StoreError> {
+        let (after, limit) = (saturate(after), i64::try_from(limit).unwrap_or(i64::MAX));
+        self.with_conn("read commands", move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, rollout_id, command, posted_at FROM commands
+                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt
+                .query_map(params![after, limit], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, i64>(3)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter()
+                .map(|(seq, rollout_id, name, posted_at)| {
+                    let row = format!("commands row seq {seq}");
+                    Ok(PostedCommand {
+                        seq: from_sql(seq, "seq", &row)?,
+                        rollout_id,
+                        command: parse_command(&name, seq)?,
+                        posted_at: Timestamp(from_sql(posted_at, "posted_at", &row)?),
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+}
+
+/// Appends `events` to a rollout's log inside the caller's transaction.
+fn append_events(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    events: &[EventRecord],
+) -> Result<(), Failure> {
+    let mut stmt = tx
+        .prepare_cached("INSERT INTO events (rollout_id, seq, at, body) VALUES (?1, ?2, ?3, ?4)")?;
+    for e in events {
+        let seq = to_sql(e.seq, "event seq")?;
+        let at = to_sql(e.at.as_millis(), "timestamp")?;
+        stmt.execute(params![id, seq, at, e.body])?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
