@@ -1055,6 +1055,43 @@ impl Store for DynamoStore {
         .transpose()
     }
 
+    async fn latest_command_seq(&self) -> Result<u64, StoreError> {
+        let counter = self
+            .get(
+                "read the command counter",
+                key(COUNTER_PK.to_owned(), COUNTER_SK),
+            )
+            .await?;
+        match &counter {
+            Some(c) => self.reader(c).n("seq"),
+            None => Ok(0),
+        }
+    }
+
+    async fn list_active_ids(&self) -> Result<Vec<(String, String)>, StoreError> {
+        // The markers alone: service in the sort key, id as an attribute.
+        let markers = self
+            .query(
+                "list active markers",
+                ACTIVE_PK.to_owned(),
+                None,
+                true,
+                usize::MAX,
+            )
+            .await?;
+        let mut out = Vec::with_capacity(markers.len());
+        for m in &markers {
+            let r = self.reader(m);
+            let service = r.s("sk")?.trim_start_matches("SERVICE#").to_owned();
+            out.push((r.n("created_at")?, r.s("rollout_id")?.to_owned(), service));
+        }
+        out.sort();
+        Ok(out
+            .into_iter()
+            .map(|(_, id, service)| (id, service))
+            .collect())
+    }
+
     async fn commands_since(
         &self,
         after: u64,

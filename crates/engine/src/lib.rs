@@ -5,9 +5,11 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod controller;
 pub mod driver;
 pub mod ports;
 pub mod store;
 
 pub use clock::Clock;
+pub use controller::{AdapterFactory, Controller, ControllerOptions};
 pub use driver::{Adapters, Engine, EngineError, Observer, Options};

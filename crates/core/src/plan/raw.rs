@@ -1158,17 +1158,18 @@ impl Cx<'_> {
             };
         }
         if let Some(o) = &raw.on_drift {
-            policy.on_drift =
-                match o.get_ref().as_str() {
-                    "pause" => OnDrift::Pause,
-                    "rollback" => OnDrift::Rollback,
-                    other => return Err(self.at(
+            policy.on_drift = match o.get_ref().as_str() {
+                "pause" => OnDrift::Pause,
+                "rollback" => OnDrift::Rollback,
+                other => {
+                    return Err(self.at(
                         o,
                         format!(
                             "unknown `rollback.on_drift` `{other}`; expected `pause` or `rollback`"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
         }
         Ok(policy)
     }

@@ -157,4 +157,23 @@ impl<S: Store> Store for FaultyStore<S> {
     ) -> Result<Vec<PostedCommand>, StoreError> {
         self.inner.commands_since(after, limit).await
     }
+
+    async fn latest_command_seq(&self) -> Result<u64, StoreError> {
+        self.inner.latest_command_seq().await
+    }
+
+    async fn list_active_ids(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.inner.list_active_ids().await
+    }
+
+    async fn renew_leases(
+        &self,
+        names: &[String],
+        holder: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
+        self.write()?;
+        self.inner.renew_leases(names, holder, now, ttl).await
+    }
 }

@@ -270,6 +270,19 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> Result<Vec<PostedCommand>, StoreError>;
 
+    /// The highest command sequence number posted so far (0 if none): where
+    /// a controller starts following [`Store::commands_since`].
+    async fn latest_command_seq(&self) -> Result<u64, StoreError> {
+        let mut after = 0;
+        loop {
+            let page = self.commands_since(after, 1000).await?;
+            match page.last() {
+                Some(c) => after = c.seq,
+                None => return Ok(after),
+            }
+        }
+    }
+
     /// Ids and services of the active rollouts, oldest first (a cheaper
     /// [`Store::list_active`]).
     async fn list_active_ids(&self) -> Result<Vec<(String, String)>, StoreError> {

@@ -847,6 +847,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn latest_command_seq(&self) -> Result<u64, StoreError> {
+        self.with_conn("read commands", move |conn| {
+            let seq: i64 =
+                conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM commands", [], |row| {
+                    row.get(0)
+                })?;
+            from_sql(seq, "seq", "commands")
+        })
+        .await
+    }
+
     async fn commands_since(
         &self,
         after: u64,
