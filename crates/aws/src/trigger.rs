@@ -18,6 +18,10 @@
 //! - It tested container names with a substring test on a string; here
 //!   a container matches only if its name is in the list.
 //!
+//! Logging: what happened to each message is in the [`PollReport`] that
+//! [`Watcher::poll_once`] returns, for the caller to show; the watcher logs
+//! it at debug level only, so it is not said twice.
+//!
 //! Ordering: SQS standard queues deliver at least once and in no particular
 //! order. Each watcher keeps, per task ARN, the highest `detail.version` it
 //! has handled, and ignores an event whose version is not higher (an older
@@ -319,14 +323,15 @@ pub struct StartRequest {
 }
 
 impl StartRequest {
-    /// The rollout's id: the service and the task definition's
-    /// `family-revision`, so one revision always maps to one id.
-    pub fn rollout_id(&self) -> String {
+    /// The id of the rollout of this revision under the plan's service
+    /// (`[service] name`, not the ECS service's): the service and the task
+    /// definition's `family-revision`, so one revision always maps to one id.
+    pub fn rollout_id(&self, service: &str) -> String {
         let arn = &self.task_definition_arn;
         let revision = arn
             .rsplit_once(":task-definition/")
             .map_or(arn.as_str(), |(_, r)| r);
-        format!("{}-{}", self.service, revision.replace(':', "-"))
+        format!("{service}-{}", revision.replace(':', "-"))
     }
 
     /// The task definition's family and revision number (`family:N`).
@@ -340,15 +345,17 @@ impl StartRequest {
     }
 }
 
-/// The newest revision of the request's task definition family among a
-/// service's rollouts (ids as [`StartRequest::rollout_id`] makes them),
-/// when it is newer than the request's: the request is then superseded.
+/// The newest revision of the request's task definition family among the
+/// plan service `service`'s rollouts (ids as [`StartRequest::rollout_id`]
+/// makes them), when it is newer than the request's: the request is then
+/// superseded.
 pub fn superseded_by<'a>(
     request: &StartRequest,
+    service: &str,
     rollout_ids: impl IntoIterator<Item = &'a str>,
 ) -> Option<u32> {
     let (family, revision) = request.revision()?;
-    let prefix = format!("{}-{}-", request.service, family);
+    let prefix = format!("{service}-{family}-");
     rollout_ids
         .into_iter()
         .filter_map(|id| id.strip_prefix(&prefix)?.parse::<u32>().ok())
@@ -371,10 +378,11 @@ const RECENT_ROLLOUTS: usize = 100;
 ///
 /// Anything else the engine refuses (the plan) is [`StartOutcome::Refused`].
 pub async fn start_rollout(engine: &Engine, plan: Plan, request: &StartRequest) -> StartOutcome {
-    let id = request.rollout_id();
+    let plan = oriented(plan, &request.service);
+    let id = request.rollout_id(&plan.service);
     let recent = match engine
         .store()
-        .list_for_service(&request.service, RECENT_ROLLOUTS)
+        .list_for_service(&plan.service, RECENT_ROLLOUTS)
         .await
     {
         Ok(records) => records,
@@ -383,7 +391,8 @@ pub async fn start_rollout(engine: &Engine, plan: Plan, request: &StartRequest) 
     if recent.iter().any(|r| r.id == id) {
         return StartOutcome::Exists;
     }
-    if let Some(newer) = superseded_by(request, recent.iter().map(|r| r.id.as_str())) {
+    if let Some(newer) = superseded_by(request, &plan.service, recent.iter().map(|r| r.id.as_str()))
+    {
         return StartOutcome::Refused(format!(
             "`{}` is superseded: the service has a rollout of revision {newer}",
             request.task_definition_arn
@@ -397,6 +406,19 @@ pub async fn start_rollout(engine: &Engine, plan: Plan, request: &StartRequest) 
         }
         Err(e @ EngineError::Store(_)) => StartOutcome::Later(e.to_string()),
         Err(e) => StartOutcome::Refused(e.to_string()),
+    }
+}
+
+/// The plan as a rollout to the ECS service whose task started: with an
+/// ECS `[platform]`, a new revision on its blue service makes blue the
+/// candidate this time (the colours swapped), so listing both services in
+/// the trigger deploys to whichever is idle.
+pub fn oriented(plan: Plan, ecs_service: &str) -> Plan {
+    match &plan.platform {
+        Some(cutover_core::plan::PlatformConfig::Ecs(p)) if p.blue_service == ecs_service => {
+            plan.with_colours_swapped()
+        }
+        _ => plan,
     }
 }
 
@@ -652,7 +674,7 @@ impl Watcher {
             Err(e) => {
                 let body = message.body().unwrap_or_default();
                 let shown: String = body.chars().take(200).collect();
-                tracing::warn!(message_id = ?id, error = %e, body = %shown, "malformed event set aside (deleted)");
+                tracing::debug!(message_id = ?id, error = %e, body = %shown, "malformed event set aside (deleted)");
                 report.malformed.push(Malformed {
                     message_id: id,
                     error: e.to_string(),
@@ -681,7 +703,7 @@ impl Watcher {
         let claim_won = match self.store.claim_trigger(&key, &self.owner, now()).await {
             Ok(won) => won,
             Err(e) => {
-                tracing::warn!(key = %key, error = %e, "cannot claim the trigger; the event will come back");
+                tracing::debug!(key = %key, error = %e, "cannot claim the trigger; the event will come back");
                 report.deferred.push(format!("{key}: {e}"));
                 return Fate::Keep;
             }
@@ -717,7 +739,7 @@ impl Watcher {
             }
             StartOutcome::Refused(why) => {
                 self.mark(&event);
-                tracing::warn!(key = %key, reason = %why, "start refused; the event is dropped");
+                tracing::debug!(key = %key, reason = %why, "start refused; the event is dropped");
                 report.refused.push(format!("{key}: {why}"));
                 Fate::Delete
             }
@@ -1031,26 +1053,33 @@ mod tests {
     #[test]
     fn revisions_and_what_supersedes_them() {
         let r = request("arn:aws:ecs:eu-west-1:1:task-definition/web-app:7");
-        assert_eq!(r.rollout_id(), "web-green-web-app-7");
+        // Under the plan's service name, whatever the ECS service is called.
+        assert_eq!(r.rollout_id("web"), "web-web-app-7");
         assert_eq!(r.revision(), Some(("web-app", 7)));
         assert_eq!(request("web-app:12").revision(), Some(("web-app", 12)));
         assert_eq!(request("web-app").revision(), None);
         let ids = [
-            "web-green-web-app-6",
-            "web-green-web-app-9",
-            "web-green-web-app-8",
-            "web-green-other-12",
-            "web-green-web-app-x",
+            "web-web-app-6",
+            "web-web-app-9",
+            "web-web-app-8",
+            "web-other-12",
+            "web-web-app-x",
             "by-hand",
         ];
-        assert_eq!(superseded_by(&r, ids), Some(9), "the newest of its family");
         assert_eq!(
-            superseded_by(&request("web-app:9"), ids),
+            superseded_by(&r, "web", ids),
+            Some(9),
+            "the newest of its family"
+        );
+        assert_eq!(
+            superseded_by(&request("web-app:9"), "web", ids),
             None,
             "its own revision does not supersede it"
         );
-        assert_eq!(superseded_by(&request("other:11"), ids), Some(12));
-        assert_eq!(superseded_by(&request("web-app"), ids), None);
+        assert_eq!(superseded_by(&request("other:11"), "web", ids), Some(12));
+        assert_eq!(superseded_by(&request("web-app"), "web", ids), None);
+        // Looked up under the plan's service, not the ECS service's name.
+        assert_eq!(superseded_by(&r, "web-green", ids), None);
     }
 
     #[test]

@@ -783,16 +783,16 @@ async fn triggered_revisions_become_exactly_one_rollout_each() {
                             let outcome = start_rollout(&engine, plan, &request).await;
                             let mut o = outcomes.lock().unwrap();
                             match &outcome {
-                                StartOutcome::Created => {
-                                    o.created.push((request.clone(), request.rollout_id()))
-                                }
-                                StartOutcome::Later(why) => {
-                                    o.waited.push((request.rollout_id(), why.clone()))
-                                }
+                                StartOutcome::Created => o
+                                    .created
+                                    .push((request.clone(), request.rollout_id("green-app"))),
+                                StartOutcome::Later(why) => o
+                                    .waited
+                                    .push((request.rollout_id("green-app"), why.clone())),
                                 StartOutcome::Exists => {}
-                                StartOutcome::Refused(why) => {
-                                    o.refused.push((request.rollout_id(), why.clone()))
-                                }
+                                StartOutcome::Refused(why) => o
+                                    .refused
+                                    .push((request.rollout_id("green-app"), why.clone())),
                             }
                             outcome
                         }

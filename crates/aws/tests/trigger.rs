@@ -38,7 +38,7 @@ async fn create_record(store: &dyn Store, s: &StartRequest) -> StartOutcome {
 async fn create_rollout(store: &dyn Store, s: &StartRequest, active: bool) -> StartOutcome {
     let created = store
         .create(
-            &s.rollout_id(),
+            &s.rollout_id(&s.service),
             &s.service,
             "{}",
             active,

@@ -85,3 +85,14 @@ pub async fn build(plan: &Plan) -> Result<Adapters, Exit> {
         platform,
     })
 }
+
+/// Builds each rollout's adapters from the plan it carries: what a
+/// controller (`watch`, `serve`) drives rollouts with.
+pub struct PlanAdapters;
+
+#[async_trait::async_trait]
+impl cutover_engine::AdapterFactory for PlanAdapters {
+    async fn adapters(&self, rollout: &cutover_core::Rollout) -> Result<Adapters, String> {
+        build(&rollout.plan).await.map_err(|e| e.message())
+    }
+}

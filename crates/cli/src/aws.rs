@@ -7,7 +7,7 @@ use std::time::Duration;
 use cutover_aws::trigger::{StartOutcome, StartRequest};
 use cutover_core::plan::{StoreConfig, TriggerConfig};
 use cutover_core::Rollout;
-use cutover_engine::{Clock, Engine, Options};
+use cutover_engine::{Clock, Engine};
 
 use crate::cli::Output;
 use crate::progress::Progress;
@@ -94,17 +94,23 @@ pub fn iam_policy(file: &Path) -> Exit {
 }
 
 /// Long-polls the plan's queue; each (service, revision) that wins its
-/// claim in the store starts one rollout, driven in the background.
-pub async fn watch(file: &Path, wait: Duration) -> Exit {
+/// claim in the store starts one rollout. A controller drives the plan's
+/// service's active rollouts: the ones started here, and any left by a
+/// process that died (once its lease runs out).
+pub async fn watch(file: &Path, wait: Duration, driving: &crate::cli::DrivingArgs) -> Exit {
     let plan = match load_plan(file) {
         Ok(p) => p,
         Err(e) => return e,
     };
-    let Some(TriggerConfig::EcsEvents(trigger)) = plan.trigger.clone() else {
+    if plan.trigger.is_none() {
         return Exit::Usage(format!(
             "{}: `cutover watch` needs a `[trigger]`",
             file.display()
         ));
+    }
+    let options = match driving.options() {
+        Ok(o) => o,
+        Err(e) => return e,
     };
     let choice = match store_choice(None, Some(&plan)) {
         Ok(c) => c,
@@ -114,59 +120,90 @@ pub async fn watch(file: &Path, wait: Duration) -> Exit {
         Ok(s) => s,
         Err(e) => return e,
     };
-    let sdk = cutover_aws::config::load(&plan.aws).await;
-    if let Err(e) = cutover_aws::config::require_region(&sdk) {
-        return Exit::Usage(e);
-    }
-    let adapters = match crate::adapters::build(&plan).await {
-        Ok(a) => a,
-        Err(e) => return e,
-    };
-    let progress = Progress::new(Output::Text, "").plain();
+    let progress = Progress::new(Output::Text, "").labelled();
     let observer = Arc::new(
         move |id: &str, r: &Rollout, events: &[cutover_core::Event]| progress.update(id, r, events),
     );
     let engine = Arc::new(
-        Engine::new(store.clone(), Clock::system(), holder(), Options::default())
-            .with_observer(observer),
+        Engine::new(store.clone(), Clock::system(), holder(), options).with_observer(observer),
     );
-    let mut watcher =
-        cutover_aws::trigger::Watcher::new(&sdk, trigger, store.clone(), holder()).with_wait(wait);
+    let controller = Arc::new(
+        cutover_engine::Controller::new(
+            engine.clone(),
+            Arc::new(crate::adapters::PlanAdapters),
+            cutover_engine::ControllerOptions::default(),
+        )
+        .only_services([plan.service.clone()])
+        .with_reporter(Arc::new(crate::serve::report_happening)),
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let driving = {
+        let (controller, stopped) = (controller.clone(), stopped.clone());
+        tokio::spawn(async move { controller.run(stopped).await })
+    };
     outln!(
-        "watching {} for ECS task events of `{}` ({choice})",
-        watcher.trigger().queue_url,
+        "watching for ECS task events of `{}` ({choice})",
         plan.service
     );
+    let exit = tokio::select! {
+        e = follow_trigger(plan, controller.clone(), wait) => e,
+        _ = crate::signals::terminated() => Exit::Ok,
+    };
+    // Drivers finish the call in flight, persist and hand their leases over.
+    let _ = stop.send(true);
+    match driving.await {
+        Ok(Ok(())) => exit,
+        Ok(Err(e)) => Exit::Internal(e.to_string()),
+        Err(e) => Exit::Internal(format!("the controller failed: {e}")),
+    }
+}
+
+/// Turns the plan's `[trigger]` events into rollouts, for `controller` to
+/// drive, until the queue cannot be used at all.
+pub async fn follow_trigger(
+    plan: cutover_core::Plan,
+    controller: Arc<cutover_engine::Controller>,
+    wait: Duration,
+) -> Exit {
+    let Some(TriggerConfig::EcsEvents(trigger)) = plan.trigger.clone() else {
+        return Exit::Ok;
+    };
+    let sdk = cutover_aws::config::load(&plan.aws).await;
+    if let Err(e) = cutover_aws::config::require_region(&sdk) {
+        return Exit::Usage(e);
+    }
+    let engine = controller.engine().clone();
+    let mut watcher = cutover_aws::trigger::Watcher::new(
+        &sdk,
+        trigger,
+        engine.store().clone(),
+        engine.holder().to_string(),
+    )
+    .with_wait(wait);
+    tracing::info!(queue = %watcher.trigger().queue_url, service = %plan.service, "following ECS task events");
     // Each matching event's rollout is created here unless it exists; the
     // watcher keeps the message until it does (see cutover_aws::trigger).
     let start = |s: StartRequest| {
-        let (engine, adapters, plan) = (engine.clone(), adapters.clone(), plan.clone());
+        let (engine, plan, controller) = (engine.clone(), plan.clone(), controller.clone());
         async move {
-            let outcome = cutover_aws::trigger::start_rollout(&engine, plan, &s).await;
+            let outcome = cutover_aws::trigger::start_rollout(&engine, plan.clone(), &s).await;
             if outcome == StartOutcome::Created {
-                let id = s.rollout_id();
                 outln!(
-                    "rollout {id}: started by task {} running {}",
+                    "rollout {}: started by task {} running {}",
+                    s.rollout_id(&plan.service),
                     s.task_arn,
                     s.task_definition_arn
                 );
-                tokio::spawn(async move {
-                    match engine.drive(&id, &adapters).await {
-                        Ok(r) => outln!("rollout {id}: {}", r.phase.name()),
-                        Err(e) => eprintln!("rollout {id}: {e}"),
-                    }
-                });
+                controller.wake();
             }
             outcome
         }
     };
+    let mut failures = 0u32;
     loop {
-        let polled = tokio::select! {
-            r = watcher.poll_once(start) => r,
-            _ = tokio::signal::ctrl_c() => return Exit::Ok,
-        };
-        match polled {
+        match watcher.poll_once(start).await {
             Ok(report) => {
+                failures = 0;
                 for m in &report.malformed {
                     eprintln!(
                         "set aside a malformed message {}: {}",
@@ -191,7 +228,16 @@ pub async fn watch(file: &Path, wait: Duration) -> Exit {
                     );
                 }
             }
-            Err(e) => eprintln!("receiving from the queue failed (retrying): {e}"),
+            Err(e) => {
+                // Pace the retries of a queue that keeps failing.
+                failures += 1;
+                let pause = Duration::from_millis(500u64 << failures.min(6));
+                eprintln!(
+                    "receiving from the queue failed (retrying in {}): {e}",
+                    cutover_core::time::Human(pause)
+                );
+                tokio::time::sleep(pause).await;
+            }
         }
     }
 }

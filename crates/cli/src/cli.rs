@@ -106,6 +106,8 @@ pub enum Command {
         /// How long each SQS receive waits for messages (long polling).
         #[arg(long, default_value = "20s", value_parser = duration)]
         wait: std::time::Duration,
+        #[command(flatten)]
+        driving: DrivingArgs,
     },
     /// Print what to create outside cutover: `eventbridge` (the rule's
     /// event pattern and the queue policy for the plan's trigger).
@@ -166,6 +168,33 @@ pub struct RunArgs {
     /// successful rollout, without a platform).
     #[arg(long)]
     pub swap_colours: bool,
+}
+
+/// How a long-running controller drives rollouts.
+#[derive(Args, Debug, Clone)]
+pub struct DrivingArgs {
+    /// How long another process must wait before taking over a rollout
+    /// whose driver stopped answering. From 1s to 1h, and at least three ticks.
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    pub lease_ttl: std::time::Duration,
+    /// How often operator commands are picked up (10ms to 60s).
+    #[arg(long, default_value = "500ms", value_parser = duration)]
+    pub tick: std::time::Duration,
+}
+
+impl DrivingArgs {
+    /// The engine options these ask for, checked.
+    pub fn options(&self) -> Result<cutover_engine::Options, Exit> {
+        let options = cutover_engine::Options {
+            tick: self.tick,
+            lease_ttl: self.lease_ttl,
+            ..cutover_engine::Options::default()
+        };
+        options
+            .check()
+            .map_err(|e| Exit::Usage(format!("--tick / --lease-ttl: {e}")))?;
+        Ok(options)
+    }
 }
 
 /// Which rollout a command is about.
@@ -231,7 +260,11 @@ pub async fn dispatch(cli: Cli) -> Exit {
         Command::Proxy { config } => crate::run::proxy(&config).await,
         Command::Demo(args) => crate::demo::demo(args).await,
         Command::InitStore { file, print } => crate::aws::init_store(&file, print).await,
-        Command::Watch { file, wait } => crate::aws::watch(&file, wait).await,
+        Command::Watch {
+            file,
+            wait,
+            driving,
+        } => crate::aws::watch(&file, wait, &driving).await,
         Command::Print {
             what: PrintWhat::Eventbridge,
             file,

@@ -38,6 +38,7 @@ mod logging;
 mod progress;
 mod read;
 mod run;
+mod serve;
 mod settings;
 mod signals;
 
@@ -59,6 +60,15 @@ pub enum Exit {
 }
 
 impl Exit {
+    /// What went wrong, for an exit that is an error.
+    pub fn message(&self) -> String {
+        match self {
+            Exit::Ok => "ok".into(),
+            Exit::RolledBack => "rolled back".into(),
+            Exit::Usage(m) | Exit::Internal(m) => m.clone(),
+        }
+    }
+
     fn code(&self) -> u8 {
         match self {
             Exit::Ok => 0,

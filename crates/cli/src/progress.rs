@@ -59,6 +59,8 @@ pub struct Progress {
     tty: bool,
     output: Output,
     prefix: String,
+    /// Start each line with the rollout's id (several rollouts at once).
+    labelled: bool,
 }
 
 impl Progress {
@@ -71,7 +73,16 @@ impl Progress {
             tty: std::io::stdout().is_terminal() && output == Output::Text,
             output,
             prefix: prefix.into(),
+            labelled: false,
         }
+    }
+
+    /// Plain lines, each with its rollout's id: for a process driving
+    /// several rollouts (`watch`, `serve`).
+    pub fn labelled(mut self) -> Progress {
+        self.tty = false;
+        self.labelled = true;
+        self
     }
 
     /// Plain lines even on a terminal (the demo prints its own summary).
@@ -98,10 +109,15 @@ impl Progress {
             let _ = write!(out, "\r\x1b[2K");
             state.status_shown = false;
         }
+        let label = if self.labelled {
+            format!("{id}  ")
+        } else {
+            String::new()
+        };
         for e in events {
             let _ = writeln!(
                 out,
-                "{}{}  {:>8}  {}",
+                "{}{label}{}  {:>8}  {}",
                 self.prefix,
                 clock_time(e.at),
                 e.split.to_string(),

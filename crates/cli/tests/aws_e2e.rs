@@ -310,3 +310,209 @@ async fn watch_turns_duplicated_events_into_one_rollout() {
         "exactly one rollout: {list}"
     );
 }
+
+/// examples/ecs-events.toml as shipped, with only what points at this
+/// test's world changed: moto, its zone and queue, short holds, a SQLite
+/// store. The service is still `web` and the ECS services still
+/// `web-blue` / `web-green`, names that differ, as users' do.
+fn shipped_ecs_events_plan(dir: &Path, zone: &Zone, queue: &str, hold: &str) -> String {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/ecs-events.toml");
+    let mut plan: toml::Table = std::fs::read_to_string(example).unwrap().parse().unwrap();
+    let table = |plan: &mut toml::Table, key: &str| -> toml::Table {
+        plan[key].as_table().unwrap().clone()
+    };
+    let mut aws = table(&mut plan, "aws");
+    aws.insert("region".into(), "us-east-1".into());
+    aws.insert("endpoint_url".into(), common::moto_url().into());
+    plan.insert("aws".into(), aws.into());
+    let mut router = table(&mut plan, "router");
+    router.insert("hosted_zone_id".into(), zone.id.clone().into());
+    router.insert("record_name".into(), zone.record.clone().into());
+    plan.insert("router".into(), router.into());
+    let mut strategy = table(&mut plan, "strategy");
+    strategy.insert("hold".into(), hold.into());
+    strategy.insert("bake".into(), "0s".into());
+    plan.insert("strategy".into(), strategy.into());
+    // The checks read CloudWatch and running ECS services, which this
+    // world does not have; the rollouts only move traffic.
+    plan.insert(
+        "analysis".into(),
+        toml::Table::from_iter([("interval".to_string(), toml::Value::from("500ms"))]).into(),
+    );
+    let mut trigger = table(&mut plan, "trigger");
+    assert_eq!(
+        trigger["services"].as_array().unwrap()[0].as_str(),
+        Some("web-green")
+    );
+    trigger.insert("queue_url".into(), queue.into());
+    plan.insert("trigger".into(), trigger.into());
+    plan.insert(
+        "store".into(),
+        toml::Table::from_iter([
+            ("kind".to_string(), toml::Value::from("sqlite")),
+            (
+                "path".to_string(),
+                dir.join("store.db").display().to_string().into(),
+            ),
+        ])
+        .into(),
+    );
+    assert_eq!(plan["service"]["name"].as_str(), Some("web"));
+    let path = dir.join("ecs-events.toml");
+    std::fs::write(&path, toml::to_string(&plan).unwrap()).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn spawn_watch(plan: &str) -> std::process::Child {
+    Command::new(BIN)
+        .args([
+            "watch",
+            plan,
+            "--wait",
+            "1s",
+            "--lease-ttl",
+            "2s",
+            "--tick",
+            "100ms",
+        ])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn rollout_ids(plan: &str) -> Vec<String> {
+    let o = cutover(&["history", plan, "--all", "--output", "json"]);
+    let list: Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_never_deploys_an_older_revision_after_a_newer_one_with_the_shipped_names() {
+    let zone = Zone::new().await;
+    zone.create(vec![
+        zone.plain("blue", 100, 1, "192.0.2.10"),
+        zone.plain("green", 0, 1, "192.0.2.20"),
+    ])
+    .await;
+    let (_, sqs, queue) = common::fixtures::event_queue().await;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = shipped_ecs_events_plan(dir.path(), &zone, &queue, "1s");
+    let child = spawn_watch(&plan);
+
+    // Revision 4 is deployed to web-green and rolled out.
+    let rev = |n| common::fixtures::task_def("web-app", n);
+    common::fixtures::send(
+        &sqs,
+        &queue,
+        &common::fixtures::event("web-green", &rev(4), "t4", 1, "RUNNING"),
+    )
+    .await;
+    let p = plan.clone();
+    tokio::task::spawn_blocking(move || wait_for_status(&p, |s| s["phase"] == "succeeded"))
+        .await
+        .unwrap();
+    assert_eq!(zone.weights().await, (100, 0));
+
+    // Then revisions 3 and 1 come back (a retried, reordered queue): both
+    // are older, refused as superseded, never a rollout of their own.
+    for (n, task) in [(3, "t3"), (1, "t1")] {
+        common::fixtures::send(
+            &sqs,
+            &queue,
+            &common::fixtures::event("web-green", &rev(n), task, 1, "RUNNING"),
+        )
+        .await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while common::fixtures::queue_len(&sqs, &queue).await > 0 {
+        assert!(std::time::Instant::now() < deadline, "events never handled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert_eq!(
+        log.matches("is superseded: the service has a rollout of revision 4")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert_eq!(rollout_ids(&plan), ["web-web-app-4"]);
+    assert_eq!(zone.weights().await, (100, 0), "still on revision 4");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_killed_mid_rollout_leaves_it_to_the_surviving_watcher() {
+    let zone = Zone::new().await;
+    zone.create(vec![
+        zone.plain("blue", 100, 1, "192.0.2.10"),
+        zone.plain("green", 0, 1, "192.0.2.20"),
+    ])
+    .await;
+    let (_, sqs, queue) = common::fixtures::event_queue().await;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = shipped_ecs_events_plan(dir.path(), &zone, &queue, "4s");
+    let first = spawn_watch(&plan);
+    let second = spawn_watch(&plan);
+    let def = common::fixtures::task_def("web-app", 5);
+    common::fixtures::send(
+        &sqs,
+        &queue,
+        &common::fixtures::event("web-green", &def, "t5", 1, "RUNNING"),
+    )
+    .await;
+
+    // Whichever watcher drives it is killed with -9 during the first hold.
+    let p = plan.clone();
+    let s = tokio::task::spawn_blocking(move || {
+        wait_for_status(&p, |s| s["phase"] == "holding" && s["driver"].is_string())
+    })
+    .await
+    .unwrap();
+    let driver = s["driver"].as_str().unwrap().to_string();
+    let pid: u32 = driver.rsplit(':').next().unwrap().parse().unwrap();
+    let (mut killed, survivor) = if pid == first.id() {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(killed.id(), pid, "driven by one of the two: {driver}");
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+
+    // The survivor takes it over once the lease runs out and finishes it.
+    let p = plan.clone();
+    let s = tokio::task::spawn_blocking(move || wait_for_status(&p, |s| s["phase"] == "succeeded"))
+        .await
+        .unwrap();
+    assert_eq!(zone.weights().await, (100, 0));
+    assert!(
+        s["written_by"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{}", survivor.id())),
+        "{s}"
+    );
+    Command::new("kill")
+        .args(["-INT", &survivor.id().to_string()])
+        .status()
+        .unwrap();
+    let out = survivor.wait_with_output().unwrap();
+    let log = text(&out);
+    assert!(log.contains("web-web-app-5: taken over"), "{log}");
+    assert_eq!(rollout_ids(&plan), ["web-web-app-5"]);
+}
