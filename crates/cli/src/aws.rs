@@ -146,7 +146,7 @@ pub async fn watch(file: &Path, wait: Duration, driving: &crate::cli::DrivingArg
         plan.service
     );
     let exit = tokio::select! {
-        e = follow_trigger(plan, controller.clone(), wait) => e,
+        e = follow_trigger(plan, controller.clone(), wait, None) => e,
         _ = crate::signals::terminated() => Exit::Ok,
     };
     // Drivers finish the call in flight, persist and hand their leases over.
@@ -164,6 +164,7 @@ pub async fn follow_trigger(
     plan: cutover_core::Plan,
     controller: Arc<cutover_engine::Controller>,
     wait: Duration,
+    metrics: Option<Arc<cutover_server::Metrics>>,
 ) -> Exit {
     let Some(TriggerConfig::EcsEvents(trigger)) = plan.trigger.clone() else {
         return Exit::Ok;
@@ -204,6 +205,16 @@ pub async fn follow_trigger(
         match watcher.poll_once(start).await {
             Ok(report) => {
                 failures = 0;
+                if let Some(m) = &metrics {
+                    m.trigger("received", report.received as u64);
+                    m.trigger("claimed", report.started as u64);
+                    m.trigger("duplicate", report.duplicates as u64);
+                    m.trigger("stale", report.stale as u64);
+                    m.trigger("ignored", report.ignored as u64);
+                    m.trigger("refused", report.refused.len() as u64);
+                    m.trigger("deferred", report.deferred.len() as u64);
+                    m.trigger("malformed", report.malformed.len() as u64);
+                }
                 for m in &report.malformed {
                     eprintln!(
                         "set aside a malformed message {}: {}",

@@ -109,6 +109,13 @@ pub enum Command {
         #[command(flatten)]
         driving: DrivingArgs,
     },
+    /// The always-on controller: drives every active rollout of the
+    /// services whose plans are in --plans (including those left by
+    /// processes that died), starts rollouts from the plans' triggers and
+    /// from its HTTP API (docs/api.md), and serves Prometheus metrics at
+    /// /metrics. Several replicas may share a DynamoDB store.
+    #[command(after_help = EXIT_CODES)]
+    Serve(ServeArgs),
     /// Print what to create outside cutover: `eventbridge` (the rule's
     /// event pattern and the queue policy for the plan's trigger).
     #[command(after_help = EXIT_CODES)]
@@ -163,11 +170,42 @@ pub struct RunArgs {
     /// step at or above it. Not with --image / --task-definition.
     #[arg(long, conflicts_with_all = ["image", "task_definition"])]
     pub adopt: bool,
+    /// A label for people (a version, a commit), shown with the rollout.
+    #[arg(long)]
+    pub label: Option<String>,
     /// Run the plan with blue's and green's roles exchanged: move traffic
     /// from the plan's green side to its blue side (e.g. back, after a
     /// successful rollout, without a platform).
     #[arg(long)]
     pub swap_colours: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Directory of plan files (`*.toml`), one per service. Read again on
+    /// SIGHUP and when a file changes; a bad file is reported and skipped.
+    #[arg(long)]
+    pub plans: PathBuf,
+    /// Address and port of the API and /metrics.
+    #[arg(long, default_value = "127.0.0.1:9300")]
+    pub listen: String,
+    /// Bearer token the API requires (needed to listen beyond loopback).
+    #[arg(long, env = "CUTOVER_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// SQLite store file (default: the plans' `[store]`, which must agree).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// How often to look for rollouts nobody drives.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    pub scan: std::time::Duration,
+    /// At most this many rollouts driven at once.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_rollouts: usize,
+    /// How long each SQS receive of the plans' triggers waits.
+    #[arg(long, default_value = "20s", value_parser = duration)]
+    pub wait: std::time::Duration,
+    #[command(flatten)]
+    pub driving: DrivingArgs,
 }
 
 /// How a long-running controller drives rollouts.
@@ -265,6 +303,26 @@ pub async fn dispatch(cli: Cli) -> Exit {
             wait,
             driving,
         } => crate::aws::watch(&file, wait, &driving).await,
+        Command::Serve(args) => {
+            let options = match args.driving.options() {
+                Ok(o) => o,
+                Err(e) => return e,
+            };
+            if args.max_rollouts == 0 {
+                return Exit::Usage("--max-rollouts must be at least 1".into());
+            }
+            crate::serve::serve(crate::serve::ServeSettings {
+                plans: args.plans,
+                listen: args.listen,
+                token: args.token.filter(|t| !t.is_empty()),
+                store: args.store,
+                scan: args.scan,
+                max_rollouts: args.max_rollouts,
+                wait: args.wait,
+                options,
+            })
+            .await
+        }
         Command::Print {
             what: PrintWhat::Eventbridge,
             file,

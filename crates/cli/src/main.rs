@@ -41,6 +41,7 @@ mod run;
 mod serve;
 mod settings;
 mod signals;
+mod start;
 
 use std::process::ExitCode;
 

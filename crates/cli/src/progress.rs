@@ -39,12 +39,7 @@ pub fn date_time(t: Timestamp) -> String {
 
 /// One event as a JSON line: the rollout's id and the event's fields.
 pub fn event_json(id: &str, e: &Event) -> String {
-    let mut value = serde_json::to_value(e).unwrap_or_default();
-    if let Some(object) = value.as_object_mut() {
-        object.insert("rollout".into(), id.into());
-        object.insert("split_percent".into(), e.split.percent().into());
-    }
-    value.to_string()
+    cutover_server::json::event(id, e).to_string()
 }
 
 struct State {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use cutover_core::plan::Timeline;
 use cutover_core::time::Human;
-use cutover_core::{Command, Phase, Rollout};
+use cutover_core::{Command, Rollout};
 use cutover_engine::store::RolloutRecord;
 use serde_json::json;
 
@@ -80,29 +80,7 @@ fn decode(record: &RolloutRecord) -> Result<Rollout, Exit> {
 }
 
 pub fn status_json(record: &RolloutRecord, r: &Rollout) -> serde_json::Value {
-    let t = r.targets();
-    json!({
-        "id": record.id,
-        "service": record.service,
-        "active": record.active,
-        "version": record.version,
-        "phase": r.phase.name(),
-        "reason": r.phase.reason(),
-        "step": r.step + 1,
-        "steps": r.plan.strategy.steps.len(),
-        "router": r.plan.router.kind(),
-        "targets": {"live": t.live, "candidate": t.candidate},
-        "split_percent": r.split.percent(),
-        "target_percent": r.target.percent(),
-        "traffic": t.describe(r.split),
-        "last_verdict": r.last_verdict.map(|(at, v)| json!({"at": at.as_millis(), "verdict": v})),
-        "last_analysis": r.last_analysis,
-        "events": r.events,
-        "started_at": r.started_at.map(|t| t.as_millis()),
-        "ended_at": r.ended_at.map(|t| t.as_millis()),
-        "updated_at": record.updated_at.as_millis(),
-        "written_by": record.written_by,
-    })
+    cutover_server::json::rollout(record, r)
 }
 
 pub async fn status(args: ReadArgs) -> Exit {
@@ -287,31 +265,6 @@ pub async fn history(args: ReadArgs, all: bool, limit: usize) -> Exit {
     Exit::Ok
 }
 
-/// Whether `command` can do anything in `phase`; the reason if not.
-fn applicable(command: Command, phase: &Phase) -> Result<(), String> {
-    let ok = match command {
-        Command::Abort => !phase.is_terminal() && !matches!(phase, Phase::RollingBack { .. }),
-        Command::Promote => matches!(
-            phase,
-            Phase::Shifting | Phase::Holding | Phase::Paused { .. }
-        ),
-        Command::Pause => matches!(phase, Phase::Shifting | Phase::Holding | Phase::Baking),
-        Command::Resume => matches!(phase, Phase::Paused { .. }),
-        Command::Retry => matches!(
-            phase,
-            Phase::RolledBack { .. } | Phase::Aborted { .. } | Phase::Failed { .. }
-        ),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "cannot {command} a rollout that is {}",
-            phase.name()
-        ))
-    }
-}
-
 pub async fn command(args: TargetArgs, command: Command) -> Exit {
     let (service, store) = match resolve_target(&args, Access::Write).await {
         Ok(x) => x,
@@ -330,7 +283,7 @@ pub async fn command(args: TargetArgs, command: Command) -> Exit {
         Ok(r) => r,
         Err(e) => return e,
     };
-    if let Err(why) = applicable(command, &rollout.phase) {
+    if let Err(why) = command.applies_to(&rollout.phase) {
         return Exit::Usage(why);
     }
     let now = cutover_engine::Clock::system().now();

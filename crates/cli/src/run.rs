@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cutover_core::plan::Release;
-use cutover_core::{Phase, Rollout, Split, Timestamp};
+use cutover_core::{Phase, Rollout, Timestamp};
 use cutover_engine::{Clock, Engine, EngineError, Options};
 
 use crate::cli::{Output, RunArgs};
 use crate::progress::Progress;
 use crate::settings::{holder, latest, load_plan, open_store, store_choice};
+use crate::start::new_id;
 use crate::Exit;
 
 /// The exit a finished rollout maps to.
@@ -97,45 +98,29 @@ async fn run_inner(args: RunArgs, retry: bool) -> Result<Exit, Exit> {
             record.id
         }
         (false, _) => {
-            let adapters = crate::adapters::build(&plan).await?;
-            let found = adapters.router.current().await.map_err(|e| {
-                Exit::Internal(format!(
-                    "reading the router's split before moving traffic ({}): {e}",
-                    adapters.router.describe()
-                ))
-            })?;
-            if plan.release.is_some() && found == Split::FULL && !args.swap_colours {
-                // The candidate side serves everything: it is the live
-                // version now; deploy to the other side and move there.
-                plan = plan.with_colours_swapped();
-                let t = plan.targets();
-                say(format!(
-                    "`{}` is live: this rollout deploys to `{}` and moves traffic there",
-                    t.live, t.candidate
-                ));
-            }
-            let found = if plan.release.is_some() && found == Split::FULL {
-                Split::ZERO
-            } else {
-                found
-            };
-            if let Some(why) = cutover_core::machine::start_refusal(
-                &plan.targets(),
-                found,
-                args.adopt,
-                plan.release.is_some(),
-            ) {
-                return Err(Exit::Usage(why));
-            }
             let id = new_id(&plan.service, engine.now());
-            let mut rollout = Rollout::new(plan.clone(), plan.release.is_some(), engine.now());
-            if args.adopt {
-                rollout = rollout.adopting();
-            }
-            engine
-                .create_rollout(&id, rollout)
+            let options = crate::start::StartOptions {
+                release: plan.release.clone(),
+                label: args.label.clone(),
+                adopt: args.adopt,
+                // Already applied to `plan` above.
+                swap_colours: false,
+            };
+            let started = crate::start::new_rollout(&engine, plan.clone(), &id, &options)
                 .await
-                .map_err(|e| Exit::Internal(e.to_string()))?;
+                .map_err(|e| match e {
+                    crate::start::StartError::Refused(m) => Exit::Usage(m),
+                    crate::start::StartError::Busy(m) | crate::start::StartError::Failed(m) => {
+                        Exit::Internal(m)
+                    }
+                    crate::start::StartError::Exists => {
+                        Exit::Internal(format!("a rollout with id `{id}` already exists"))
+                    }
+                })?;
+            for note in &started.notes {
+                say(note.clone());
+            }
+            plan = started.plan;
             let t = plan.targets();
             say(format!(
                 "rollout {id} of `{}`: live `{}` -> candidate `{}` through router {} ({choice})",
@@ -298,15 +283,6 @@ async fn drive_or_follow(
             other => return other,
         }
     }
-}
-
-/// `{service}-{YYYYMMDD}T{HHMMSS}-{pid}`: readable and unique enough, since
-/// the store refuses a duplicate id anyway.
-fn new_id(service: &str, now: cutover_core::Timestamp) -> String {
-    let stamp = crate::progress::date_time(now)
-        .replace(['-', ':'], "")
-        .replace(' ', "T");
-    format!("{service}-{stamp}-{:x}", std::process::id())
 }
 
 /// Starts this same command again without `--detach`, in the background,

@@ -58,6 +58,32 @@ pub enum Command {
     Retry,
 }
 
+impl Command {
+    /// Whether this command can do anything in `phase`; why not if not.
+    /// The machine records and ignores a command that cannot; callers use
+    /// this to refuse it up front with the reason.
+    pub fn applies_to(self, phase: &Phase) -> Result<(), String> {
+        let ok = match self {
+            Command::Abort => !phase.is_terminal() && !matches!(phase, Phase::RollingBack { .. }),
+            Command::Promote => matches!(
+                phase,
+                Phase::Shifting | Phase::Holding | Phase::Paused { .. }
+            ),
+            Command::Pause => matches!(phase, Phase::Shifting | Phase::Holding | Phase::Baking),
+            Command::Resume => matches!(phase, Phase::Paused { .. }),
+            Command::Retry => matches!(
+                phase,
+                Phase::RolledBack { .. } | Phase::Aborted { .. } | Phase::Failed { .. }
+            ),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("cannot {self} a rollout that is {}", phase.name()))
+        }
+    }
+}
+
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -243,6 +269,37 @@ pub struct Event {
     pub message: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub observations: Vec<Observation>,
+    /// On the event that starts a rollback: what caused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
+}
+
+/// What made a rollout roll back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cause {
+    /// Analysis failed beyond `failure_limit`.
+    Verdict,
+    /// Too many inconclusive verdicts in a row.
+    Inconclusive,
+    /// An operator aborted.
+    Operator,
+    /// A router call kept failing or was refused.
+    Adapter,
+    /// The router's split changed under cutover.
+    Drift,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Verdict => "verdict",
+            Cause::Inconclusive => "inconclusive",
+            Cause::Operator => "operator",
+            Cause::Adapter => "adapter",
+            Cause::Drift => "drift",
+        }
+    }
 }
 
 /// Back-off between attempts of a failing router call.
@@ -763,7 +820,9 @@ impl Rollout {
             return;
         }
         match self.plan.rollback.on_drift {
-            OnDrift::Rollback => self.rollback(now, what, Ending::RolledBack, vec![], out),
+            OnDrift::Rollback => {
+                self.rollback(now, what, Ending::RolledBack, Cause::Drift, vec![], out)
+            }
             OnDrift::Pause => {
                 // On resume, cutover applies again the split it had (or, in
                 // the middle of a shift, the one it was moving to).
@@ -779,7 +838,7 @@ impl Rollout {
                 if self.phase == Phase::Preparing {
                     // Traffic must be on the live target before the
                     // candidate is changed.
-                    return self.rollback(now, what, Ending::RolledBack, vec![], out);
+                    return self.rollback(now, what, Ending::RolledBack, Cause::Drift, vec![], out);
                 }
                 self.retry = None;
                 self.next_analysis = None;
@@ -903,6 +962,7 @@ impl Rollout {
         now: Timestamp,
         reason: String,
         then: Ending,
+        cause: Cause,
         observations: Vec<Observation>,
         out: &mut Vec<Action>,
     ) {
@@ -916,6 +976,9 @@ impl Rollout {
         let message = format!("rolling back: all traffic to live `{live}`: {reason}");
         self.set_phase(now, Phase::RollingBack { reason, then });
         self.record(now, message, observations);
+        if let Some(e) = self.outbox.last_mut() {
+            e.cause = Some(cause);
+        }
         out.push(Action::ApplySplit(Split::ZERO));
     }
 
@@ -1037,7 +1100,9 @@ impl Rollout {
     /// `on_adapter_failure` decides.
     fn adapter_gave_up(&mut self, now: Timestamp, why: String, out: &mut Vec<Action>) {
         match self.plan.rollback.on_adapter_failure {
-            OnAdapterFailure::Rollback => self.rollback(now, why, Ending::RolledBack, vec![], out),
+            OnAdapterFailure::Rollback => {
+                self.rollback(now, why, Ending::RolledBack, Cause::Adapter, vec![], out)
+            }
             OnAdapterFailure::Hold => {
                 self.set_phase(
                     now,
@@ -1117,7 +1182,14 @@ impl Rollout {
                 self.failures += 1;
                 if self.failures > a.failure_limit {
                     let reason = format!("green failed analysis: {summary}");
-                    return self.rollback(now, reason, Ending::RolledBack, observations, out);
+                    return self.rollback(
+                        now,
+                        reason,
+                        Ending::RolledBack,
+                        Cause::Verdict,
+                        observations,
+                        out,
+                    );
                 }
                 let limit = a.failure_limit;
                 self.record(
@@ -1142,6 +1214,7 @@ impl Rollout {
                                 now,
                                 reason,
                                 Ending::RolledBack,
+                                Cause::Inconclusive,
                                 observations,
                                 out,
                             )
@@ -1254,6 +1327,7 @@ impl Rollout {
                     now,
                     "aborted by operator".into(),
                     Ending::Aborted,
+                    Cause::Operator,
                     vec![],
                     out,
                 )
@@ -1432,6 +1506,7 @@ impl Rollout {
             split: self.split,
             message,
             observations,
+            cause: None,
         };
         if !event.observations.is_empty() {
             self.last_analysis = Some(event.clone());

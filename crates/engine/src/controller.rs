@@ -85,7 +85,7 @@ pub struct Controller {
     engine: Arc<Engine>,
     factory: Arc<dyn AdapterFactory>,
     options: ControllerOptions,
-    services: Option<HashSet<String>>,
+    services: Mutex<Option<HashSet<String>>>,
     driven: Mutex<HashMap<String, Driven>>,
     /// Rollouts whose adapters could not be built, and when that was.
     failed: Mutex<HashMap<String, Timestamp>>,
@@ -103,7 +103,7 @@ impl Controller {
             engine,
             factory,
             options,
-            services: None,
+            services: Mutex::new(None),
             driven: Mutex::default(),
             failed: Mutex::default(),
             wake: Notify::new(),
@@ -112,9 +112,16 @@ impl Controller {
     }
 
     /// Drive only rollouts of these services (default: every one).
-    pub fn only_services(mut self, services: impl IntoIterator<Item = String>) -> Controller {
-        self.services = Some(services.into_iter().collect());
+    pub fn only_services(self, services: impl IntoIterator<Item = String>) -> Controller {
+        self.set_services(services);
         self
+    }
+
+    /// Changes which services' rollouts are taken on from the next scan
+    /// (those being driven are driven to their end).
+    pub fn set_services(&self, services: impl IntoIterator<Item = String>) {
+        *self.services.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(services.into_iter().collect());
     }
 
     pub fn with_reporter(mut self, reporter: Reporter) -> Controller {
@@ -292,6 +299,11 @@ impl Controller {
         });
         let now = self.engine.now();
         let mut taken = 0;
+        let only = self
+            .services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         for (id, service) in active {
             if self.lock_driven().len() >= self.options.max_rollouts
                 || taken >= self.options.scan_batch
@@ -299,10 +311,7 @@ impl Controller {
                 break;
             }
             if self.lock_driven().contains_key(&id)
-                || self
-                    .services
-                    .as_ref()
-                    .is_some_and(|only| !only.contains(&service))
+                || only.as_ref().is_some_and(|only| !only.contains(&service))
             {
                 continue;
             }

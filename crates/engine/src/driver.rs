@@ -143,6 +143,13 @@ pub enum EngineError {
 /// event streams).
 pub type Observer = Arc<dyn Fn(&str, &Rollout, &[Event]) + Send + Sync>;
 
+/// Receives the duration and outcome of every adapter call the engine
+/// makes (metrics). `adapter` is e.g. `router:route53` or `check:errors`;
+/// `operation` e.g. `apply`, `read`, `evaluate`.
+pub trait Instruments: Send + Sync {
+    fn adapter_call(&self, adapter: &str, operation: &str, took: Duration, failed: bool);
+}
+
 /// How a driver is steered from outside.
 pub struct Control {
     /// Set to true to stop: the action in flight finishes, its result is
@@ -202,6 +209,7 @@ pub struct Engine {
     holder: String,
     options: Options,
     observer: Option<Observer>,
+    instruments: Option<Arc<dyn Instruments>>,
 }
 
 impl Engine {
@@ -218,12 +226,43 @@ impl Engine {
             holder: holder.into(),
             options,
             observer: None,
+            instruments: None,
         }
     }
 
     pub fn with_observer(mut self, observer: Observer) -> Engine {
         self.observer = Some(observer);
         self
+    }
+
+    pub fn with_instruments(mut self, instruments: Arc<dyn Instruments>) -> Engine {
+        self.instruments = Some(instruments);
+        self
+    }
+
+    /// A router call, timed for the instruments.
+    async fn timed<T>(
+        &self,
+        rollout: &Rollout,
+        operation: &str,
+        call: impl std::future::Future<Output = Result<T, crate::ports::AdapterError>>,
+    ) -> Result<T, crate::ports::AdapterError> {
+        let started = tokio::time::Instant::now();
+        let result = call.await;
+        self.instrument(&router_label(rollout), operation, started, result.is_err());
+        result
+    }
+
+    fn instrument(
+        &self,
+        adapter: &str,
+        operation: &str,
+        started: tokio::time::Instant,
+        failed: bool,
+    ) {
+        if let Some(i) = &self.instruments {
+            i.adapter_call(adapter, operation, started.elapsed(), failed);
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -423,13 +462,28 @@ impl Engine {
         for (i, check) in checks.iter().enumerate() {
             let check = Arc::clone(check);
             let retries = self.options.check_retries;
+            let instruments = self.instruments.clone();
             set.spawn(async move {
-                let mut observation = check.evaluate().await;
+                let label = format!("check:{}", check.name());
+                let evaluate = || async {
+                    let started = tokio::time::Instant::now();
+                    let o = check.evaluate().await;
+                    if let Some(i) = &instruments {
+                        i.adapter_call(
+                            &label,
+                            "evaluate",
+                            started.elapsed(),
+                            o.verdict == Verdict::Error,
+                        );
+                    }
+                    o
+                };
+                let mut observation = evaluate().await;
                 let mut attempt = 0;
                 while observation.verdict == Verdict::Error && attempt < retries {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                    observation = check.evaluate().await;
+                    observation = evaluate().await;
                 }
                 (i, observation)
             });
@@ -481,18 +535,27 @@ impl Engine {
                 })
             }
             Action::Prepare => match &adapters.platform {
-                Some(p) => Input::Prepared(
-                    p.prepare(self.options.prepare_deadline)
-                        .await
-                        .map_err(|e| e.to_string()),
-                ),
+                Some(p) => {
+                    let started = tokio::time::Instant::now();
+                    let r = p.prepare(self.options.prepare_deadline).await;
+                    self.instrument("platform", "prepare", started, r.is_err());
+                    Input::Prepared(r.map_err(|e| e.to_string()))
+                }
                 None => Input::Prepared(Ok(())),
             },
             Action::Finalize => match &adapters.platform {
-                Some(p) => Input::Finalized(p.finalize().await.map_err(|e| e.to_string())),
+                Some(p) => {
+                    let started = tokio::time::Instant::now();
+                    let r = p.finalize().await;
+                    self.instrument("platform", "finalize", started, r.is_err());
+                    Input::Finalized(r.map_err(|e| e.to_string()))
+                }
                 None => Input::Finalized(Ok(())),
             },
-            Action::ApplySplit(split) => match adapters.router.apply(*split).await {
+            Action::ApplySplit(split) => match self
+                .timed(rollout, "apply", adapters.router.apply(*split))
+                .await
+            {
                 Ok(realized) => Input::SplitApplied {
                     requested: *split,
                     realized,
@@ -506,7 +569,8 @@ impl Engine {
                     }
                 }
             },
-            Action::ReadSplit => match adapters.router.current().await {
+            Action::ReadSplit => match self.timed(rollout, "read", adapters.router.current()).await
+            {
                 Ok(split) => Input::SplitRead(split),
                 Err(e) => {
                     tracing::warn!(rollout = %rollout.plan.service, router = %adapters.router.describe(), error = %e, "reading the router's split failed");
@@ -519,6 +583,11 @@ impl Engine {
             Action::RunAnalysis => Input::Analysis(self.analyse(&adapters.checks).await),
         }
     }
+}
+
+/// `router:<kind>`, the adapter label of a rollout's router.
+fn router_label(rollout: &Rollout) -> String {
+    format!("router:{}", rollout.plan.router.kind())
 }
 
 /// The lease a rollout's driver holds.

@@ -43,6 +43,10 @@ pub struct Plan {
     /// rollout deploys the same thing.
     #[serde(default)]
     pub release: Option<Release>,
+    /// A label for people (a version, a commit), given with the command
+    /// or API call that starts the rollout; shown, never acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 /// What a platform puts on the idle colour.

@@ -360,6 +360,7 @@ pub fn parse(text: &str, file: &str) -> Result<Plan, PlanError> {
         platform,
         trigger,
         release: None,
+        label: None,
     })
 }
 
