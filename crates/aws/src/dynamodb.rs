@@ -128,7 +128,14 @@ fn key(pk: String, sk: impl Into<String>) -> Item {
 pub struct DynamoStore {
     client: Client,
     table: Arc<str>,
+    /// Rollouts' fields that never change (service, creation time), as
+    /// last read or written, so a commit can return its record without a
+    /// read first. Bounded; a miss only costs that read.
+    fixed: Arc<std::sync::Mutex<HashMap<String, (String, Timestamp)>>>,
 }
+
+/// How many rollouts' fixed fields [`DynamoStore`] remembers.
+const FIXED_CACHE: usize = 100_000;
 
 impl DynamoStore {
     /// A store on `table`. Does not touch the network; see
@@ -137,6 +144,7 @@ impl DynamoStore {
         DynamoStore {
             client: Client::new(sdk),
             table: Arc::from(table),
+            fixed: Arc::default(),
         }
     }
 
@@ -622,8 +630,24 @@ impl DynamoStore {
 }
 
 impl DynamoStore {
-    /// [`Store::commit`] with events, the `active` flag unchanged: the
-    /// update and the events in one transaction.
+    fn fixed_of(&self, id: &str) -> Option<(String, Timestamp)> {
+        self.fixed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn remember(&self, r: &RolloutRecord) {
+        let mut fixed = self.fixed.lock().unwrap_or_else(|e| e.into_inner());
+        if fixed.len() >= FIXED_CACHE {
+            fixed.clear();
+        }
+        fixed.insert(r.id.clone(), (r.service.clone(), r.created_at));
+    }
+
+    /// [`Store::commit`] with events: the update and the events in one
+    /// transaction (the marker too, when the `active` flag flips).
     async fn commit_with_events(
         &self,
         id: &str,
@@ -632,21 +656,21 @@ impl DynamoStore {
         change: &Change<'_>,
     ) -> Result<RolloutRecord, StoreError> {
         let op = "update rollout";
-        // Service and creation time never change: read them once, to
-        // return the record the transaction writes.
-        let base = match self.load(id).await? {
-            Some(base) if base.version == expected => base,
-            found => {
-                return Err(StoreError::Conflict {
-                    id: id.to_owned(),
-                    expected,
-                    found: found.map(|r| r.version),
-                })
-            }
+        // Service and creation time never change: known from an earlier
+        // read or write, or read now, to return the record written.
+        let (service, created_at) = match self.fixed_of(id) {
+            Some(f) => f,
+            None => match self.load(id).await? {
+                Some(r) => (r.service, r.created_at),
+                None => {
+                    return Err(StoreError::Conflict {
+                        id: id.to_owned(),
+                        expected,
+                        found: None,
+                    })
+                }
+            },
         };
-        if base.active != change.active {
-            return self.update_with_marker(base, expected, change).await;
-        }
         let events = self.event_puts(id, change.events, 1).await?;
         for attempt in 0..ATTEMPTS {
             let update = Update::builder()
@@ -677,11 +701,14 @@ impl DynamoStore {
             let reasons = match self.transact(op, items).await? {
                 Ok(()) => {
                     return Ok(RolloutRecord {
+                        id: id.to_owned(),
+                        service,
                         version: next,
+                        active: change.active,
                         state: change.state.to_owned(),
+                        created_at,
                         updated_at: change.now,
                         written_by: change.writer.to_owned(),
-                        ..base
                     })
                 }
                 Err(reasons) => reasons,
@@ -901,7 +928,10 @@ impl Store for DynamoStore {
             }
             items.extend(events.iter().cloned());
             let reasons = match self.transact(op, items).await? {
-                Ok(()) => return Ok(record),
+                Ok(()) => {
+                    self.remember(&record);
+                    return Ok(record);
+                }
                 Err(reasons) => reasons,
             };
             if failed(&reasons, 0) {
@@ -934,7 +964,11 @@ impl Store for DynamoStore {
         let item = self
             .get("load rollout", key(rollout_pk(id), ROLLOUT_SK))
             .await?;
-        item.map(|i| self.reader(&i).rollout()).transpose()
+        let record = item.map(|i| self.reader(&i).rollout()).transpose()?;
+        if let Some(r) = &record {
+            self.remember(r);
+        }
+        Ok(record)
     }
 
     async fn commit(

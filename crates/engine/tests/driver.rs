@@ -92,7 +92,19 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
+        Fixture::in_dir(tempfile::tempdir().unwrap())
+    }
+
+    /// In memory-backed storage where there is some: for tests that write
+    /// thousands of fsynced commits, the disk's speed is not what they test.
+    fn in_memory() -> Fixture {
+        match tempfile::tempdir_in("/dev/shm") {
+            Ok(dir) => Fixture::in_dir(dir),
+            Err(_) => Fixture::new(),
+        }
+    }
+
+    fn in_dir(dir: tempfile::TempDir) -> Fixture {
         let path = dir.path().join("cutover.db");
         let store = Arc::new(SqliteStore::open(&path).unwrap());
         Fixture {
@@ -624,4 +636,89 @@ async fn a_store_down_longer_than_the_lease_ends_in_the_safe_state_when_the_leas
     // Renewed last at 6 s (every 2 s): the lease ran out at 12 s.
     let (t, split) = *log(&router).last().unwrap();
     assert_eq!((t, split), (12, 0.0));
+}
+
+/// A router that keeps its split, and a check that always passes.
+#[derive(Default)]
+struct Steady(Mutex<Split>);
+
+#[async_trait]
+impl Router for Steady {
+    fn describe(&self) -> String {
+        "steady".into()
+    }
+    async fn apply(&self, split: Split) -> Result<Split, AdapterError> {
+        *self.0.lock().unwrap() = split;
+        Ok(split)
+    }
+    async fn current(&self) -> Result<Split, AdapterError> {
+        Ok(*self.0.lock().unwrap())
+    }
+}
+
+struct Passes;
+
+#[async_trait]
+impl Check for Passes {
+    fn name(&self) -> &str {
+        "errors"
+    }
+    async fn evaluate(&self) -> Observation {
+        Observation::new(
+            "errors",
+            Verdict::Pass,
+            "green error rate 0 % <= 1 % over 1200 requests (0 5xx) in the last 10s",
+        )
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_day_long_bake_keeps_the_snapshot_small_and_every_decision_in_the_log() {
+    let f = Fixture::in_memory();
+    let options = Options {
+        tick: Duration::from_secs(1),
+        lease_ttl: Duration::from_secs(30),
+        ..Options::default()
+    };
+    let largest = Arc::new(Mutex::new(0usize));
+    let observer = {
+        let largest = largest.clone();
+        Arc::new(move |_: &str, r: &Rollout, _: &[cutover_core::Event]| {
+            let mut l = largest.lock().unwrap();
+            *l = (*l).max(r.to_snapshot().len());
+        })
+    };
+    let engine = Engine::new(f.store.clone(), f.clock, "a", options).with_observer(observer);
+    let text = "[service]\nname = \"web\"\n[router]\nkind = \"local\"\nadmin_url = \"http://127.0.0.1:1\"\n\
+                [strategy]\npreset = \"canary\"\nsplit = 10\nhold = \"1h\"\nbake = \"24h\"\n[analysis]\ninterval = \"10s\"\n";
+    engine
+        .create("r1", plan::parse(text, "t.toml").unwrap(), false)
+        .await
+        .unwrap();
+    let adapters = Adapters {
+        router: Arc::new(Steady::default()),
+        checks: vec![Arc::new(Passes)],
+        platform: None,
+    };
+    let end = engine.drive("r1", &adapters).await.unwrap();
+    assert_eq!(end.phase, Phase::Succeeded);
+    assert_eq!(
+        end.ended_at.unwrap().since(T0),
+        Duration::from_secs(26 * 3600)
+    );
+    // Two holds of 1 h and a 24 h bake, judged every 10 s.
+    let events = f.store.events("r1", 0, usize::MAX).await.unwrap();
+    let analyses = events
+        .iter()
+        .filter(|e| e.body.contains("\"observations\""))
+        .count();
+    assert!(analyses >= 26 * 360, "{analyses} analyses");
+    assert_eq!(events.len() as u64, end.events);
+    let record = f.store.load("r1").await.unwrap().unwrap();
+    let largest = *largest.lock().unwrap();
+    assert!(
+        record.state.len() < 8 * 1024 && largest < 8 * 1024,
+        "snapshot {} bytes, at most {largest}",
+        record.state.len()
+    );
 }
