@@ -355,8 +355,8 @@ pub async fn proxy(config: &Path) -> Exit {
         handle.data_addr(),
         handle.admin_addr()
     );
-    let _ = tokio::signal::ctrl_c().await;
-    outln!("shutting down");
+    crate::signals::terminated().await;
+    outln!("shutting down: no new connections; requests in flight may finish");
     handle.shutdown().await;
     Exit::Ok
 }

@@ -570,3 +570,118 @@ fn aws_helpers_print_the_policy_rule_and_table_a_plan_needs() {
     assert_eq!(code(&o), 2, "{}", text(&o));
     assert!(text(&o).contains("need a `[platform]`"), "{}", text(&o));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_proxy_drains_requests_in_flight_on_sigterm() {
+    let any = "127.0.0.1:0".parse().unwrap();
+    let slow = |c: &str| DemoAppConfig {
+        colour: c.into(),
+        fail_ratio: 0.0,
+        latency: Duration::from_millis(1500),
+    };
+    let blue = cutover_local::start_demo_app(any, slow("blue")).await.unwrap();
+    let green = cutover_local::start_demo_app(any, slow("green")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = |l: std::net::TcpListener| l.local_addr().unwrap().port();
+    let (data, admin) = (
+        port(std::net::TcpListener::bind("127.0.0.1:0").unwrap()),
+        port(std::net::TcpListener::bind("127.0.0.1:0").unwrap()),
+    );
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{data}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n[blue]\nupstreams = [\"{}\"]\n[green]\nupstreams = [\"{}\"]\n",
+            blue.url(),
+            green.url()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["proxy", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut lines, &mut first).unwrap();
+    assert!(first.contains("proxy listening"), "{first}");
+
+    // A request that takes 1.5 s is in flight when SIGTERM arrives.
+    let request = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", data)).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    });
+    // The request reached the app (it counts requests as they arrive).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while blue.received() == 0 {
+        assert!(Instant::now() < deadline, "the request never reached blue");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let answer = request.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut lines, &mut rest).unwrap();
+    assert!(rest.contains("shutting down"), "{rest}");
+    // And it no longer accepts.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", data)).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn adapter_failures_are_logged_as_json_lines_with_the_rollout_id() {
+    let stage = Stage::new().await;
+    let path = stage.dir.path().join("plan.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[service]\nname = \"web\"\n[router]\nkind = \"local\"\nadmin_url = \"http://{}\"\n\
+             [strategy]\nsteps = [{{ split = 50, hold = \"400ms\" }}, {{ split = 100, hold = \"400ms\" }}]\n\
+             [analysis]\ninterval = \"200ms\"\ninconclusive_limit = 1\n[[analysis.checks]]\nkind = \"http\"\nurl = \"http://127.0.0.1:9/\"\n\
+             [store]\nkind = \"sqlite\"\npath = \"{}\"\n",
+            stage.proxy.admin_addr(),
+            stage.store().display()
+        ),
+    )
+    .unwrap();
+    let o = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["run", path.to_str().unwrap(), "--log-format", "json"])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(code(&o), 3, "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("rollout ").and_then(|r| r.split_whitespace().next()))
+        .unwrap()
+        .to_string();
+    let logged: Vec<Value> = String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        logged.iter().any(|l| l["rollout"] == id.as_str()
+            && l["check"] == "http"
+            && l["message"] == "a check could not measure"
+            && l["level"] == "WARN"),
+        "{logged:?}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -457,7 +457,7 @@ impl Engine {
     /// Runs every check at once; a check that errors is retried a few
     /// times with a short back-off and, if it still cannot measure, counts
     /// as an error (inconclusive to the machine, never a pass).
-    async fn analyse(&self, checks: &[Arc<dyn Check>]) -> Vec<Observation> {
+    async fn analyse(&self, id: &str, checks: &[Arc<dyn Check>]) -> Vec<Observation> {
         let mut set = JoinSet::new();
         for (i, check) in checks.iter().enumerate() {
             let check = Arc::clone(check);
@@ -504,11 +504,20 @@ impl Engine {
                 })
             })
             .collect();
-        tracing::debug!(verdict = %combine(&observations), "analysis");
+        for o in observations.iter().filter(|o| o.verdict == Verdict::Error) {
+            tracing::warn!(rollout = %id, check = %o.check, error = %o.detail, "a check could not measure");
+        }
+        tracing::debug!(rollout = %id, verdict = %combine(&observations), "analysis");
         observations
     }
 
-    async fn perform(&self, action: &Action, adapters: &Adapters, rollout: &Rollout) -> Input {
+    async fn perform(
+        &self,
+        id: &str,
+        action: &Action,
+        adapters: &Adapters,
+        rollout: &Rollout,
+    ) -> Input {
         match action {
             Action::Preflight => {
                 let mut refusals = Vec::new();
@@ -528,6 +537,9 @@ impl Engine {
                         refusals.push(format!("{}: {e}", check.name()));
                     }
                 }
+                if !refusals.is_empty() {
+                    tracing::warn!(rollout = %id, refusals = %refusals.join("; "), "preflight refused the rollout");
+                }
                 Input::Preflight(if refusals.is_empty() {
                     Ok(())
                 } else {
@@ -539,6 +551,9 @@ impl Engine {
                     let started = tokio::time::Instant::now();
                     let r = p.prepare(self.options.prepare_deadline).await;
                     self.instrument("platform", "prepare", started, r.is_err());
+                    if let Err(e) = &r {
+                        tracing::warn!(rollout = %id, platform = %p.describe(), error = %e, "preparing the candidate failed");
+                    }
                     Input::Prepared(r.map_err(|e| e.to_string()))
                 }
                 None => Input::Prepared(Ok(())),
@@ -548,6 +563,9 @@ impl Engine {
                     let started = tokio::time::Instant::now();
                     let r = p.finalize().await;
                     self.instrument("platform", "finalize", started, r.is_err());
+                    if let Err(e) = &r {
+                        tracing::warn!(rollout = %id, platform = %p.describe(), error = %e, "retiring the old side failed");
+                    }
                     Input::Finalized(r.map_err(|e| e.to_string()))
                 }
                 None => Input::Finalized(Ok(())),
@@ -561,7 +579,7 @@ impl Engine {
                     realized,
                 },
                 Err(e) => {
-                    tracing::warn!(rollout = %rollout.plan.service, router = %adapters.router.describe(), error = %e, "router failed to apply {split}");
+                    tracing::warn!(rollout = %id, router = %adapters.router.describe(), error = %e, "router failed to apply {split}");
                     Input::ApplyFailed {
                         requested: *split,
                         message: e.message,
@@ -573,14 +591,14 @@ impl Engine {
             {
                 Ok(split) => Input::SplitRead(split),
                 Err(e) => {
-                    tracing::warn!(rollout = %rollout.plan.service, router = %adapters.router.describe(), error = %e, "reading the router's split failed");
+                    tracing::warn!(rollout = %id, router = %adapters.router.describe(), error = %e, "reading the router's split failed");
                     Input::ReadFailed {
                         message: e.message,
                         transient: e.transient,
                     }
                 }
             },
-            Action::RunAnalysis => Input::Analysis(self.analyse(&adapters.checks).await),
+            Action::RunAnalysis => Input::Analysis(self.analyse(id, &adapters.checks).await),
         }
     }
 }
@@ -838,8 +856,8 @@ impl Driving<'_> {
         action: &Action,
         adapters: &Adapters,
     ) -> Result<Input, EngineError> {
-        let rollout = self.rollout.clone();
-        let work = self.engine.perform(action, adapters, &rollout);
+        let (rollout, id) = (self.rollout.clone(), self.id.clone());
+        let work = self.engine.perform(&id, action, adapters, &rollout);
         tokio::pin!(work);
         loop {
             match &mut self.feed {
