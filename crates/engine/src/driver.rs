@@ -801,6 +801,10 @@ impl Driving<'_> {
         if now.since(self.lease_renewed) < ttl / 3 {
             return Ok(());
         }
+        // While the store fails, try again with the other store calls.
+        if self.store_failure.as_ref().is_some_and(|f| now < f.retry_at) {
+            return Ok(());
+        }
         self.renew().await
     }
 

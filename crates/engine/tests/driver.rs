@@ -722,3 +722,32 @@ async fn a_day_long_bake_keeps_the_snapshot_small_and_every_decision_in_the_log(
         record.state.len()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_wal_index_cut_under_the_driver_is_refused_not_a_crash() {
+    // Truncating the mapped -shm file would kill the process with SIGBUS
+    // at its next store call; the store notices first and the driver
+    // ends in the safe state, saying why.
+    let f = Fixture::new();
+    let engine = f.engine("a");
+    engine
+        .create("r1", plan("preset = \"canary\"\nhold = \"5m\""), false)
+        .await
+        .unwrap();
+    let (adapters, router) = f.adapters("r1", 101.0);
+    let shm = format!("{}-shm", f.path.display());
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&shm)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+    });
+    let err = engine.drive("r1", &adapters).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("WAL index (-shm) was cut"), "{msg}");
+    assert!(msg.contains("all traffic on live `blue`"), "{msg}");
+    assert_eq!(log(&router).last().unwrap().1, 0.0);
+}

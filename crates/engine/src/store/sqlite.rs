@@ -93,11 +93,48 @@ const ROLLOUT_COLUMNS: &str =
 /// (here or in another process) for an independent connection.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<Mutex<Guarded>>,
     path: Arc<PathBuf>,
     /// The opened file's identity, checked before every call.
     identity: Option<FileId>,
     read_only: bool,
+}
+
+/// The connection, and what it last saw of the WAL index (`-shm`) that
+/// SQLite maps into memory: a mapped file truncated or swapped under the
+/// process kills it with SIGBUS, so it is checked before every call.
+#[derive(Debug)]
+struct Guarded {
+    conn: Connection,
+    shm: Option<(FileId, u64)>,
+}
+
+impl Guarded {
+    fn new(conn: Connection) -> Guarded {
+        Guarded { conn, shm: None }
+    }
+}
+
+fn shm_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-shm");
+    PathBuf::from(p)
+}
+
+/// Device, inode and length of the `-shm` file, if there is one.
+fn shm_state(db: &Path) -> std::io::Result<Option<(FileId, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(shm_path(db)) {
+        Ok(m) => Ok(Some((
+            FileId {
+                dev: m.dev(),
+                ino: m.ino(),
+            },
+            m.len(),
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Device and inode of a file.
@@ -153,7 +190,7 @@ impl SqliteStore {
         })?;
         let identity = file_id(path).map_err(|e| fail("cannot stat", &e))?;
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(Mutex::new(Guarded::new(conn))),
             path: Arc::new(path.to_path_buf()),
             identity: Some(identity),
             read_only: false,
@@ -204,7 +241,7 @@ impl SqliteStore {
             .or_else(|_| try_open("&immutable=1"))
             .map_err(|e| fail("cannot open read-only", &e))?;
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(Mutex::new(Guarded::new(conn))),
             path: Arc::new(path.to_path_buf()),
             identity: Some(identity),
             read_only: true,
@@ -251,6 +288,9 @@ impl SqliteStore {
         let fail2 = fail.clone();
         let path = Arc::clone(&self.path);
         tokio::task::spawn_blocking(move || {
+            let mut guarded = conn
+                .lock()
+                .map_err(|_| fail(&"connection unusable after a panic in an earlier call"))?;
             if let Some(opened) = identity {
                 match file_id(&path) {
                     Ok(now) if now == opened => {}
@@ -258,14 +298,27 @@ impl SqliteStore {
                     Err(e) => return Err(fail(&format!("the file is gone since it was opened ({e}); refusing to use a database no other process sees"))),
                 }
             }
-            let mut conn = conn
-                .lock()
-                .map_err(|_| fail(&"connection unusable after a panic in an earlier call"))?;
-            f(&mut conn).map_err(|e| match e {
+            // The mapped WAL index must be the file seen before and no
+            // shorter, or touching it would kill the process (SIGBUS).
+            if let Some((seen, len)) = guarded.shm {
+                match shm_state(&path) {
+                    Ok(Some((now, now_len))) if now == seen && now_len >= len => {}
+                    Ok(Some((now, _))) if now != seen => return Err(fail(&"its WAL index (-shm) was replaced since it was opened; refusing to use it")),
+                    Ok(Some((_, now_len))) => return Err(fail(&format!("its WAL index (-shm) was cut from {len} to {now_len} bytes under this process; refusing to use it"))),
+                    Ok(None) => return Err(fail(&"its WAL index (-shm) is gone since it was opened; refusing to use it")),
+                    Err(e) => return Err(fail(&format!("cannot check its WAL index (-shm): {e}"))),
+                }
+            }
+            let result = f(&mut guarded.conn).map_err(|e| match e {
                 Failure::Store(e) => e,
                 Failure::Sql(e) => fail(&e),
                 Failure::Data(msg) => fail(&msg),
-            })
+            });
+            if let Ok(Some((id, len))) = shm_state(&path) {
+                let len = guarded.shm.filter(|(s, _)| *s == id).map_or(len, |(_, l)| l.max(len));
+                guarded.shm = Some((id, len));
+            }
+            result
         })
         .await
         .map_err(|e| fail2(&e))?
@@ -298,6 +351,12 @@ impl From<rusqlite::Error> for MigrateError {
 /// Brings the schema up to `SCHEMA_VERSION`. Runs under `BEGIN IMMEDIATE`,
 /// so two processes opening a new file at once do not both create it.
 fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
+    // Up to date: nothing to write (so a read-only file opens, and its
+    // writes fail later with the operation named).
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if version > SCHEMA_VERSION {
