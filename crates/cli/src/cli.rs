@@ -82,6 +82,18 @@ pub enum Command {
     /// Let a paused rollout advance again.
     #[command(after_help = EXIT_CODES)]
     Resume(TargetArgs),
+    /// Send all traffic of the active rollout to the live target now,
+    /// whatever it is doing; while it is rolling back or cannot restore
+    /// the live target, make it try again at once. Needs --force, since it
+    /// interrupts a rollout in progress.
+    #[command(after_help = EXIT_CODES)]
+    Rollback {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Yes, interrupt the active rollout.
+        #[arg(long)]
+        force: bool,
+    },
     /// Run the embedded weighted HTTP proxy (the `local` router) with its
     /// admin API; see docs/proxy.md for the config file.
     #[command(after_help = EXIT_CODES)]
@@ -295,6 +307,14 @@ pub async fn dispatch(cli: Cli) -> Exit {
         Command::Promote(t) => crate::read::command(t, cutover_core::Command::Promote).await,
         Command::Pause(t) => crate::read::command(t, cutover_core::Command::Pause).await,
         Command::Resume(t) => crate::read::command(t, cutover_core::Command::Resume).await,
+        Command::Rollback { target, force } => {
+            if !force {
+                return Exit::Usage(
+                    "`cutover rollback` interrupts the active rollout and sends all traffic to the live target: add --force".into(),
+                );
+            }
+            crate::read::command(target, cutover_core::Command::Rollback).await
+        }
         Command::Proxy { config } => crate::run::proxy(&config).await,
         Command::Demo(args) => crate::demo::demo(args).await,
         Command::InitStore { file, print } => crate::aws::init_store(&file, print).await,

@@ -579,8 +579,12 @@ async fn the_proxy_drains_requests_in_flight_on_sigterm() {
         fail_ratio: 0.0,
         latency: Duration::from_millis(1500),
     };
-    let blue = cutover_local::start_demo_app(any, slow("blue")).await.unwrap();
-    let green = cutover_local::start_demo_app(any, slow("green")).await.unwrap();
+    let blue = cutover_local::start_demo_app(any, slow("blue"))
+        .await
+        .unwrap();
+    let green = cutover_local::start_demo_app(any, slow("green"))
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = |l: std::net::TcpListener| l.local_addr().unwrap().port();
     let (data, admin) = (
@@ -612,7 +616,8 @@ async fn the_proxy_drains_requests_in_flight_on_sigterm() {
     let request = std::thread::spawn(move || {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", data)).unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
@@ -669,7 +674,10 @@ async fn adapter_failures_are_logged_as_json_lines_with_the_rollout_id() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     let id = stdout
         .lines()
-        .find_map(|l| l.strip_prefix("rollout ").and_then(|r| r.split_whitespace().next()))
+        .find_map(|l| {
+            l.strip_prefix("rollout ")
+                .and_then(|r| r.split_whitespace().next())
+        })
         .unwrap()
         .to_string();
     let logged: Vec<Value> = String::from_utf8_lossy(&o.stderr)

@@ -56,6 +56,9 @@ pub enum Command {
     Resume,
     /// Start a rolled-back, aborted or failed rollout again from its first step.
     Retry,
+    /// Send all traffic to blue now, whatever the rollout is doing; while
+    /// it is already restoring, try again at once (`cutover rollback --force`).
+    Rollback,
 }
 
 impl Command {
@@ -64,7 +67,8 @@ impl Command {
     /// this to refuse it up front with the reason.
     pub fn applies_to(self, phase: &Phase) -> Result<(), String> {
         let ok = match self {
-            Command::Abort => !phase.is_terminal() && !matches!(phase, Phase::RollingBack { .. }),
+            Command::Abort => !phase.is_terminal() && !phase.is_restoring(),
+            Command::Rollback => !phase.is_terminal(),
             Command::Promote => matches!(
                 phase,
                 Phase::Shifting | Phase::Holding | Phase::Paused { .. }
@@ -92,6 +96,7 @@ impl fmt::Display for Command {
             Command::Pause => "pause",
             Command::Resume => "resume",
             Command::Retry => "retry",
+            Command::Rollback => "rollback",
         })
     }
 }
@@ -123,6 +128,14 @@ pub enum Phase {
     },
     /// Sending all traffic back to blue; ends in `then`.
     RollingBack {
+        reason: String,
+        then: Ending,
+    },
+    /// The rollback could not reach all traffic on blue within its
+    /// deadline: still active, retrying with back-off and reporting the
+    /// router's real state at every try, until it does (or an operator's
+    /// `rollback` makes it try again at once).
+    CannotRestore {
         reason: String,
         then: Ending,
     },
@@ -169,6 +182,14 @@ impl Phase {
         )
     }
 
+    /// Sending (or trying to send) all traffic back to blue.
+    pub fn is_restoring(&self) -> bool {
+        matches!(
+            self,
+            Phase::RollingBack { .. } | Phase::CannotRestore { .. }
+        )
+    }
+
     /// The phase's name, as shown to people.
     pub fn name(&self) -> &'static str {
         match self {
@@ -181,6 +202,7 @@ impl Phase {
             Phase::Finalizing => "finalizing",
             Phase::Paused { .. } => "paused",
             Phase::RollingBack { .. } => "rolling-back",
+            Phase::CannotRestore { .. } => "cannot-restore",
             Phase::Succeeded => "succeeded",
             Phase::RolledBack { .. } => "rolled-back",
             Phase::Aborted { .. } => "aborted",
@@ -193,6 +215,7 @@ impl Phase {
         match self {
             Phase::Paused { reason, .. }
             | Phase::RollingBack { reason, .. }
+            | Phase::CannotRestore { reason, .. }
             | Phase::RolledBack { reason }
             | Phase::Aborted { reason }
             | Phase::Failed { reason } => Some(reason),
@@ -232,6 +255,9 @@ pub enum Input {
     },
     /// One analysis run's observations.
     Analysis(Vec<Observation>),
+    /// The engine cut an action short for an operator command (fed right
+    /// after the command): whatever it would have answered never comes.
+    Interrupted(Action),
     /// The platform's outcome for `Finalize`.
     Finalized(Result<(), String>),
     Command(Command),
@@ -334,6 +360,18 @@ pub enum Observing {
     Start,
     /// After loading a snapshot: does the router do what the record says?
     Resume,
+    /// A write failed or timed out, so whether it landed is unknown:
+    /// what does the router have now?
+    AfterFailedWrite,
+}
+
+/// A router write that failed, waiting for the read that tells whether it
+/// landed after all.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedWrite {
+    pub requested: Split,
+    pub message: String,
+    pub transient: bool,
 }
 
 /// A rollout: its plan and where it is. [`Rollout::to_snapshot`] persists it.
@@ -376,6 +414,9 @@ pub struct Rollout {
     /// Waiting for a `ReadSplit` answer before anything else happens.
     #[serde(default)]
     pub observing: Option<Observing>,
+    /// The failed write being checked by a read (with `AfterFailedWrite`).
+    #[serde(default)]
+    pub failed_write: Option<FailedWrite>,
     /// Why the last read of the split during a hold failed, if it did: the
     /// next verdict cannot pass on a split nobody could confirm.
     #[serde(default)]
@@ -430,6 +471,7 @@ impl Rollout {
             promoted: false,
             retry: None,
             observing: None,
+            failed_write: None,
             split_unverified: None,
             started_at: None,
             ended_at: None,
@@ -607,6 +649,7 @@ impl Rollout {
                 self.on_read_failed(now, message, transient, &mut out)
             }
             Input::Analysis(observations) => self.on_analysis(now, observations, &mut out),
+            Input::Interrupted(action) => self.on_interrupted(now, action, &mut out),
             Input::Finalized(result) => self.on_finalized(now, result),
             Input::Command(command) => self.on_command(now, command, &mut out),
         }
@@ -677,6 +720,7 @@ impl Rollout {
         match self.observing.take() {
             Some(Observing::Start) => self.on_start_read(now, found, out),
             Some(Observing::Resume) => self.on_resume_read(now, found, out),
+            Some(Observing::AfterFailedWrite) => self.after_failed_write(now, Ok(found), out),
             None => {
                 // A read taken with an analysis: only holds check it.
                 if self.phase_for_timing().is_none() {
@@ -751,7 +795,7 @@ impl Rollout {
     fn on_resume_read(&mut self, now: Timestamp, found: Split, out: &mut Vec<Action>) {
         let t = self.targets();
         match self.phase.clone() {
-            Phase::Shifting | Phase::RollingBack { .. } => {
+            Phase::Shifting | Phase::RollingBack { .. } | Phase::CannotRestore { .. } => {
                 if found == self.target {
                     self.record(
                         now,
@@ -764,7 +808,7 @@ impl Rollout {
                     let target = self.target;
                     return self.on_applied(now, target, found, out);
                 }
-                if found != self.split && !matches!(self.phase, Phase::RollingBack { .. }) {
+                if found != self.split && !self.phase.is_restoring() {
                     return self.drift(now, found, out);
                 }
                 self.split = found;
@@ -814,7 +858,7 @@ impl Rollout {
         let recorded = self.split;
         self.split = found;
         self.split_unverified = None;
-        if matches!(self.phase, Phase::RollingBack { .. }) {
+        if self.phase.is_restoring() {
             self.record(now, format!("{what}; still rolling back"), vec![]);
             out.push(Action::ApplySplit(Split::ZERO));
             return;
@@ -876,6 +920,10 @@ impl Rollout {
             }
             return;
         };
+        if observing == Observing::AfterFailedWrite {
+            self.observing = None;
+            return self.after_failed_write(now, Err(message), out);
+        }
         let first_failure = self
             .retry
             .filter(|r| r.of == Call::Read)
@@ -918,13 +966,14 @@ impl Rollout {
                 },
             ),
             Observing::Resume => {
-                if matches!(self.phase, Phase::RollingBack { .. }) {
+                if self.phase.is_restoring() {
                     // Rolling back is always safe to repeat.
                     out.push(Action::ApplySplit(self.target));
                     return;
                 }
                 self.adapter_gave_up(now, why, out);
             }
+            Observing::AfterFailedWrite => unreachable!("handled above"),
         }
     }
 
@@ -989,11 +1038,9 @@ impl Rollout {
         realized: Split,
         out: &mut Vec<Action>,
     ) {
-        if requested != self.target
-            || !matches!(self.phase, Phase::Shifting | Phase::RollingBack { .. })
-        {
+        if requested != self.target || !self.writing() {
             // The answer to an earlier request that has since been superseded.
-            if !matches!(self.phase, Phase::Shifting | Phase::RollingBack { .. }) {
+            if !self.writing() {
                 self.split = realized;
             }
             return;
@@ -1001,6 +1048,7 @@ impl Rollout {
         self.split = realized;
         self.retry = None;
         self.observing = None;
+        self.failed_write = None;
         let t = self.targets();
         let shown = if realized == requested {
             format!("{} in force", t.describe(realized))
@@ -1011,7 +1059,9 @@ impl Rollout {
                 t.candidate
             )
         };
-        if let Phase::RollingBack { reason, then } = self.phase.clone() {
+        if let Phase::RollingBack { reason, then } | Phase::CannotRestore { reason, then } =
+            self.phase.clone()
+        {
             let terminal = match then {
                 Ending::RolledBack => Phase::RolledBack { reason },
                 Ending::Aborted => Phase::Aborted { reason },
@@ -1044,32 +1094,147 @@ impl Rollout {
 
     fn on_apply_failed(
         &mut self,
-        now: Timestamp,
+        _now: Timestamp,
         requested: Split,
         message: String,
         transient: bool,
         out: &mut Vec<Action>,
     ) {
-        if requested != self.target
-            || !matches!(self.phase, Phase::Shifting | Phase::RollingBack { .. })
-        {
+        if requested != self.target || !self.writing() {
             return;
         }
+        // Whether it landed is unknown until the router says: read it
+        // before deciding anything or reporting any split.
+        self.failed_write = Some(FailedWrite {
+            requested,
+            message,
+            transient,
+        });
+        self.observing = Some(Observing::AfterFailedWrite);
+        out.push(Action::ReadSplit);
+    }
+
+    /// Whether a write of the split is what the phase is about.
+    fn writing(&self) -> bool {
+        self.phase == Phase::Shifting || self.phase.is_restoring()
+    }
+
+    /// The read after a failed write answered (`found`), or could not.
+    fn after_failed_write(
+        &mut self,
+        now: Timestamp,
+        found: Result<Split, String>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(fw) = self.failed_write.take() else {
+            return;
+        };
+        if fw.requested != self.target || !self.writing() {
+            return;
+        }
+        let t = self.targets();
+        match found {
+            Ok(s) if s == fw.requested => {
+                self.record(
+                    now,
+                    format!(
+                        "the router has {} after all: the write landed though it answered `{}`",
+                        t.describe(s),
+                        fw.message
+                    ),
+                    vec![],
+                );
+                return self.on_applied(now, fw.requested, s, out);
+            }
+            Ok(s) => {
+                if s != self.split {
+                    self.record(
+                        now,
+                        format!(
+                            "read after the failed write: the router has {}",
+                            t.describe(s)
+                        ),
+                        vec![],
+                    );
+                }
+                self.split = s;
+            }
+            Err(e) => self.record(
+                now,
+                format!(
+                    "the router's split is unknown after the failed write ({e}); last known: {}",
+                    t.describe(self.split)
+                ),
+                vec![],
+            ),
+        }
+        self.write_failed(now, fw, out);
+    }
+
+    /// The deadline of the router calls the current phase retries: the
+    /// shift's `adapter_deadline` from its first failure, the rollback's
+    /// `rollback_deadline` from its start. The engine cuts a call short at
+    /// it, so a decision never waits past it. None: no deadline.
+    pub fn call_deadline(&self) -> Option<Timestamp> {
+        match &self.phase {
+            Phase::RollingBack { .. } => Some(
+                self.phase_started
+                    .after(self.plan.rollback.rollback_deadline),
+            ),
+            Phase::CannotRestore { .. } => None,
+            _ => self
+                .retry
+                .map(|r| r.first_failure.after(self.plan.rollback.adapter_deadline)),
+        }
+    }
+
+    /// A write failed and did not land: retry, give up, or keep restoring.
+    fn write_failed(&mut self, now: Timestamp, fw: FailedWrite, out: &mut Vec<Action>) {
+        let FailedWrite {
+            requested,
+            message,
+            transient,
+        } = fw;
         let retry = self.retry.filter(|r| r.of == Call::Apply);
         let first_failure = retry.map_or(now, |r| r.first_failure);
         let attempts = retry.map_or(1, |r| r.attempts + 1);
-        let deadline = first_failure.after(self.plan.rollback.adapter_deadline);
-        let backoff = backoff(attempts);
-        if transient && now.after(backoff) <= deadline {
+        let t = self.targets();
+        if matches!(self.phase, Phase::CannotRestore { .. }) {
+            let wait = restore_backoff(attempts);
             self.retry = Some(Retry {
                 first_failure,
                 attempts,
-                next_at: Some(now.after(backoff)),
+                next_at: Some(now.after(wait)),
                 of: Call::Apply,
             });
             self.record(
                 now,
-                format!("router failed to apply {requested} (attempt {attempts}): {message}; retrying in {}", Human(backoff)),
+                format!(
+                    "still cannot restore live `{}` (attempt {attempts}, failing for {}): {message}; the router has {}; trying again in {}",
+                    t.live,
+                    Human(now.since(first_failure)),
+                    t.describe(self.split),
+                    Human(wait)
+                ),
+                vec![],
+            );
+            return;
+        }
+        let deadline = self
+            .call_deadline()
+            .unwrap_or(first_failure.after(self.plan.rollback.adapter_deadline));
+        let wait = backoff(attempts);
+        let frozen = self.phase == Phase::Shifting && self.pause_requested;
+        if transient && now.after(wait) <= deadline && !frozen {
+            self.retry = Some(Retry {
+                first_failure,
+                attempts,
+                next_at: Some(now.after(wait)),
+                of: Call::Apply,
+            });
+            self.record(
+                now,
+                format!("router failed to apply {requested} (attempt {attempts}): {message}; retrying in {}", Human(wait)),
                 vec![],
             );
             return;
@@ -1083,14 +1248,49 @@ impl Rollout {
         } else {
             format!("router refused {requested}: {message}")
         };
-        if let Phase::RollingBack { reason, .. } = &self.phase {
-            let t = self.targets();
-            let reason = format!(
-                "{reason}; and live `{}` could not be restored: {why} (traffic may still be at {})",
-                t.live,
-                t.describe(self.split)
+        if frozen {
+            self.pause_requested = false;
+            self.set_phase(
+                now,
+                Phase::Paused {
+                    reason: "paused by operator".into(),
+                    resume_to: ResumeTo::Shifting,
+                },
             );
-            self.finish(now, Phase::Failed { reason });
+            self.next_analysis = None;
+            self.record(
+                now,
+                format!(
+                    "paused by operator at {} while the router failed: {why}",
+                    t.describe(self.split)
+                ),
+                vec![],
+            );
+            return;
+        }
+        if let Phase::RollingBack { reason, then } = self.phase.clone() {
+            let reason = format!(
+                "{reason}; live `{}` could not be restored within {}: {why}",
+                t.live,
+                Human(self.plan.rollback.rollback_deadline)
+            );
+            self.set_phase(now, Phase::CannotRestore { reason, then });
+            let wait = restore_backoff(1);
+            self.retry = Some(Retry {
+                first_failure: now,
+                attempts: 0,
+                next_at: Some(now.after(wait)),
+                of: Call::Apply,
+            });
+            self.record(
+                now,
+                format!(
+                    "CANNOT RESTORE live `{}`: the router has {}; retrying until it works (`cutover rollback --force` tries again at once): {why}",
+                    t.live,
+                    t.describe(self.split)
+                ),
+                vec![],
+            );
             return;
         }
         self.adapter_gave_up(now, why, out);
@@ -1312,7 +1512,56 @@ impl Rollout {
     fn on_command(&mut self, now: Timestamp, command: Command, out: &mut Vec<Action>) {
         let phase = self.phase.clone();
         match (command, &phase) {
-            (Command::Abort, p) if !p.is_terminal() && !matches!(p, Phase::RollingBack { .. }) => {
+            (Command::Abort | Command::Rollback, Phase::CannotRestore { .. }) => {
+                let live = self.targets().live;
+                if command == Command::Rollback {
+                    if let Some(r) = self.retry.as_mut().filter(|r| r.next_at.is_some()) {
+                        r.next_at = Some(now);
+                    }
+                    self.record(
+                        now,
+                        format!("rollback forced by operator: trying to restore live `{live}` now"),
+                        vec![],
+                    );
+                } else {
+                    self.record(
+                        now,
+                        format!("abort: cutover is already trying to send all traffic to live `{live}` and keeps trying (`cutover rollback --force` tries again at once)"),
+                        vec![],
+                    );
+                }
+            }
+            (Command::Rollback, Phase::RollingBack { .. }) => {
+                if let Some(r) = self.retry.as_mut().filter(|r| r.next_at.is_some()) {
+                    r.next_at = Some(now);
+                }
+                self.record(
+                    now,
+                    "rollback forced by operator: already rolling back; trying now".into(),
+                    vec![],
+                );
+            }
+            (Command::Rollback, p) if !p.is_terminal() => {
+                if matches!(p, Phase::Pending | Phase::Preflight | Phase::Preparing)
+                    && self.split == Split::ZERO
+                {
+                    return self.finish(
+                        now,
+                        Phase::Aborted {
+                            reason: "rolled back by operator before traffic moved".into(),
+                        },
+                    );
+                }
+                self.rollback(
+                    now,
+                    "rolled back by operator".into(),
+                    Ending::Aborted,
+                    Cause::Operator,
+                    vec![],
+                    out,
+                )
+            }
+            (Command::Abort, p) if !p.is_terminal() && !p.is_restoring() => {
                 if matches!(p, Phase::Pending | Phase::Preflight | Phase::Preparing)
                     && self.split == Split::ZERO
                 {
@@ -1408,6 +1657,48 @@ impl Rollout {
                 now,
                 format!("ignored `{command}`: not possible while {}", phase.name()),
                 vec![],
+            ),
+        }
+    }
+
+    /// The engine cut `action` short for an operator command (fed just
+    /// before this): ask again for what is still needed.
+    fn on_interrupted(&mut self, now: Timestamp, action: Action, out: &mut Vec<Action>) {
+        match action {
+            Action::RunAnalysis => {
+                if self.analysis_in_flight {
+                    self.analysis_in_flight = false;
+                    if self.phase_for_timing().is_some() {
+                        self.next_analysis = Some(now);
+                    }
+                }
+            }
+            Action::ReadSplit => {
+                if self.observing.is_some() {
+                    out.push(Action::ReadSplit);
+                }
+            }
+            Action::Preflight => {
+                if self.phase == Phase::Preflight && self.observing.is_none() {
+                    out.push(Action::Preflight);
+                }
+            }
+            Action::Prepare => {
+                if self.phase == Phase::Preparing {
+                    out.push(Action::Prepare);
+                }
+            }
+            Action::Finalize => {
+                if self.phase == Phase::Finalizing {
+                    out.push(Action::Finalize);
+                }
+            }
+            Action::ApplySplit(split) => self.on_apply_failed(
+                now,
+                split,
+                "cut short for an operator command; whether it landed is unknown".into(),
+                true,
+                out,
             ),
         }
     }
@@ -1562,6 +1853,15 @@ pub fn start_refusal(
 
 /// The longest wait between two attempts of a failing router call.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The longest wait between two tries to restore blue once the rollback
+/// missed its deadline.
+pub const MAX_RESTORE_BACKOFF: Duration = Duration::from_secs(30);
+
+/// 1 s, 2 s, 4 s ... capped at [`MAX_RESTORE_BACKOFF`].
+fn restore_backoff(attempt: u32) -> Duration {
+    Duration::from_millis(1000u64 << attempt.saturating_sub(1).min(5)).min(MAX_RESTORE_BACKOFF)
+}
 
 /// 200 ms, 400 ms, 800 ms ... capped at [`MAX_BACKOFF`].
 fn backoff(attempt: u32) -> Duration {

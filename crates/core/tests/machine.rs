@@ -215,21 +215,117 @@ fn transient_router_errors_are_retried_with_backoff_until_the_deadline() {
 }
 
 #[test]
-fn a_rollback_that_cannot_restore_blue_fails_and_says_where_traffic_is() {
+fn a_rollback_that_cannot_restore_blue_keeps_trying_loudly_until_it_does() {
+    // Green fails at 10 s; the router refuses 0 % until 100 s.
     let world = World {
         verdict: Box::new(|_, _| Verdict::Fail),
-        router_fails: Box::new(|split, _| (split == Split::ZERO).then_some(false)),
+        router_fails: Box::new(|split, t| (split == Split::ZERO && t < 100_000).then_some(false)),
         ..World::healthy()
     };
     let mut run = Run::start(plan("[strategy]\npreset = \"canary\"\n"), &world);
     run.finish(&world);
-    let reason = run.rollout.phase.reason().unwrap();
-    assert_eq!(run.rollout.phase.name(), "failed");
-    assert!(
-        reason.contains("live `blue` could not be restored")
-            && reason.contains("traffic may still be at 10 % on candidate `green`"),
-        "{reason}"
+    assert_eq!(
+        run.rollout.phase.name(),
+        "rolled-back",
+        "{:?}",
+        run.rollout.phase
     );
+    assert_eq!(run.rollout.split, Split::ZERO);
+    let m = run.messages();
+    // Refused (a permanent error): it says so at once, and where traffic is.
+    let cannot = m.iter().find(|m| m.starts_with("CANNOT RESTORE")).unwrap();
+    assert!(
+        cannot.contains("the router has 10 % on candidate `green`"),
+        "{cannot}"
+    );
+    let tries = m
+        .iter()
+        .filter(|m| m.starts_with("still cannot restore"))
+        .count();
+    assert!(tries >= 3, "{m:?}");
+    // Retried with back-off (1, 2, 4 ... at most 30 s) until the router works.
+    let applied = applied(&run);
+    assert_eq!(applied.first(), Some(&(0, 10.0)));
+    let (at, split) = *applied.last().unwrap();
+    assert_eq!(split, 0.0);
+    assert!((100..=131).contains(&at), "restored at {at} s");
+
+    // A failing rollback with transient errors: within `rollback_deadline`
+    // of its start it turns into cannot-restore, not a fresh deadline.
+    let world = World {
+        verdict: Box::new(|_, _| Verdict::Fail),
+        router_fails: Box::new(|split, t| (split == Split::ZERO && t < 200_000).then_some(true)),
+        ..World::healthy()
+    };
+    let mut run = Run::start(
+        plan("[strategy]\npreset = \"canary\"\n[rollback]\nadapter_deadline = \"45s\"\nrollback_deadline = \"20s\"\n"),
+        &world,
+    );
+    while !matches!(run.rollout.phase, Phase::CannotRestore { .. }) {
+        assert!(run.step(&world));
+    }
+    let decided = run
+        .events
+        .iter()
+        .rev()
+        .find(|e| e.message.starts_with("CANNOT RESTORE"))
+        .unwrap()
+        .at;
+    // The rollback began at 10 s (the first analysis failed).
+    assert!(
+        decided.since(sim::T0).as_secs() <= 30,
+        "decided at {:?}",
+        decided.since(sim::T0)
+    );
+    // Abort means "keep trying"; rollback --force tries at once.
+    let before = run.seen.len();
+    let mut rollout = run.rollout.clone();
+    let now = run.now;
+    let _ = rollout.handle(now, cutover_core::Input::Command(Command::Abort));
+    assert!(matches!(rollout.phase, Phase::CannotRestore { .. }));
+    let _ = rollout.handle(now, cutover_core::Input::Command(Command::Rollback));
+    assert_eq!(rollout.next_wakeup(), Some(now), "forced: tried now");
+    assert!(run.seen.len() >= before);
+    run.finish(&world);
+    assert_eq!(run.rollout.phase.name(), "rolled-back");
+}
+
+#[test]
+fn a_write_whose_answer_was_lost_is_read_back_and_taken_as_landed() {
+    // The shift to 100 % lands but the router answers with an error.
+    let world = World {
+        router_fails: Box::new(|split, t| (split == Split::FULL && t < 70_000).then_some(true)),
+        lands_anyway: Box::new(|_, _| true),
+        ..World::healthy()
+    };
+    let mut run = Run::start(
+        plan("[strategy]\npreset = \"canary\"\nhold = \"1m\"\n"),
+        &world,
+    );
+    run.finish(&world);
+    assert_eq!(run.rollout.phase, Phase::Succeeded);
+    // One write of 100 %: the failure was resolved by reading, not retried.
+    assert_eq!(applied(&run), [(0, 10.0), (60, 100.0)]);
+    assert!(run
+        .messages()
+        .iter()
+        .any(|m| m.contains("the write landed though it answered")));
+    // A write that did not land is retried, and the split reported is
+    // what the router has (10 %), not what was asked.
+    let world = World {
+        router_fails: Box::new(|split, t| (split == Split::FULL && t < 61_000).then_some(true)),
+        ..World::healthy()
+    };
+    let mut run = Run::start(
+        plan("[strategy]\npreset = \"canary\"\nhold = \"1m\"\n"),
+        &world,
+    );
+    while run.rollout.retry.is_none() {
+        assert!(run.step(&world));
+    }
+    assert_eq!(run.rollout.split.percent(), 10.0);
+    run.finish(&world);
+    assert_eq!(run.rollout.phase, Phase::Succeeded);
 }
 
 #[test]

@@ -60,6 +60,8 @@ pub struct Options {
     /// How long the store may keep failing before the driver sends all
     /// traffic to the live target and stops.
     pub store_deadline: Duration,
+    /// How long one store call may take before it counts as a failure.
+    pub store_call_limit: Duration,
 }
 
 impl Default for Options {
@@ -70,6 +72,7 @@ impl Default for Options {
             prepare_deadline: Duration::from_secs(600),
             check_retries: 2,
             store_deadline: Duration::from_secs(30),
+            store_call_limit: Duration::from_secs(10),
         }
     }
 }
@@ -302,17 +305,38 @@ impl Engine {
         let now = self.clock.now();
         let events = encode_events(&rollout.take_events());
         let state = rollout.to_snapshot();
+        // This call's own mark, so that a create landed with its answer
+        // lost is told apart from another call's (even in this process).
+        let writer = format!(
+            "{} create#{}",
+            self.holder,
+            CREATES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let change = Change {
             state: &state,
             active: !rollout.phase.is_terminal(),
             events: &events,
-            writer: &self.holder,
+            writer: &writer,
             now,
         };
-        Ok(self
-            .store
-            .create_rollout(id, &rollout.plan.service, change)
-            .await?)
+        match self
+            .store_call(self.store.create_rollout(id, &rollout.plan.service, change))
+            .await
+        {
+            Ok(record) => Ok(record),
+            // A create that landed with its answer lost (or cut short) is
+            // this writer's own: the same state, written by us, at version 1.
+            Err(e @ (StoreError::DuplicateId(_) | StoreError::Backend(_))) => {
+                match self.store.load(id).await {
+                    Ok(Some(r)) if r.version == 1 && r.written_by == writer && r.state == state => {
+                        tracing::info!(rollout = %id, "a create whose answer was lost had landed");
+                        Ok(r)
+                    }
+                    _ => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Loads a rollout snapshot.
@@ -436,6 +460,7 @@ impl Engine {
             store_failure: None,
             lease_renewed: now,
             queue: VecDeque::new(),
+            held: Vec::new(),
             stop: control.stop,
             feed: control.feed,
         };
@@ -457,7 +482,12 @@ impl Engine {
     /// Runs every check at once; a check that errors is retried a few
     /// times with a short back-off and, if it still cannot measure, counts
     /// as an error (inconclusive to the machine, never a pass).
-    async fn analyse(&self, id: &str, checks: &[Arc<dyn Check>]) -> Vec<Observation> {
+    async fn analyse(
+        &self,
+        id: &str,
+        checks: &[Arc<dyn Check>],
+        limit: Duration,
+    ) -> Vec<Observation> {
         let mut set = JoinSet::new();
         for (i, check) in checks.iter().enumerate() {
             let check = Arc::clone(check);
@@ -467,7 +497,14 @@ impl Engine {
                 let label = format!("check:{}", check.name());
                 let evaluate = || async {
                     let started = tokio::time::Instant::now();
-                    let o = check.evaluate().await;
+                    let o = match tokio::time::timeout(limit, check.evaluate()).await {
+                        Ok(o) => o,
+                        Err(_) => Observation::new(
+                            check.name(),
+                            Verdict::Error,
+                            format!("no answer within {}", cutover_core::time::Human(limit)),
+                        ),
+                    };
                     if let Some(i) = &instruments {
                         i.adapter_call(
                             &label,
@@ -511,7 +548,95 @@ impl Engine {
         observations
     }
 
+    /// How long `action` may take: its kind's limit from the plan's
+    /// `[timeouts]`, and never past the deadline of the calls the machine
+    /// retries, so a decision does not wait beyond it.
+    fn call_limit(&self, action: &Action, rollout: &Rollout, now: Timestamp) -> Duration {
+        let t = &rollout.plan.timeouts;
+        let platform = self.options.prepare_deadline + Duration::from_secs(30);
+        let limit = match action {
+            Action::ApplySplit(_) => t.router_write,
+            Action::ReadSplit => t.router_read,
+            Action::Preflight => t.router_write.max(t.check),
+            // Each check has its own limit; this bounds the analysis.
+            Action::RunAnalysis => {
+                t.check * (self.options.check_retries + 1) + Duration::from_secs(1)
+            }
+            Action::Prepare | Action::Finalize => platform,
+        };
+        match rollout.call_deadline() {
+            Some(d) if matches!(action, Action::ApplySplit(_) | Action::ReadSplit) => {
+                limit.min(d.since(now).max(Duration::from_millis(100)))
+            }
+            _ => limit,
+        }
+    }
+
+    /// A store call, cut short at `[timeouts] store`-like bound: the
+    /// engine's own limit, since the store is not the plan's.
+    async fn store_call<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.options.store_call_limit, call).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Backend(format!(
+                "the store gave no answer within {}",
+                cutover_core::time::Human(self.options.store_call_limit)
+            ))),
+        }
+    }
+
     async fn perform(
+        &self,
+        id: &str,
+        action: &Action,
+        adapters: &Adapters,
+        rollout: &Rollout,
+        limit: Duration,
+    ) -> Input {
+        match tokio::time::timeout(limit, self.perform_unbounded(id, action, adapters, rollout))
+            .await
+        {
+            Ok(input) => input,
+            Err(_) => {
+                let took = cutover_core::time::Human(limit);
+                tracing::warn!(rollout = %id, ?action, "no answer within {took}; cut short");
+                match action {
+                    Action::ApplySplit(split) => Input::ApplyFailed {
+                        requested: *split,
+                        message: format!(
+                            "{}: no answer within {took}; whether it landed is unknown",
+                            adapters.router.describe()
+                        ),
+                        transient: true,
+                    },
+                    Action::ReadSplit => Input::ReadFailed {
+                        message: format!("{}: no answer within {took}", adapters.router.describe()),
+                        transient: true,
+                    },
+                    Action::Preflight => Input::Preflight(Err(format!("no answer within {took}"))),
+                    Action::Prepare => Input::Prepared(Err(format!("no answer within {took}"))),
+                    Action::Finalize => Input::Finalized(Err(format!("no answer within {took}"))),
+                    Action::RunAnalysis => Input::Analysis(
+                        adapters
+                            .checks
+                            .iter()
+                            .map(|c| {
+                                Observation::new(
+                                    c.name(),
+                                    Verdict::Error,
+                                    format!("no answer within {took}"),
+                                )
+                            })
+                            .collect(),
+                    ),
+                }
+            }
+        }
+    }
+
+    async fn perform_unbounded(
         &self,
         id: &str,
         action: &Action,
@@ -598,7 +723,10 @@ impl Engine {
                     }
                 }
             },
-            Action::RunAnalysis => Input::Analysis(self.analyse(id, &adapters.checks).await),
+            Action::RunAnalysis => Input::Analysis(
+                self.analyse(id, &adapters.checks, rollout.plan.timeouts.check)
+                    .await,
+            ),
         }
     }
 }
@@ -607,6 +735,9 @@ impl Engine {
 fn router_label(rollout: &Rollout) -> String {
     format!("router:{}", rollout.plan.router.kind())
 }
+
+/// Numbers each create of this process (see [`Engine::create_rollout`]).
+static CREATES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The lease a rollout's driver holds.
 pub fn lease_name(id: &str) -> String {
@@ -633,8 +764,18 @@ struct Driving<'a> {
     store_failure: Option<StoreFailure>,
     lease_renewed: Timestamp,
     queue: VecDeque<Action>,
+    /// Commands that arrived during an action, for after it.
+    held: Vec<PostedCommand>,
     stop: Option<watch::Receiver<bool>>,
     feed: Option<Feed>,
+}
+
+/// How an action ended.
+enum Performed {
+    /// With this answer for the machine.
+    Done(Input),
+    /// Cut short for these commands (in order).
+    Preempted(Vec<PostedCommand>),
 }
 
 struct StoreFailure {
@@ -671,8 +812,21 @@ impl Driving<'_> {
             if let Some(action) = self.queue.front() {
                 if !self.dirty || needs_no_record(action) {
                     let action = self.queue.pop_front().expect("front exists");
-                    let input = self.perform_leased(&action, adapters).await?;
-                    self.feed_input(input);
+                    match self.perform_leased(&action, adapters).await? {
+                        Performed::Done(input) => {
+                            self.feed_input(input);
+                            // Commands that came during it, in order.
+                            for c in std::mem::take(&mut self.held) {
+                                self.apply_command(c);
+                            }
+                        }
+                        Performed::Preempted(commands) => {
+                            for c in commands {
+                                self.apply_command(c);
+                            }
+                            self.feed_input(Input::Interrupted(action));
+                        }
+                    }
                     continue;
                 }
             }
@@ -768,8 +922,11 @@ impl Driving<'_> {
             }
             None => match self
                 .engine
-                .store
-                .commands_after(&self.id, self.rollout.last_command_seq)
+                .store_call(
+                    self.engine
+                        .store
+                        .commands_after(&self.id, self.rollout.last_command_seq),
+                )
                 .await
             {
                 Ok(posted) => posted,
@@ -802,7 +959,11 @@ impl Driving<'_> {
             return Ok(());
         }
         // While the store fails, try again with the other store calls.
-        if self.store_failure.as_ref().is_some_and(|f| now < f.retry_at) {
+        if self
+            .store_failure
+            .as_ref()
+            .is_some_and(|f| now < f.retry_at)
+        {
             return Ok(());
         }
         self.renew().await
@@ -811,10 +972,10 @@ impl Driving<'_> {
     async fn renew(&mut self) -> Result<(), EngineError> {
         let now = self.now();
         let ttl = self.engine.options.lease_ttl;
+        let store = self.engine.store.clone();
         match self
             .engine
-            .store
-            .acquire_lease(&self.lease, &self.engine.holder, now, ttl)
+            .store_call(store.acquire_lease(&self.lease, &self.engine.holder, now, ttl))
             .await
         {
             Ok(true) => {
@@ -855,31 +1016,70 @@ impl Driving<'_> {
     /// take minutes (Route53 waits for INSYNC), longer than the lease lasts.
     /// If the lease is lost meanwhile, the action is dropped: its intent is
     /// persisted, and the new holder performs it again.
+    ///
+    /// Operator commands keep arriving meanwhile. An abort, pause or
+    /// rollback pre-empts the action (any but retiring the old side): it is
+    /// cut short and the machine told so, after the command; a write cut
+    /// short is then read back. Other commands wait for the action's end.
     async fn perform_leased(
         &mut self,
         action: &Action,
         adapters: &Adapters,
-    ) -> Result<Input, EngineError> {
+    ) -> Result<Performed, EngineError> {
         let (rollout, id) = (self.rollout.clone(), self.id.clone());
-        let work = self.engine.perform(&id, action, adapters, &rollout);
+        let limit = self.engine.call_limit(action, &rollout, self.now());
+        let work = self.engine.perform(&id, action, adapters, &rollout, limit);
         tokio::pin!(work);
+        let preemptible = !matches!(action, Action::Finalize);
+        let tick = self.engine.options.tick;
         loop {
-            match &mut self.feed {
+            let arrived: Vec<PostedCommand> = match &mut self.feed {
                 Some(feed) => {
                     let lost = stop_requested(Some(feed.lease_lost.clone()));
                     tokio::select! {
-                        input = &mut work => return Ok(input),
+                        input = &mut work => return Ok(Performed::Done(input)),
                         _ = lost => return Err(EngineError::LostLease(self.id.clone())),
+                        c = feed.commands.recv() => match c {
+                            Some(c) => vec![c],
+                            None => return Err(EngineError::LostLease(self.id.clone())),
+                        },
                     }
                 }
                 None => {
                     let renew_at = self.lease_renewed.after(self.engine.options.lease_ttl / 3);
                     let renew = tokio::time::sleep_until(self.engine.clock.instant_of(renew_at));
                     tokio::select! {
-                        input = &mut work => return Ok(input),
-                        _ = renew => self.renew().await?,
+                        input = &mut work => return Ok(Performed::Done(input)),
+                        _ = renew => {
+                            self.renew().await?;
+                            continue;
+                        }
+                        _ = tokio::time::sleep(tick) => {
+                            let after = self.held.last().map_or(self.rollout.last_command_seq, |c| c.seq);
+                            let store = self.engine.store.clone();
+                            match self.engine.store_call(store.commands_after(&self.id, after)).await {
+                                Ok(posted) => posted,
+                                Err(_) => continue,
+                            }
+                        }
                     }
                 }
+            };
+            let applied = self
+                .held
+                .last()
+                .map_or(self.rollout.last_command_seq, |c| c.seq);
+            self.held
+                .extend(arrived.into_iter().filter(|c| c.seq > applied));
+            let preempts = self.held.iter().any(|c| {
+                matches!(
+                    c.command,
+                    Command::Abort | Command::Pause | Command::Rollback
+                )
+            });
+            if preemptible && preempts {
+                tracing::info!(rollout = %self.id, ?action, "cutting the action short for an operator command");
+                return Ok(Performed::Preempted(std::mem::take(&mut self.held)));
             }
         }
     }
@@ -898,10 +1098,10 @@ impl Driving<'_> {
             writer: &self.engine.holder,
             now,
         };
+        let store = self.engine.store.clone();
         match self
             .engine
-            .store
-            .commit(&self.id, self.version, change)
+            .store_call(store.commit(&self.id, self.version, change))
             .await
         {
             Ok(record) => {
@@ -914,7 +1114,8 @@ impl Driving<'_> {
             }) if found == self.version + 1 && self.in_doubt.is_some() => {
                 // Maybe our own earlier write, landed with its reply lost.
                 let (doubted, carried) = self.in_doubt.take().expect("checked");
-                match self.engine.store.load(&self.id).await {
+                let store = self.engine.store.clone();
+                match self.engine.store_call(store.load(&self.id)).await {
                     Ok(Some(r)) if r.written_by == self.engine.holder && r.state == doubted => {
                         tracing::info!(rollout = %self.id, version = r.version, "a write whose reply was lost had landed");
                         self.saved(r.version, carried);

@@ -258,7 +258,8 @@ async fn commands_posted_by_another_process_take_effect_within_a_tick() {
 
 #[tokio::test(start_paused = true)]
 async fn a_driver_killed_at_any_point_is_replaced_and_the_rollout_ends_as_it_would_have() {
-    for kill_at_ms in [0u64, 1, 4_999, 5_000, 20_000, 20_001, 39_999, 45_000] {
+    // From 1 ms: in paused time the first driver has its lease by then.
+    for kill_at_ms in [1u64, 2, 4_999, 5_000, 20_000, 20_001, 39_999, 45_000] {
         let f = Fixture::new();
         let first = f.engine("first");
         first
@@ -282,10 +283,11 @@ async fn a_driver_killed_at_any_point_is_replaced_and_the_rollout_ends_as_it_wou
 
         // The dead driver's lease blocks a second one until it expires.
         let second = f.engine("second");
-        assert!(matches!(
-            second.drive("r1", &adapters).await,
-            Err(EngineError::LeaseHeld { .. })
-        ));
+        let tried = second.drive("r1", &adapters).await;
+        assert!(
+            matches!(tried, Err(EngineError::LeaseHeld { .. })),
+            "killed at {kill_at_ms} ms: {tried:?}"
+        );
         let end = second
             .drive_when_free("r1", &adapters, None, |_, _| {})
             .await
@@ -750,4 +752,275 @@ async fn a_wal_index_cut_under_the_driver_is_refused_not_a_crash() {
     assert!(msg.contains("WAL index (-shm) was cut"), "{msg}");
     assert!(msg.contains("all traffic on live `blue`"), "{msg}");
     assert_eq!(log(&router).last().unwrap().1, 0.0);
+}
+
+/// A router a test makes hang or lose its answers.
+#[derive(Default)]
+struct Unreliable {
+    split: Mutex<Split>,
+    /// Writes of these splits never answer.
+    hang_writes: Mutex<Vec<Split>>,
+    /// Writes land, then answer with an error.
+    lose_answers: std::sync::atomic::AtomicBool,
+    clock: Mutex<Option<Clock>>,
+    log: Mutex<Vec<(u64, Split, &'static str)>>,
+}
+
+impl Unreliable {
+    fn t(&self) -> u64 {
+        self.clock
+            .lock()
+            .unwrap()
+            .map_or(0, |c| c.now().since(T0).as_millis() as u64)
+    }
+    fn writes(&self) -> Vec<(u64, f64, &'static str)> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(t, s, what)| (*t, s.percent(), *what))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Router for Unreliable {
+    fn describe(&self) -> String {
+        "unreliable".into()
+    }
+    async fn apply(&self, split: Split) -> Result<Split, AdapterError> {
+        if self.hang_writes.lock().unwrap().contains(&split) {
+            self.log.lock().unwrap().push((self.t(), split, "hung"));
+            std::future::pending::<()>().await;
+        }
+        *self.split.lock().unwrap() = split;
+        if self.lose_answers.load(std::sync::atomic::Ordering::SeqCst) {
+            self.log
+                .lock()
+                .unwrap()
+                .push((self.t(), split, "landed, answer lost"));
+            return Err(AdapterError::transient("connection reset"));
+        }
+        self.log.lock().unwrap().push((self.t(), split, "applied"));
+        Ok(split)
+    }
+    async fn current(&self) -> Result<Split, AdapterError> {
+        Ok(*self.split.lock().unwrap())
+    }
+}
+
+fn unreliable(f: &Fixture) -> (Arc<Unreliable>, Adapters) {
+    let router = Arc::new(Unreliable::default());
+    *router.clock.lock().unwrap() = Some(f.clock);
+    let adapters = Adapters {
+        router: router.clone(),
+        checks: vec![],
+        platform: None,
+    };
+    (router, adapters)
+}
+
+fn plan_with(strategy: &str, extra: &str) -> cutover_core::Plan {
+    let text = format!(
+        "[service]\nname = \"web\"\n[router]\nkind = \"local\"\nadmin_url = \"http://127.0.0.1:1\"\n[strategy]\n{strategy}\n[analysis]\ninterval = \"5s\"\n{extra}"
+    );
+    plan::parse(&text, "t.toml").unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_write_is_cut_at_its_limit_read_back_and_the_deadline_holds() {
+    let f = Fixture::new();
+    let engine = f.engine("a");
+    engine
+        .create(
+            "r1",
+            plan_with(
+                "preset = \"canary\"\nhold = \"10s\"",
+                "[rollback]\nadapter_deadline = \"45s\"\n[timeouts]\nrouter_write = \"20s\"\n",
+            ),
+            false,
+        )
+        .await
+        .unwrap();
+    let (router, adapters) = unreliable(&f);
+    router.hang_writes.lock().unwrap().push(Split::FULL);
+    let end = engine.drive("r1", &adapters).await.unwrap();
+    assert_eq!(end.phase.name(), "rolled-back", "{:?}", end.phase);
+    assert_eq!(end.split, Split::ZERO);
+    // 100 % is asked for at 10 s and never answers: each try is cut at 20 s
+    // (or at the deadline), and 45 s after the first failure (at 30 s) the
+    // rollback is decided and applied: by 75 s, not a fresh deadline later.
+    let w = router.writes();
+    let back = w.iter().find(|x| x.1 == 0.0).expect("rolled back");
+    assert!(
+        back.0 <= 75_000 + 500,
+        "back on blue at {} ms: {w:?}",
+        back.0
+    );
+    let reason = end.phase.reason().unwrap();
+    assert!(reason.contains("no answer within"), "{reason}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_that_hangs_becomes_cannot_restore_and_keeps_trying() {
+    let f = Fixture::new();
+    let engine = Arc::new(f.engine("a"));
+    engine
+        .create(
+            "r1",
+            plan_with(
+                "preset = \"canary\"\nhold = \"1m\"",
+                "[rollback]\nrollback_deadline = \"20s\"\n[timeouts]\nrouter_write = \"5s\"\n",
+            ),
+            false,
+        )
+        .await
+        .unwrap();
+    let (router, adapters) = unreliable(&f);
+    router.hang_writes.lock().unwrap().push(Split::ZERO);
+    let driving = {
+        let (engine, adapters) = (engine.clone(), adapters.clone());
+        tokio::spawn(async move { engine.drive("r1", &adapters).await })
+    };
+    // Abort at 7 s: the rollback hangs.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    f.store
+        .post_command("r1", Command::Abort, f.clock.now())
+        .await
+        .unwrap();
+    let cannot = loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (_, r) = engine.load("r1").await.unwrap();
+        if r.phase.name() == "cannot-restore" {
+            break f.clock.now().since(T0);
+        }
+        assert!(
+            f.clock.now().since(T0) < Duration::from_secs(120),
+            "{:?}",
+            r.phase
+        );
+    };
+    // Decided within the rollback's 20 s deadline of its start (~7 s).
+    assert!(
+        cannot <= Duration::from_secs(28),
+        "cannot-restore at {cannot:?}"
+    );
+    let (record, r) = engine.load("r1").await.unwrap();
+    assert!(record.active, "still active: it keeps trying");
+    assert_eq!(r.split.percent(), 10.0, "and says where traffic is");
+    // The router works again: the next try restores blue.
+    router.hang_writes.lock().unwrap().clear();
+    let end = driving.await.unwrap().unwrap();
+    assert_eq!(end.phase.name(), "aborted");
+    assert_eq!(*router.split.lock().unwrap(), Split::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abort_during_a_hung_write_takes_effect_within_a_tick() {
+    let f = Fixture::new();
+    let engine = Arc::new(f.engine("a"));
+    engine
+        .create(
+            "r1",
+            plan_with(
+                "preset = \"canary\"\nhold = \"10s\"",
+                "[timeouts]\nrouter_write = \"5m\"\n",
+            ),
+            false,
+        )
+        .await
+        .unwrap();
+    let (router, adapters) = unreliable(&f);
+    router.hang_writes.lock().unwrap().push(Split::FULL);
+    let driving = {
+        let (engine, adapters) = (engine.clone(), adapters.clone());
+        tokio::spawn(async move { engine.drive("r1", &adapters).await })
+    };
+    tokio::time::sleep(Duration::from_secs(15)).await; // 100 % hangs since 10 s
+    let posted = f.clock.now().since(T0).as_millis() as u64;
+    f.store
+        .post_command("r1", Command::Abort, f.clock.now())
+        .await
+        .unwrap();
+    let end = driving.await.unwrap().unwrap();
+    assert_eq!(end.phase.name(), "aborted");
+    let w = router.writes();
+    let back = w.iter().find(|x| x.1 == 0.0).unwrap();
+    // The tick is 200 ms.
+    assert!(
+        back.0 - posted <= 400,
+        "abort applied {} ms after it was posted: {w:?}",
+        back.0 - posted
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_that_landed_with_its_answer_lost_is_reported_as_the_router_has_it() {
+    let f = Fixture::new();
+    let engine = f.engine("a");
+    engine
+        .create(
+            "r1",
+            plan_with("preset = \"canary\"\nhold = \"10s\"", ""),
+            false,
+        )
+        .await
+        .unwrap();
+    let (router, adapters) = unreliable(&f);
+    router
+        .lose_answers
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let end = engine.drive("r1", &adapters).await.unwrap();
+    assert_eq!(end.phase, Phase::Succeeded);
+    // Each write landed once; none was repeated, none was taken for failed.
+    let splits: Vec<f64> = router.writes().iter().map(|w| w.1).collect();
+    assert_eq!(splits, [10.0, 100.0]);
+    let events = f.store.events("r1", 0, 100).await.unwrap();
+    assert!(events
+        .iter()
+        .any(|e| e.body.contains("the write landed though it answered")));
+}
+
+/// A check that never answers.
+struct Hangs;
+
+#[async_trait]
+impl Check for Hangs {
+    fn name(&self) -> &str {
+        "hangs"
+    }
+    async fn evaluate(&self) -> Observation {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_check_is_an_error_at_its_limit_and_the_inconclusive_limit_fires() {
+    let f = Fixture::new();
+    let engine = f.engine("a");
+    engine
+        .create(
+            "r1",
+            plan_with(
+                "preset = \"canary\"\nhold = \"1m\"",
+                "[timeouts]\ncheck = \"2s\"\n",
+            ),
+            false,
+        )
+        .await
+        .unwrap();
+    let (router, mut adapters) = unreliable(&f);
+    adapters.checks = vec![Arc::new(Hangs)];
+    let end = engine.drive("r1", &adapters).await.unwrap();
+    assert_eq!(end.phase.name(), "rolled-back");
+    let reason = end.phase.reason().unwrap();
+    assert!(
+        reason.contains("4 inconclusive verdicts in a row")
+            && reason.contains("no answer within 2s"),
+        "{reason}"
+    );
+    // Four analyses every 5 s, each cut at 2 s (plus two retries each):
+    // rolled back by about 4 x (5 + 3 x 2) s, not never.
+    let back = router.writes().iter().find(|w| w.1 == 0.0).unwrap().0;
+    assert!(back <= 50_000, "back on blue at {back} ms");
 }

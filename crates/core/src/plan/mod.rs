@@ -31,6 +31,9 @@ pub struct Plan {
     pub strategy: Strategy,
     pub analysis: Analysis,
     pub rollback: RollbackPolicy,
+    /// `[timeouts]`: how long one adapter or store call may take.
+    #[serde(default)]
+    pub timeouts: Timeouts,
     pub store: StoreConfig,
     /// `[aws]`; defaults when absent.
     pub aws: AwsConfig,
@@ -111,6 +114,35 @@ pub enum OnInconclusive {
     Rollback,
 }
 
+/// How long one call may take before it is cut short and counted as the
+/// failure it is: a write whose outcome is then unknown (and read back), a
+/// read that failed, a check that could not measure. A retried call is
+/// also cut at the deadline of its retries (`rollback.adapter_deadline`,
+/// `rollback.rollback_deadline`), so no decision waits past them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Timeouts {
+    /// Reading the router's split.
+    #[serde(with = "crate::time::serde_duration")]
+    pub router_read: Duration,
+    /// Applying a split, including waiting for it to take effect (Route53's
+    /// INSYNC: the router's `insync_timeout` plus a margin by default).
+    #[serde(with = "crate::time::serde_duration")]
+    pub router_write: Duration,
+    /// One check's evaluation.
+    #[serde(with = "crate::time::serde_duration")]
+    pub check: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            router_read: Duration::from_secs(10),
+            router_write: Duration::from_secs(30),
+            check: Duration::from_secs(30),
+        }
+    }
+}
+
 /// What to do when an adapter (router, check backend, platform) keeps failing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RollbackPolicy {
@@ -118,10 +150,21 @@ pub struct RollbackPolicy {
     #[serde(with = "crate::time::serde_duration")]
     pub adapter_deadline: Duration,
     pub on_adapter_failure: OnAdapterFailure,
+    /// How long the rollback itself may keep failing before the rollout
+    /// reports it cannot restore blue (and keeps trying).
+    #[serde(
+        default = "default_rollback_deadline",
+        with = "crate::time::serde_duration"
+    )]
+    pub rollback_deadline: Duration,
     /// What to do when the router's split differs from what cutover put
     /// there and nothing cutover did explains it.
     #[serde(default)]
     pub on_drift: OnDrift,
+}
+
+fn default_rollback_deadline() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,7 +21,7 @@ use super::{
 };
 use super::{
     Analysis, CheckConfig, CheckSpec, Judge, LocalRouter, OnAdapterFailure, OnDrift,
-    OnInconclusive, Plan, RollbackPolicy, RouterConfig, Step, StoreConfig, Strategy,
+    OnInconclusive, Plan, RollbackPolicy, RouterConfig, Step, StoreConfig, Strategy, Timeouts,
 };
 use crate::time::{parse_duration, Human};
 use crate::Split;
@@ -82,6 +82,7 @@ struct RawPlan {
     // dotted header such as `[[analysis.checks]]`.
     analysis: Option<RawAnalysis>,
     rollback: Option<RawRollback>,
+    timeouts: Option<RawTimeouts>,
     store: Option<Spanned<toml::Table>>,
     aws: Option<RawAws>,
     platform: Option<Spanned<toml::Table>>,
@@ -253,6 +254,15 @@ struct RawRollback {
     adapter_deadline: Option<Spanned<String>>,
     on_adapter_failure: Option<Spanned<String>>,
     on_drift: Option<Spanned<String>>,
+    rollback_deadline: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    router_read: Option<Spanned<String>>,
+    router_write: Option<Spanned<String>>,
+    check: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -338,6 +348,7 @@ pub fn parse(text: &str, file: &str) -> Result<Plan, PlanError> {
     )?;
     let analysis = Analysis { checks, ..analysis };
     let rollback = cx.rollback(raw.rollback.as_ref())?;
+    let timeouts = cx.timeouts(raw.timeouts.as_ref(), &router, analysis.interval)?;
     let store = cx.store(raw.store.as_ref())?;
     let trigger = cx.trigger(raw.trigger.as_ref())?;
     let aws = raw
@@ -355,6 +366,7 @@ pub fn parse(text: &str, file: &str) -> Result<Plan, PlanError> {
         strategy,
         analysis,
         rollback,
+        timeouts,
         store,
         aws,
         platform,
@@ -1144,10 +1156,20 @@ impl Cx<'_> {
             adapter_deadline: Duration::from_secs(30),
             on_adapter_failure: OnAdapterFailure::Rollback,
             on_drift: OnDrift::Pause,
+            rollback_deadline: Duration::from_secs(30),
         };
         let Some(raw) = raw else { return Ok(policy) };
         if let Some(d) = &raw.adapter_deadline {
             policy.adapter_deadline = self.duration(d, "rollback.adapter_deadline")?;
+            if policy.adapter_deadline.is_zero() {
+                return Err(self.at(d, "`rollback.adapter_deadline` must be longer than zero: it is how long a failing router call is retried"));
+            }
+        }
+        if let Some(d) = &raw.rollback_deadline {
+            policy.rollback_deadline = self.duration(d, "rollback.rollback_deadline")?;
+            if policy.rollback_deadline.is_zero() {
+                return Err(self.at(d, "`rollback.rollback_deadline` must be longer than zero: it is how long the rollback is retried before the rollout reports it cannot restore blue"));
+            }
         }
         if let Some(o) = &raw.on_adapter_failure {
             policy.on_adapter_failure = match o.get_ref().as_str() {
@@ -1173,6 +1195,42 @@ impl Cx<'_> {
             };
         }
         Ok(policy)
+    }
+
+    fn timeouts(
+        &self,
+        raw: Option<&RawTimeouts>,
+        router: &RouterConfig,
+        interval: Duration,
+    ) -> Result<Timeouts, PlanError> {
+        let mut t = Timeouts::default();
+        // A Route53 write waits for INSYNC; a check should not outlast the
+        // interval it is run at (within 2 s and 30 s).
+        if let RouterConfig::Route53(r) = router {
+            t.router_write = r.insync_timeout + Duration::from_secs(30);
+        }
+        t.check = interval.clamp(Duration::from_secs(2), Duration::from_secs(30));
+        let Some(raw) = raw else { return Ok(t) };
+        let limit = |v: &Option<Spanned<String>>,
+                     key: &str,
+                     into: &mut Duration|
+         -> Result<(), PlanError> {
+            if let Some(v) = v {
+                let d = self.duration(v, &format!("timeouts.{key}"))?;
+                if d.is_zero() || d > Duration::from_secs(3600) {
+                    return Err(self.at(
+                        v,
+                        format!("`timeouts.{key}` must be above 0 and at most 1h"),
+                    ));
+                }
+                *into = d;
+            }
+            Ok(())
+        };
+        limit(&raw.router_read, "router_read", &mut t.router_read)?;
+        limit(&raw.router_write, "router_write", &mut t.router_write)?;
+        limit(&raw.check, "check", &mut t.check)?;
+        Ok(t)
     }
 
     fn store(&self, raw: Option<&Spanned<toml::Table>>) -> Result<StoreConfig, PlanError> {

@@ -105,11 +105,12 @@ impl Plan {
             return None;
         }
         let extra = a.interval * (a.failure_limit + a.inconclusive_limit + 2);
-        // Every shift, the rollback, and the read of the router's split
-        // before the first shift.
-        let shifts = self.strategy.steps.len() as u32 + 2;
-        let mut total =
-            self.rollback.adapter_deadline * shifts + crate::machine::MAX_BACKOFF * shifts;
+        // Every shift and the read of the router's split before the first
+        // shift get the adapter deadline; the rollback its own.
+        let calls = self.strategy.steps.len() as u32 + 1;
+        let mut total = self.rollback.adapter_deadline * calls
+            + self.rollback.rollback_deadline
+            + crate::machine::MAX_BACKOFF * (calls + 1);
         for step in &self.strategy.steps {
             total += step.hold + extra;
         }

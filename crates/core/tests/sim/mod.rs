@@ -17,6 +17,9 @@ pub struct World {
     pub verdict: Box<dyn Fn(usize, u64) -> Verdict>,
     /// Whether applying a split at `t` fails, and if so whether transiently.
     pub router_fails: Box<dyn Fn(Split, u64) -> Option<bool>>,
+    /// Whether a write that fails (`router_fails`) landed nonetheless (its
+    /// answer lost).
+    pub lands_anyway: Box<dyn Fn(Split, u64) -> bool>,
     /// Whether reading the split at `t` fails, and if so whether transiently.
     pub read_fails: Box<dyn Fn(u64) -> Option<bool>>,
     /// Someone else sets the router's split: at each time, to that split.
@@ -31,6 +34,7 @@ impl World {
         World {
             verdict: Box::new(|_, _| Verdict::Pass),
             router_fails: Box::new(|_, _| None),
+            lands_anyway: Box::new(|_, _| false),
             read_fails: Box::new(|_| None),
             drift: vec![],
             commands: vec![],
@@ -131,11 +135,17 @@ impl Run {
                             realized: split,
                         }
                     }
-                    Some(transient) => Input::ApplyFailed {
-                        requested: split,
-                        message: "simulated router failure".into(),
-                        transient,
-                    },
+                    Some(transient) => {
+                        if (world.lands_anyway)(split, self.t()) {
+                            self.seen.push(Seen::Applied(self.t(), split));
+                            self.router = split;
+                        }
+                        Input::ApplyFailed {
+                            requested: split,
+                            message: "simulated router failure".into(),
+                            transient,
+                        }
+                    }
                 },
                 Action::ReadSplit => match (world.read_fails)(self.t()) {
                     None => Input::SplitRead(self.router),
