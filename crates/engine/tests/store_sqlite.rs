@@ -105,7 +105,7 @@ fn raw(path: &std::path::Path) -> rusqlite::Connection {
 }
 
 #[tokio::test]
-async fn open_sets_wal_and_schema_version_and_keeps_data() {
+async fn open_sets_the_rollback_journal_and_schema_version_and_keeps_data() {
     let (_dir, path) = temp_db();
     let store = SqliteStore::open(&path).expect("open");
     assert_eq!(store.path(), path);
@@ -119,7 +119,7 @@ async fn open_sets_wal_and_schema_version_and_keeps_data() {
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(mode, "wal");
+    assert_eq!(mode, "delete");
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
@@ -137,6 +137,50 @@ async fn open_sets_wal_and_schema_version_and_keeps_data() {
         (loaded.service.as_str(), loaded.version, loaded.created_at),
         ("svc", 1, Timestamp(5))
     );
+}
+
+#[tokio::test]
+async fn nothing_is_memory_mapped_so_no_file_cut_under_the_process_can_kill_it() {
+    // A database an earlier cutover left in WAL mode, with its WAL index.
+    let (_dir, path) = temp_db();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let old = raw(&path);
+    let mode: String = old
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    drop(old);
+
+    let store = SqliteStore::open(&path).expect("open");
+    store
+        .create("r", "svc", "s", true, Timestamp(1))
+        .await
+        .unwrap();
+    // Open and in use, the store has no mapped WAL index (`-shm`) nor WAL,
+    // and maps no part of the database.
+    for suffix in ["-shm", "-wal"] {
+        let file = format!("{}{suffix}", path.display());
+        assert!(!std::path::Path::new(&file).exists(), "{file} exists");
+    }
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let name = path.display().to_string();
+    assert!(
+        !maps.lines().any(|l| l.contains(&name)),
+        "{name} is mapped:\n{maps}"
+    );
+
+    // Cut to nothing under the store: an error on the next call, not a signal.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let err = store
+        .update("r", 1, "t", true, Timestamp(2))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(&name), "{err}");
 }
 
 #[test]
@@ -291,10 +335,8 @@ async fn a_database_deleted_or_replaced_under_the_store_is_refused_not_written()
         .await
         .unwrap();
 
-    // Deleted (with its WAL): writes would go to a file nobody else sees.
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    // Deleted: writes would go to a file nobody else sees.
+    std::fs::remove_file(&path).unwrap();
     let err = store
         .update("r", 1, "t", true, Timestamp(2))
         .await

@@ -11,13 +11,19 @@
 //! - leases: one `INSERT ... ON CONFLICT DO UPDATE ... WHERE` upsert;
 //! - updates: `UPDATE ... WHERE id = ? AND version = ?`.
 //!
-//! The database runs in WAL mode with a busy timeout, so writers from other
-//! processes wait for each other instead of failing, and with
-//! `synchronous=FULL`: every commit is fsynced before it returns, so a
-//! snapshot the engine acts on survives a power loss, which "intent is
-//! persisted before it is acted on" needs (`NORMAL` in WAL mode may lose
-//! the last commits). The blocking SQLite calls run on tokio's blocking
-//! pool, one at a time per `SqliteStore`.
+//! The database uses SQLite's rollback journal (`journal_mode=DELETE`)
+//! with a busy timeout, so writers from other processes wait for each
+//! other instead of failing, and with `synchronous=FULL`: every commit is
+//! fsynced before it returns, so a snapshot the engine acts on survives a
+//! power loss, which "intent is persisted before it is acted on" needs.
+//! Nothing is memory-mapped (`mmap_size=0`, and no WAL index): WAL mode
+//! maps its `-shm` file, and a mapped file cut or made unreadable under
+//! the process kills it with SIGBUS at its next store call, with no
+//! message and no fail-safe; a checked length before each call cannot
+//! close that race, since another process may cut the file during the
+//! call. With plain reads, a file cut under the process is an I/O error
+//! the driver handles like any other store failure. The blocking SQLite
+//! calls run on tokio's blocking pool, one at a time per `SqliteStore`.
 //!
 //! Before every call the store checks that the path still names the file
 //! it opened (device and inode): a database deleted or replaced under a
@@ -93,48 +99,11 @@ const ROLLOUT_COLUMNS: &str =
 /// (here or in another process) for an independent connection.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Guarded>>,
+    conn: Arc<Mutex<Connection>>,
     path: Arc<PathBuf>,
     /// The opened file's identity, checked before every call.
     identity: Option<FileId>,
     read_only: bool,
-}
-
-/// The connection, and what it last saw of the WAL index (`-shm`) that
-/// SQLite maps into memory: a mapped file truncated or swapped under the
-/// process kills it with SIGBUS, so it is checked before every call.
-#[derive(Debug)]
-struct Guarded {
-    conn: Connection,
-    shm: Option<(FileId, u64)>,
-}
-
-impl Guarded {
-    fn new(conn: Connection) -> Guarded {
-        Guarded { conn, shm: None }
-    }
-}
-
-fn shm_path(db: &Path) -> PathBuf {
-    let mut p = db.as_os_str().to_owned();
-    p.push("-shm");
-    PathBuf::from(p)
-}
-
-/// Device, inode and length of the `-shm` file, if there is one.
-fn shm_state(db: &Path) -> std::io::Result<Option<(FileId, u64)>> {
-    use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata(shm_path(db)) {
-        Ok(m) => Ok(Some((
-            FileId {
-                dev: m.dev(),
-                ino: m.ino(),
-            },
-            m.len(),
-        ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 /// Device and inode of a file.
@@ -155,8 +124,10 @@ fn file_id(path: &Path) -> std::io::Result<FileId> {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, and its parent
-    /// directories. Sets WAL mode, a 5 s busy timeout and
-    /// `synchronous=NORMAL`, and creates or checks the schema.
+    /// directories. Sets the rollback journal, no memory mapping, a 5 s
+    /// busy timeout and `synchronous=FULL`, and creates or checks the
+    /// schema. A database left in WAL mode by an earlier cutover is
+    /// switched back, which needs no other process to have it open.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             StoreError::Backend(format!("sqlite database {}: {what}: {e}", path.display()))
@@ -168,13 +139,17 @@ impl SqliteStore {
         let mut conn = Connection::open(path).map_err(|e| fail("cannot open", &e))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| fail("cannot set busy_timeout", &e))?;
+        conn.pragma_update(None, "mmap_size", 0)
+            .map_err(|e| fail("cannot set mmap_size=0", &e))?;
         let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-            .map_err(|e| fail("cannot switch to WAL journal mode", &e))?;
-        if !mode.eq_ignore_ascii_case("wal") {
+            .query_row("PRAGMA journal_mode = DELETE", [], |row| row.get(0))
+            .map_err(|e| fail("cannot switch to the rollback journal", &e))?;
+        if !mode.eq_ignore_ascii_case("delete") {
             return Err(fail(
-                "cannot switch to WAL journal mode",
-                &format!("journal mode is still `{mode}`"),
+                "cannot switch to the rollback journal",
+                &format!(
+                    "journal mode is still `{mode}` (another process may have the file open in that mode)"
+                ),
             ));
         }
         conn.pragma_update(None, "synchronous", "FULL")
@@ -190,7 +165,7 @@ impl SqliteStore {
         })?;
         let identity = file_id(path).map_err(|e| fail("cannot stat", &e))?;
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(Guarded::new(conn))),
+            conn: Arc::new(Mutex::new(conn)),
             path: Arc::new(path.to_path_buf()),
             identity: Some(identity),
             read_only: false,
@@ -200,8 +175,8 @@ impl SqliteStore {
     /// Opens an existing database for reading only: for `status` and
     /// `history` where the file (or its directory) is read-only, e.g. a
     /// read-only mount. Writes fail with an error saying so. Falls back to
-    /// SQLite's `immutable` mode when even the WAL index cannot be opened,
-    /// which is only right while nobody writes the file.
+    /// SQLite's `immutable` mode when the file cannot be locked (a
+    /// read-only mount), which is only right while nobody writes the file.
     pub fn open_read_only(path: &Path) -> Result<SqliteStore, StoreError> {
         use rusqlite::OpenFlags;
         let fail = |what: &str, e: &dyn std::fmt::Display| {
@@ -241,7 +216,7 @@ impl SqliteStore {
             .or_else(|_| try_open("&immutable=1"))
             .map_err(|e| fail("cannot open read-only", &e))?;
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(Guarded::new(conn))),
+            conn: Arc::new(Mutex::new(conn)),
             path: Arc::new(path.to_path_buf()),
             identity: Some(identity),
             read_only: true,
@@ -288,7 +263,7 @@ impl SqliteStore {
         let fail2 = fail.clone();
         let path = Arc::clone(&self.path);
         tokio::task::spawn_blocking(move || {
-            let mut guarded = conn
+            let mut conn = conn
                 .lock()
                 .map_err(|_| fail(&"connection unusable after a panic in an earlier call"))?;
             if let Some(opened) = identity {
@@ -298,27 +273,11 @@ impl SqliteStore {
                     Err(e) => return Err(fail(&format!("the file is gone since it was opened ({e}); refusing to use a database no other process sees"))),
                 }
             }
-            // The mapped WAL index must be the file seen before and no
-            // shorter, or touching it would kill the process (SIGBUS).
-            if let Some((seen, len)) = guarded.shm {
-                match shm_state(&path) {
-                    Ok(Some((now, now_len))) if now == seen && now_len >= len => {}
-                    Ok(Some((now, _))) if now != seen => return Err(fail(&"its WAL index (-shm) was replaced since it was opened; refusing to use it")),
-                    Ok(Some((_, now_len))) => return Err(fail(&format!("its WAL index (-shm) was cut from {len} to {now_len} bytes under this process; refusing to use it"))),
-                    Ok(None) => return Err(fail(&"its WAL index (-shm) is gone since it was opened; refusing to use it")),
-                    Err(e) => return Err(fail(&format!("cannot check its WAL index (-shm): {e}"))),
-                }
-            }
-            let result = f(&mut guarded.conn).map_err(|e| match e {
+            f(&mut conn).map_err(|e| match e {
                 Failure::Store(e) => e,
                 Failure::Sql(e) => fail(&e),
                 Failure::Data(msg) => fail(&msg),
-            });
-            if let Ok(Some((id, len))) = shm_state(&path) {
-                let len = guarded.shm.filter(|(s, _)| *s == id).map_or(len, |(_, l)| l.max(len));
-                guarded.shm = Some((id, len));
-            }
-            result
+            })
         })
         .await
         .map_err(|e| fail2(&e))?
