@@ -35,6 +35,9 @@ pub struct AlbRouter {
     blue: String,
     green: String,
     backoff: Backoff,
+    /// Blue's and green's weights summed when this router first read them:
+    /// the scale every later write keeps (see [`preferred_total`]).
+    scale: std::sync::OnceLock<u64>,
 }
 
 impl AlbRouter {
@@ -52,6 +55,7 @@ impl AlbRouter {
             blue: config.blue_target_group_arn.clone(),
             green: config.green_target_group_arn.clone(),
             backoff: Backoff::default(),
+            scale: std::sync::OnceLock::new(),
         }
     }
 
@@ -218,6 +222,19 @@ fn with_weights(
     actions
 }
 
+/// The sum of weights to write: the one blue and green had when the router
+/// first read them, so the user's scale is kept (100 / 0 stays 100 / 0 after a rollback, and other
+/// groups of the same action keep their share), unless a split cannot be
+/// written exactly in it, when [`weights_for`] goes finer. Weights summing
+/// to 0 (nothing to keep) use the finest scale, 1000.
+fn preferred_total(found: u64) -> u32 {
+    if found == 0 {
+        1000
+    } else {
+        found.min(u64::from(MAX_WEIGHT)) as u32
+    }
+}
+
 #[async_trait]
 impl Router for AlbRouter {
     fn describe(&self) -> String {
@@ -227,26 +244,8 @@ impl Router for AlbRouter {
     async fn apply(&self, split: Split) -> Result<Split, AdapterError> {
         let (actions, write_to) = self.actions().await?;
         let (index, (old_g, old_b)) = self.forward(&actions)?;
-        // Other groups in the same action keep their share when blue and
-        // green keep their sum; otherwise use the full range.
-        let others: u64 = actions[index]
-            .forward_config()
-            .map(|c| {
-                c.target_groups()
-                    .iter()
-                    .filter(|t| {
-                        !matches!(t.target_group_arn(), Some(a) if a == self.blue || a == self.green)
-                    })
-                    .map(|t| t.weight().unwrap_or(DEFAULT_WEIGHT).max(0) as u64)
-                    .sum()
-            })
-            .unwrap_or(0);
-        let preferred = if others > 0 && old_g + old_b > 0 {
-            (old_g + old_b).min(u64::from(MAX_WEIGHT)) as u32
-        } else {
-            1000
-        };
-        let weights = weights_for(split, MAX_WEIGHT, preferred);
+        let found = *self.scale.get_or_init(|| old_g + old_b);
+        let weights = weights_for(split, MAX_WEIGHT, preferred_total(found));
         let updated = with_weights(&actions, index, &self.blue, &self.green, weights);
         self.write(&write_to, updated).await?;
         tracing::info!(
@@ -273,6 +272,7 @@ impl Router for AlbRouter {
     async fn current(&self) -> Result<Split, AdapterError> {
         let (actions, _) = self.actions().await?;
         let (_, (g, b)) = self.forward(&actions)?;
+        self.scale.get_or_init(|| g + b);
         Ok(split_of(g, b))
     }
 

@@ -49,6 +49,9 @@ pub struct Route53Router {
     insync_timeout: Duration,
     poll_interval: Duration,
     backoff: Backoff,
+    /// The sum of the two weights when this router first read them: the
+    /// scale every later write keeps (see [`route53_weights`]).
+    scale: std::sync::OnceLock<u64>,
 }
 
 impl Route53Router {
@@ -68,6 +71,7 @@ impl Route53Router {
             insync_timeout: config.insync_timeout,
             poll_interval: Duration::from_secs(2),
             backoff: Backoff::default(),
+            scale: std::sync::OnceLock::new(),
         }
     }
 
@@ -283,9 +287,16 @@ pub fn weights_for(split: Split, max: u16, preferred_total: u32) -> (u16, u16) {
     (best.0 as u16, best.1 as u16)
 }
 
-/// Route53's weights (green, blue) for a split; see [`weights_for`].
-pub fn route53_weights(split: Split) -> (u8, u8) {
-    let (g, b) = weights_for(split, MAX_WEIGHT, 100);
+/// Route53's weights (green, blue) for a split, in the scale of the
+/// weights `found` on the records (their sum; 100 when both are 0): the
+/// user's 255 / 0 comes back as 255 / 0, not 100 / 0. See [`weights_for`].
+pub fn route53_weights(split: Split, found: u64) -> (u8, u8) {
+    let preferred = if found == 0 {
+        100
+    } else {
+        found.min(u64::from(MAX_WEIGHT)) as u32
+    };
+    let (g, b) = weights_for(split, MAX_WEIGHT, preferred);
     (g as u8, b as u8)
 }
 
@@ -340,7 +351,8 @@ impl Router for Route53Router {
 
     async fn apply(&self, split: Split) -> Result<Split, AdapterError> {
         let (blue, green) = self.pair().await?;
-        let (w_g, w_b) = route53_weights(split);
+        let scale = *self.scale.get_or_init(|| weight(&blue) + weight(&green));
+        let (w_g, w_b) = route53_weights(split, scale);
         let mut new_blue = blue;
         new_blue.weight = Some(i64::from(w_b));
         let mut new_green = green;
@@ -390,8 +402,8 @@ impl Router for Route53Router {
 
     async fn current(&self) -> Result<Split, AdapterError> {
         let (blue, green) = self.pair().await?;
-        let w = |r: &ResourceRecordSet| r.weight().unwrap_or(0).clamp(0, 255) as u64;
-        Ok(split_of(w(&green), w(&blue)))
+        self.scale.get_or_init(|| weight(&blue) + weight(&green));
+        Ok(split_of(weight(&green), weight(&blue)))
     }
 
     async fn preflight(&self, shortest_hold: Duration) -> Result<(), AdapterError> {
@@ -399,6 +411,11 @@ impl Router for Route53Router {
         let ttl = effective_ttl(&blue).max(effective_ttl(&green));
         check_ttl(ttl, shortest_hold, self.allow_short_holds, &self.what())
     }
+}
+
+/// A weighted record's weight (0 when unset), within Route53's range.
+fn weight(r: &ResourceRecordSet) -> u64 {
+    r.weight().unwrap_or(0).clamp(0, i64::from(MAX_WEIGHT)) as u64
 }
 
 fn upsert(rrs: ResourceRecordSet) -> Result<Change, AdapterError> {
@@ -596,23 +613,34 @@ mod tests {
     }
 
     #[test]
+    fn the_scale_found_is_kept_where_the_split_allows() {
+        assert_eq!(route53_weights(Split::ZERO, 255), (0, 255));
+        assert_eq!(route53_weights(Split::FULL, 1), (1, 0));
+        assert_eq!(route53_weights(split(5_000), 10), (5, 5));
+        // 10 % cannot be written in 255: exact first, then nearest sum.
+        assert_eq!(route53_weights(split(1_000), 255), (25, 225));
+    }
+
+    #[test]
     fn ends_and_round_values_are_exact_and_readable() {
-        assert_eq!(route53_weights(Split::ZERO), (0, 100));
-        assert_eq!(route53_weights(Split::FULL), (100, 0));
-        assert_eq!(route53_weights(split(1_000)), (10, 90));
-        assert_eq!(route53_weights(split(5_000)), (50, 50));
-        assert_eq!(route53_weights(split(2_500)), (25, 75));
+        assert_eq!(route53_weights(Split::ZERO, 100), (0, 100));
+        assert_eq!(route53_weights(Split::FULL, 100), (100, 0));
+        assert_eq!(route53_weights(split(1_000), 100), (10, 90));
+        assert_eq!(route53_weights(split(5_000), 100), (50, 50));
+        assert_eq!(route53_weights(split(2_500), 100), (25, 75));
+        // Both at 0: out of 100.
+        assert_eq!(route53_weights(Split::FULL, 0), (100, 0));
         // 0.1 % is not representable: 0 is closer than 1/256.
-        assert_eq!(route53_weights(split(10)), (0, 100));
+        assert_eq!(route53_weights(split(10), 100), (0, 100));
         // 0.3 % is closer to 1/256 (0.39 %) than to 0.
-        assert_eq!(route53_weights(split(30)), (1, 255));
+        assert_eq!(route53_weights(split(30), 100), (1, 255));
         assert_eq!(split_of(1, 255), split(39));
     }
 
     #[test]
     fn every_split_maps_to_valid_weights_within_the_naive_error() {
         for bp in 0..=10_000u16 {
-            let (g, b) = route53_weights(split(bp));
+            let (g, b) = route53_weights(split(bp), 100);
             let (g, b) = (u64::from(g), u64::from(b));
             assert!(g + b > 0, "{bp}: both zero");
             if bp == 0 {
@@ -643,7 +671,7 @@ mod tests {
             .filter(|bp| bp % 37 == 0 || *bp < 150 || *bp > 9_850)
             .collect::<Vec<_>>();
         for s in sample {
-            let (g, b) = route53_weights(split(s as u16));
+            let (g, b) = route53_weights(split(s as u16), 100);
             let got = error(u64::from(g), u64::from(b), s);
             let mut best = (1, 1);
             for gg in 0..=255u64 {

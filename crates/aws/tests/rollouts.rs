@@ -299,9 +299,14 @@ fn route53_dims() -> (String, String) {
 /// A zone with plain weighted A records, blue 100 / green 0, TTL 1 s (so
 /// 1 s holds pass preflight without `allow_short_holds`).
 async fn zone() -> Arc<Zone> {
+    zone_at(100).await
+}
+
+/// The same with blue's weight `blue` (green 0).
+async fn zone_at(blue: i64) -> Arc<Zone> {
     let zone = Zone::new().await;
     zone.create(vec![
-        zone.plain("blue", 100, 1, "192.0.2.10"),
+        zone.plain("blue", blue, 1, "192.0.2.10"),
         zone.plain("green", 0, 1, "192.0.2.20"),
     ])
     .await;
@@ -355,13 +360,14 @@ min_requests = 50"#
         run.rollout.phase
     );
     assert_eq!(run.rollout.split, Split::FULL);
-    // Route53 weights out of 100 (see `cutover_aws::route53::route53_weights`).
+    // Route53 weights in the records' scale, 100 (see
+    // `cutover_aws::route53::route53_weights`).
     assert_eq!(
         run.recording.trail(),
         [(1_000, (10, 90)), (5_000, (50, 50)), (10_000, (100, 0))]
     );
     for a in run.recording.log() {
-        let (g, b) = cutover_aws::route53::route53_weights(a.asked);
+        let (g, b) = cutover_aws::route53::route53_weights(a.asked, 100);
         assert_eq!(a.weights, (i64::from(g), i64::from(b)));
     }
     assert_applies_held(&run.recording.log());
@@ -380,7 +386,8 @@ min_requests = 50"#
 
 #[tokio::test]
 async fn route53_rollout_rolls_back_on_a_failing_error_rate() {
-    let zone = zone().await;
+    // Blue at Route53's largest weight: the rollback restores exactly that.
+    let zone = zone_at(255).await;
     let (lb, tg) = route53_dims();
     alb_traffic(
         &cloudwatch().await,
@@ -412,9 +419,10 @@ min_requests = 50"#
         "{reason}"
     );
     assert_eq!(run.rollout.split, Split::ZERO);
-    // The first analysis failed: 10 % never became 50 %.
-    assert_eq!(run.recording.trail(), [(1_000, (10, 90)), (0, (0, 100))]);
-    assert_eq!(zone.weights().await, (0, 100));
+    // The first analysis failed: 10 % never became 50 %. 10 % cannot be
+    // written exactly out of 255; blue's 255 comes back as it was.
+    assert_eq!(run.recording.trail(), [(1_000, (25, 225)), (0, (0, 255))]);
+    assert_eq!(zone.weights().await, (0, 255));
     assert_first_analysis_failed(&run);
 }
 
@@ -479,10 +487,10 @@ min = 100"#
         run.rollout.phase
     );
     assert_eq!(run.rollout.split, Split::FULL);
-    // ALB weights out of 1000 (at most 999 each).
+    // ALB weights in the listener's scale, 100.
     assert_eq!(
         run.recording.trail(),
-        [(1_000, (100, 900)), (5_000, (500, 500)), (10_000, (999, 0))]
+        [(1_000, (10, 90)), (5_000, (50, 50)), (10_000, (100, 0))]
     );
     assert_applies_held(&run.recording.log());
     let (green, blue) = alb.listener_weights().await;
@@ -532,8 +540,9 @@ min_requests = 50"#,
         "{reason}"
     );
     assert_eq!(run.rollout.split, Split::ZERO);
-    assert_eq!(run.recording.trail(), [(1_000, (100, 900)), (0, (0, 999))]);
-    assert_eq!(alb.listener_weights().await, (0, 999));
+    // Blue's 100 comes back as 100, not 999.
+    assert_eq!(run.recording.trail(), [(1_000, (10, 90)), (0, (0, 100))]);
+    assert_eq!(alb.listener_weights().await, (0, 100));
     assert_first_analysis_failed(&run);
 }
 

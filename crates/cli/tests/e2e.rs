@@ -693,3 +693,74 @@ async fn adapter_failures_are_logged_as_json_lines_with_the_rollout_id() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// Sends `rps` requests per second to `addr` from a thread, one connection
+/// each, until `stop` is set.
+fn steady_load(
+    addr: std::net::SocketAddr,
+    rps: u32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // Paced to the schedule, not to the previous answer.
+            let next = start + Duration::from_secs(1) * sent as u32 / rps;
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+                let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n");
+                let _ = s.read_to_end(&mut Vec::new());
+            }
+            sent += 1;
+        }
+        sent
+    })
+}
+
+/// The docs' fast set-up: `interval = "1s"` and an `error-rate` check with
+/// its default window (the interval), a healthy green at 10 % of 100 req/s.
+/// Windows once read the partly filled one-second bucket ("green served 0
+/// of 5 requests needed in the last 1s") and rolled the healthy green back
+/// for inconclusive verdicts; now every verdict has its 10 requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_one_second_interval_plan_is_never_inconclusive_for_want_of_requests() {
+    let stage = Stage::new().await;
+    let path = stage.dir.path().join("fast.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[service]\nname = \"web\"\n[router]\nkind = \"local\"\nadmin_url = \"http://{}\"\n\
+             [strategy]\nsteps = [{{ split = 10, hold = \"6s\" }}, {{ split = 100, hold = \"2s\" }}]\n\
+             [analysis]\ninterval = \"1s\"\ninconclusive_limit = 1\n\
+             [[analysis.checks]]\nkind = \"error-rate\"\nmax_percent = 1\nmin_requests = 5\n\
+             [store]\nkind = \"sqlite\"\npath = \"{}\"\n",
+            stage.proxy.admin_addr(),
+            stage.store().display()
+        ),
+    )
+    .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = steady_load(stage.proxy.data_addr(), 100, stop.clone());
+    let o = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || cutover(&["run", path.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = load.join().unwrap();
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let h = text(&cutover(&["history", path.to_str().unwrap()]));
+    assert!(!h.contains("inconclusive"), "{h}");
+    // Every verdict at 10 % saw a second of green's 10 req/s.
+    let passes: Vec<&str> = h
+        .lines()
+        .filter(|l| l.contains("error-rate pass"))
+        .collect();
+    assert!(passes.len() >= 6, "{h}");
+    assert!(sent >= 700, "the load ran: {sent} requests");
+}

@@ -253,6 +253,14 @@ fn semantic_errors_are_caught_before_anything_moves() {
         "two checks are named `health`",
     );
     err("[strategy]\npreset = \"canary\"\n[[analysis.checks]]\nkind = \"error-rate\"\nmax_percnt = 1\n", 3, "unknown field `max_percnt`");
+    // 0 is not silently read as 1.
+    for kind in ["error-rate\"\nmax_percent = 1", "latency\"\nmax = \"1s\""] {
+        err(
+            &format!("[strategy]\npreset = \"canary\"\n[[analysis.checks]]\nkind = \"{kind}\nmin_requests = 0\n"),
+            3,
+            "`min_requests` = 0 would judge a rate over no requests; give 1 or more (default 10)",
+        );
+    }
     err(
         "[strategy]\npreset = \"canary\"\nbake = \"1s\"\n",
         3,
@@ -349,6 +357,16 @@ fn aws_mistakes_are_located() {
     )
     .unwrap_err();
     assert!(e.message.contains("belong to `alb-latency`"), "{e}");
+    assert_eq!(e.line, 14, "{e}");
+    let e = plan::parse(
+        &format!("{ALB}[[analysis.checks]]\nkind = \"alb-error-rate\"\nmax_percent = 1\nmin_requests = 0\n"),
+        "a.toml",
+    )
+    .unwrap_err();
+    assert!(
+        e.message.contains("`min_requests` = 0") && e.message.contains("(default 50)"),
+        "{e}"
+    );
     assert_eq!(e.line, 14, "{e}");
 
     let e = plan::parse(&format!("{ALB}[[analysis.checks]]\nkind = \"cloudwatch\"\nnamespace = \"X\"\nmetric_name = \"Y\"\n"), "a.toml").unwrap_err();

@@ -82,7 +82,8 @@ pub struct MetricsReport {
     pub window_ms: u64,
     /// The longest window the proxy keeps.
     pub max_window_ms: u64,
-    /// The window's time resolution: it covers whole buckets of this width.
+    /// The window's time resolution: it covers the last `window_ms` rounded
+    /// up to whole slots of this width, the current one included.
     pub resolution_ms: u64,
     pub split_bp: u16,
     pub blue: WindowStats,

@@ -517,3 +517,79 @@ async fn connect_is_refused() {
     assert_eq!(blue.received(), 0);
     p.shutdown().await;
 }
+
+/// At a steady rate through the real proxy, every window from the bucket
+/// size (1 s with the default 60 s `metrics_window`) up counts what the
+/// client saw complete in that window, read at 20 phases of the bucket.
+/// Before windows were counted per 10 ms slot, a 1 s window read anywhere
+/// from 0 to the full second's requests, depending on the phase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_window_reads_a_steady_rate_exactly_at_20_phases() {
+    use std::sync::{Arc, Mutex};
+    use tokio::time::Instant;
+
+    let blue = demo("blue").await;
+    let green = demo("green").await;
+    let p = proxy(&[&blue.url()], &[&green.url()], "initial_split = 100").await;
+    let admin = admin(&p);
+    assert_eq!(
+        admin
+            .metrics(Duration::from_secs(1), &[])
+            .await
+            .unwrap()
+            .resolution_ms,
+        10
+    );
+
+    // 100 req/s, paced; each completion time as the client saw it.
+    let done: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let load = {
+        let done = done.clone();
+        let url = p.data_url();
+        tokio::spawn(async move {
+            let c = client();
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            loop {
+                tick.tick().await;
+                let a = get(&c, &url, &[]).await;
+                assert_eq!(a.status, 200);
+                done.lock().unwrap().push(Instant::now());
+            }
+        })
+    };
+
+    let windows = [1u64, 2, 3, 5];
+    let start = Instant::now() + Duration::from_secs(*windows.last().unwrap());
+    // Slack for the proxy counting a request before the client sees it end.
+    let eps = Duration::from_millis(5);
+    let slot = Duration::from_millis(10);
+    let mut worst = [0u64; 4];
+    for phase in 0..20u32 {
+        // 550 ms apart: the reads fall at 20 different 50 ms phases of the bucket.
+        tokio::time::sleep_until(start + Duration::from_millis(550) * phase).await;
+        for (i, w) in windows.iter().enumerate() {
+            let w = Duration::from_secs(*w);
+            let before = Instant::now();
+            let m = admin.metrics(w, &[]).await.unwrap();
+            let after = Instant::now();
+            let got = m.green.requests;
+            let seen = done.lock().unwrap().clone();
+            let count = |from: Instant, to: Instant| {
+                seen.iter().filter(|&&t| t > from && t <= to).count() as u64
+            };
+            // The proxy counts the current 10 ms slot and `w` before it.
+            let lo = count(after - w + eps, before);
+            let hi = count(before - w - slot - eps, after + eps);
+            assert!(
+                (lo..=hi).contains(&got),
+                "window {w:?} at phase {phase}: proxy counted {got}, client saw {lo}..={hi} complete"
+            );
+            let mid = before + (after - before) / 2;
+            worst[i] = worst[i].max(got.abs_diff(count(mid - w - slot / 2, mid)));
+        }
+    }
+    load.abort();
+    for (w, e) in windows.iter().zip(worst) {
+        println!("window {w} s: largest difference from the client's count {e} request(s) at 100 req/s ({} ms)", e * 10);
+    }
+}

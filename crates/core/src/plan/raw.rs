@@ -850,7 +850,7 @@ impl Cx<'_> {
                         r.name,
                         CheckConfig::ErrorRate {
                             max_percent: r.max_percent,
-                            min_requests: r.min_requests.unwrap_or(10),
+                            min_requests: min_requests(r.min_requests, 10, &bad)?,
                             window,
                         },
                     )
@@ -892,7 +892,7 @@ impl Cx<'_> {
                             max,
                             max_ratio_to_blue: r.max_ratio_to_blue,
                             ratio_floor,
-                            min_requests: r.min_requests.unwrap_or(10),
+                            min_requests: min_requests(r.min_requests, 10, &bad)?,
                             window,
                         },
                     )
@@ -1054,7 +1054,7 @@ impl Cx<'_> {
                                 load_balancer,
                                 target_group,
                                 max_percent,
-                                min_requests: r.min_requests.unwrap_or(50),
+                                min_requests: min_requests(r.min_requests, 50, &bad)?,
                                 window,
                                 compare,
                             },
@@ -1322,6 +1322,22 @@ pub fn percentile_statistic(s: &str) -> Option<f64> {
 }
 
 /// An optional duration key, parsed; a bad value is reported by `bad`.
+/// A check's `min_requests` as written, or `default`. 0 is refused rather
+/// than read as 1: a rate over no requests is no judgement.
+fn min_requests(
+    given: Option<u64>,
+    default: u64,
+    bad: &dyn Fn(String) -> PlanError,
+) -> Result<u64, PlanError> {
+    match given {
+        Some(0) => Err(bad(format!(
+            "`min_requests` = 0 would judge a rate over no requests; give 1 or more (default {default})"
+        ))),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    }
+}
+
 fn optional_duration(
     value: &Option<String>,
     key: &str,

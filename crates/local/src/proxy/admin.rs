@@ -187,7 +187,7 @@ pub fn metrics_report(shared: &Shared, window: Duration, percentiles: &[f64]) ->
         window: Human(window).to_string(),
         window_ms: window.as_millis() as u64,
         max_window_ms: m.max_window().as_millis() as u64,
-        resolution_ms: m.bucket_width().as_millis() as u64,
+        resolution_ms: m.resolution().as_millis() as u64,
         split_bp: shared.split.get().basis_points(),
         blue: stats(Colour::Blue),
         green: stats(Colour::Green),

@@ -3,11 +3,24 @@
 //! Design: each colour has a ring of time buckets (1 s wide for the default
 //! 60 s window; `max(100 ms, metrics_window / 60)` in general, so the ring
 //! never holds more than ~62 buckets). A bucket holds a request counter, a
-//! 5xx counter, a latency sum and a latency histogram whose counts are
+//! 5xx counter, a latency sum, a latency histogram whose counts are
 //! `AtomicU32`s laid out like an HdrHistogram with 3 significant figures
-//! over 1 µs..60 s (2048 sub-buckets per power of two, 17 192 counts).
+//! over 1 µs..60 s (2048 sub-buckets per power of two, 17 192 counts), and
+//! request and 5xx counters for each hundredth of the bucket ("slots", 10 ms
+//! for 1 s buckets).
 //!
-//! Recording is lock-free: four relaxed `fetch_add`s into the current
+//! A window covers exactly what it says to one slot: the current, partly
+//! elapsed slot and, before it, `window` rounded up to whole slots, so it
+//! sees at least `window` and less than `window + slot` of traffic whatever
+//! the phase of the read (a 1 s window covers 1 s to 1.01 s): a check's
+//! `min_requests` is never missed for want of a sliver of its window. Requests and 5xx are
+//! counted per slot, so they are exact to that. Latencies are kept per
+//! bucket: the oldest bucket, which the window covers only in part, adds
+//! its latencies weighted by the share of its requests that fall inside the
+//! window (what its slots say), which is exact when latencies do not drift
+//! within one bucket.
+//!
+//! Recording is lock-free: six relaxed `fetch_add`s into the current
 //! bucket. The only lock is taken once per bucket per lap of the ring, by
 //! the first request that lands in a bucket still holding an old epoch; it
 //! clears the bucket and publishes the new epoch (release), so writers that
@@ -16,14 +29,10 @@
 //! harmless for monitoring.
 //!
 //! Measured (`cargo test --release -p cutover-local record_cost -- --ignored
-//! --nocapture`, 2-core VM): ~50 ns per record on one thread including the
-//! clock read; ~200 ns when two threads record back-to-back into the same
-//! colour (cache-line traffic, no blocking). Under `wrk` through the proxy
-//! the metrics do not show up in a `perf` profile (< 0.1 %); the time goes
-//! to the kernel's TCP stack and hyper.
+//! --nocapture`, 2-core VM): see docs/proxy.md.
 //!
-//! Queries (admin API, rare) merge the buckets of the last `window` into an
-//! [`hdrhistogram::Histogram`] and read quantiles from it.
+//! Queries (admin API, rare) merge the buckets of the window into weighted
+//! histogram counts and read quantiles from them.
 //!
 //! Time comes from `tokio::time::Instant`, so tests run it in paused time.
 
@@ -31,7 +40,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
 use crate::api::{Colour, ColourTotals, Latencies, PercentileValue, WindowStats};
@@ -41,6 +49,8 @@ pub const MAX_LATENCY_US: u64 = 60_000_000;
 const SUB_BITS: u32 = 11; // 2048 sub-buckets: 3 significant figures
 const HALF: u64 = 1 << (SUB_BITS - 1);
 const COUNTS_LEN: usize = index_of(MAX_LATENCY_US) + 1;
+/// Slots per bucket: requests and 5xx are counted to a hundredth of one.
+const SLOTS: u64 = 100;
 
 /// The histogram slot of a latency in µs (log-linear, like HdrHistogram).
 const fn index_of(us: u64) -> usize {
@@ -54,6 +64,15 @@ const fn index_of(us: u64) -> usize {
     }
     let shift = 63 - us.leading_zeros() - (SUB_BITS - 1);
     ((shift as u64) * HALF + (us >> shift)) as usize
+}
+
+/// The largest latency in µs that falls into slot `idx`.
+const fn highest_value(idx: usize) -> u64 {
+    if idx + 1 >= COUNTS_LEN {
+        MAX_LATENCY_US
+    } else {
+        lowest_value(idx + 1) - 1
+    }
 }
 
 /// The smallest latency in µs that falls into slot `idx`.
@@ -73,6 +92,9 @@ struct Bucket {
     errors: AtomicU64,
     latency_sum_us: AtomicU64,
     counts: OnceLock<Box<[AtomicU32]>>,
+    /// Requests and 5xx per slot of the bucket.
+    slot_requests: [AtomicU32; SLOTS as usize],
+    slot_errors: [AtomicU32; SLOTS as usize],
     rollover: Mutex<()>,
 }
 
@@ -84,6 +106,8 @@ impl Bucket {
             errors: AtomicU64::new(0),
             latency_sum_us: AtomicU64::new(0),
             counts: OnceLock::new(),
+            slot_requests: std::array::from_fn(|_| AtomicU32::new(0)),
+            slot_errors: std::array::from_fn(|_| AtomicU32::new(0)),
             rollover: Mutex::new(()),
         }
     }
@@ -103,6 +127,9 @@ impl Bucket {
         self.requests.store(0, Relaxed);
         self.errors.store(0, Relaxed);
         self.latency_sum_us.store(0, Relaxed);
+        for c in self.slot_requests.iter().chain(self.slot_errors.iter()) {
+            c.store(0, Relaxed);
+        }
         if let Some(counts) = self.counts.get() {
             for c in counts.iter() {
                 c.store(0, Relaxed);
@@ -130,18 +157,47 @@ pub struct Metrics {
 pub struct Snapshot {
     pub requests: u64,
     pub errors_5xx: u64,
-    pub latency_sum_us: u64,
-    pub histogram: Histogram<u64>,
+    /// Latencies summed, in µs, the partly covered bucket's weighted.
+    latency_sum_us: f64,
+    /// Histogram counts per slot of [`index_of`], weighted likewise.
+    counts: Vec<f64>,
 }
 
 impl Snapshot {
-    /// Latency at `percentile` (0..=100) in ms; `None` without requests.
+    fn weight(&self) -> f64 {
+        self.counts.iter().sum()
+    }
+
+    /// Latency at `percentile` (0..=100) in ms; `None` without requests:
+    /// the smallest recorded latency that at least that share of requests
+    /// did not exceed (to 3 significant figures, the top of its slot).
     pub fn percentile_ms(&self, percentile: f64) -> Option<f64> {
-        (!self.histogram.is_empty()).then(|| {
-            self.histogram
-                .value_at_quantile((percentile / 100.0).clamp(0.0, 1.0)) as f64
-                / 1000.0
-        })
+        let total = self.weight();
+        if total <= 0.0 {
+            return None;
+        }
+        let wanted = (percentile / 100.0).clamp(0.0, 1.0) * total;
+        let mut seen = 0.0;
+        let mut last = None;
+        for (idx, &w) in self.counts.iter().enumerate() {
+            if w <= 0.0 {
+                continue;
+            }
+            seen += w;
+            last = Some(idx);
+            // A relative tolerance absorbs the rounding of weighted sums.
+            if seen >= wanted * (1.0 - 1e-12) {
+                break;
+            }
+        }
+        last.map(|idx| highest_value(idx) as f64 / 1000.0)
+    }
+
+    fn max_ms(&self) -> Option<f64> {
+        self.counts
+            .iter()
+            .rposition(|&w| w > 0.0)
+            .map(|idx| highest_value(idx) as f64 / 1000.0)
     }
 
     pub fn stats(&self, extra_percentiles: &[f64]) -> WindowStats {
@@ -150,7 +206,7 @@ impl Snapshot {
         } else {
             self.errors_5xx as f64 / self.requests as f64
         };
-        let count = self.histogram.len();
+        let weight = self.weight();
         WindowStats {
             requests: self.requests,
             errors_5xx: self.errors_5xx,
@@ -161,8 +217,8 @@ impl Snapshot {
                 p90: self.percentile_ms(90.0),
                 p99: self.percentile_ms(99.0),
                 p999: self.percentile_ms(99.9),
-                max: (count > 0).then(|| self.histogram.max() as f64 / 1000.0),
-                mean: (count > 0).then(|| self.latency_sum_us as f64 / count as f64 / 1000.0),
+                max: self.max_ms(),
+                mean: (weight > 0.0).then(|| self.latency_sum_us / weight / 1000.0),
             },
             percentiles: extra_percentiles
                 .iter()
@@ -198,17 +254,28 @@ impl Metrics {
         self.max_window
     }
 
-    /// The time resolution of windows.
-    pub fn bucket_width(&self) -> Duration {
+    /// The width of one bucket of the ring.
+    #[cfg(test)]
+    fn bucket_width(&self) -> Duration {
         Duration::from_millis(self.bucket_ms)
+    }
+
+    /// The time resolution of windows: one slot, a hundredth of a bucket.
+    pub fn resolution(&self) -> Duration {
+        Duration::from_micros(self.slot_us())
+    }
+
+    fn slot_us(&self) -> u64 {
+        self.bucket_ms * 1000 / SLOTS
     }
 
     pub fn uptime(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.start)
     }
 
-    fn epoch(&self, now: Instant) -> u64 {
-        (now.saturating_duration_since(self.start).as_millis() as u64) / self.bucket_ms + 1
+    /// Slots since the start, the current one being `slot(now)`.
+    fn slot(&self, now: Instant) -> u64 {
+        (now.saturating_duration_since(self.start).as_micros() as u64) / self.slot_us()
     }
 
     /// Counts one finished request (response head sent) at `now`.
@@ -219,15 +286,19 @@ impl Metrics {
         if is_5xx {
             m.total_errors.fetch_add(1, Relaxed);
         }
-        let epoch = self.epoch(now);
+        let slot = self.slot(now);
+        let epoch = slot / SLOTS + 1;
         let b = &m.buckets[(epoch % m.buckets.len() as u64) as usize];
         if b.epoch.load(Acquire) != epoch {
             b.roll_to(epoch);
         }
         let us = (latency.as_micros().min(u128::from(MAX_LATENCY_US)) as u64).max(1);
+        let within = (slot % SLOTS) as usize;
         b.requests.fetch_add(1, Relaxed);
+        b.slot_requests[within].fetch_add(1, Relaxed);
         if is_5xx {
             b.errors.fetch_add(1, Relaxed);
+            b.slot_errors[within].fetch_add(1, Relaxed);
         }
         b.latency_sum_us.fetch_add(us, Relaxed);
         b.counts()[index_of(us)].fetch_add(1, Relaxed);
@@ -239,41 +310,65 @@ impl Metrics {
     }
 
     /// One colour's numbers over the last `window` (capped at the maximum),
-    /// to the bucket resolution.
+    /// to one slot: the current, partly elapsed slot and `window` rounded up
+    /// to whole slots before it.
     pub fn window(&self, colour: Colour, window: Duration, now: Instant) -> Snapshot {
         let window = self.clamp_window(window);
-        let k = ((window.as_millis() as u64).div_ceil(self.bucket_ms)).max(1);
-        let newest = self.epoch(now);
-        let oldest = newest.saturating_sub(k - 1).max(1);
+        let whole = (window.as_micros() as u64).div_ceil(self.slot_us());
+        let newest = self.slot(now);
+        // Slots [oldest, newest] are in the window.
+        let oldest = newest.saturating_sub(whole);
+        let newest_epoch = newest / SLOTS + 1;
         let m = &self.colours[colour.index()];
-        let mut sums = vec![0u64; COUNTS_LEN];
-        let (mut requests, mut errors, mut latency_sum_us) = (0, 0, 0);
+        let mut counts = vec![0f64; COUNTS_LEN];
+        let (mut requests, mut errors, mut latency_sum_us) = (0u64, 0u64, 0f64);
         for b in m.buckets.iter() {
             let e = b.epoch.load(Acquire);
-            if e < oldest || e > newest {
+            if e == 0 || e > newest_epoch {
                 continue;
             }
-            requests += b.requests.load(Relaxed);
-            errors += b.errors.load(Relaxed);
-            latency_sum_us += b.latency_sum_us.load(Relaxed);
-            if let Some(counts) = b.counts.get() {
-                for (s, c) in sums.iter_mut().zip(counts.iter()) {
-                    *s += u64::from(c.load(Relaxed));
-                }
+            let first = (e - 1) * SLOTS;
+            if first + SLOTS <= oldest {
+                continue; // wholly before the window
             }
-        }
-        let mut histogram = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)
-            .expect("valid histogram bounds");
-        for (idx, &count) in sums.iter().enumerate() {
-            if count > 0 {
-                histogram.saturating_record_n(lowest_value(idx).max(1), count);
+            let all = b.requests.load(Relaxed);
+            let weight = if first >= oldest {
+                requests += all;
+                errors += b.errors.load(Relaxed);
+                1.0
+            } else {
+                // The oldest bucket: only its slots from `oldest` on.
+                let from = (oldest - first) as usize;
+                let sum = |c: &[AtomicU32]| -> u64 {
+                    c[from..].iter().map(|c| u64::from(c.load(Relaxed))).sum()
+                };
+                let inside = sum(&b.slot_requests);
+                requests += inside;
+                errors += sum(&b.slot_errors);
+                if all == 0 {
+                    0.0
+                } else {
+                    (inside as f64 / all as f64).min(1.0)
+                }
+            };
+            if weight <= 0.0 {
+                continue;
+            }
+            latency_sum_us += weight * b.latency_sum_us.load(Relaxed) as f64;
+            if let Some(c) = b.counts.get() {
+                for (s, c) in counts.iter_mut().zip(c.iter()) {
+                    let c = c.load(Relaxed);
+                    if c > 0 {
+                        *s += weight * f64::from(c);
+                    }
+                }
             }
         }
         Snapshot {
             requests,
             errors_5xx: errors,
             latency_sum_us,
-            histogram,
+            counts,
         }
     }
 
@@ -348,6 +443,83 @@ mod tests {
         let s = m.window(Colour::Green, Duration::from_secs(60), Instant::now());
         assert_eq!((s.requests, s.errors_5xx), (1, 0));
         assert!(s.percentile_ms(99.9).unwrap() < 1.01);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_window_covers_its_length_to_one_slot_at_every_phase() {
+        // One request per millisecond, each a 5xx every tenth, latency
+        // growing with time, so every count and the latencies tell which
+        // stretch of time a window saw.
+        let m = Metrics::new(Duration::from_secs(60));
+        assert_eq!(m.resolution(), Duration::from_millis(10));
+        let start = Instant::now();
+        let mut at = 0u64;
+        let mut record_until = |until_ms: u64| {
+            while at < until_ms {
+                let t = start + Duration::from_millis(at);
+                m.record(
+                    Colour::Green,
+                    at.is_multiple_of(10),
+                    Duration::from_micros(1000 + at),
+                    t,
+                );
+                at += 1;
+            }
+        };
+        record_until(12_000);
+        for phase in 0..20u64 {
+            // Reads at 20 phases of the bucket: 12.000 s, 12.037 s, ...
+            let now_ms = 12_000 + phase * 537;
+            record_until(now_ms + 1);
+            let now = start + Duration::from_millis(now_ms);
+            for window_ms in [10u64, 100, 370, 1_000, 1_500, 2_000, 3_000, 10_000] {
+                let s = m.window(Colour::Green, Duration::from_millis(window_ms), now);
+                // The current 10 ms slot and `window_ms` of whole slots
+                // before it: at least the window, less than 10 ms more.
+                let slot_start = now_ms / 10 * 10;
+                let from = slot_start - window_ms.div_ceil(10) * 10;
+                let expected = now_ms + 1 - from;
+                assert_eq!(s.requests, expected, "window {window_ms} ms at {now_ms} ms");
+                assert!(
+                    (window_ms + 1..=window_ms + 10).contains(&s.requests),
+                    "{window_ms}: {}",
+                    s.requests
+                );
+                assert_eq!(
+                    s.errors_5xx,
+                    expected.div_ceil(10),
+                    "{window_ms} at {now_ms}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_partly_covered_bucket_adds_its_latencies_by_its_share() {
+        let m = Metrics::new(Duration::from_secs(60));
+        let start = Instant::now();
+        let ms = Duration::from_millis;
+        // Bucket 0 (0 to 1 s): 100 requests taking 10 ms; bucket 1: 50
+        // taking 1 ms, over its first half.
+        for i in 0..100 {
+            m.record(Colour::Green, false, ms(10), start + ms(i * 10));
+        }
+        for i in 0..50 {
+            m.record(Colour::Green, false, ms(1), start + ms(1_000 + i * 10));
+        }
+        // At 2.009 s a 1 s window starts at 1 s: none of bucket 0.
+        let s = m.window(Colour::Green, Duration::from_secs(1), start + ms(2_009));
+        assert_eq!(s.requests, 50);
+        assert!(s.percentile_ms(99.9).unwrap() < 1.01);
+        // At 1.509 s it starts at 0.5 s: half of bucket 0, weighted a half.
+        let s = m.window(Colour::Green, Duration::from_secs(1), start + ms(1_509));
+        assert_eq!(s.requests, 100);
+        let stats = s.stats(&[]);
+        let mean = stats.latency_ms.mean.unwrap();
+        assert!((mean - (50.0 * 10.0 + 50.0) / 100.0).abs() < 0.01, "{mean}");
+        assert!((stats.latency_ms.max.unwrap() - 10.0).abs() < 0.02);
+        assert!(s.percentile_ms(50.0).unwrap() < 1.01);
+        assert!(s.percentile_ms(90.0).unwrap() > 9.9);
     }
 
     #[test]
