@@ -121,31 +121,43 @@ impl Progress {
         }
         state.latest = Some(rollout.clone());
         if self.tty {
-            let _ = write!(
-                out,
-                "{}",
-                status_line(rollout, cutover_engine::Clock::system().now())
-            );
+            let line = status_line(rollout, cutover_engine::Clock::system().now());
+            let _ = write!(out, "{}", fit(&line, terminal_width()));
             state.status_shown = true;
         }
         let _ = out.flush();
     }
 
-    /// Redraws the status line every second (time left moves on) until the
-    /// returned task is aborted. Does nothing off a terminal.
+    /// Redraws the status line every second (time left moves on) and at
+    /// once when the terminal is resized, until the returned task is
+    /// aborted. Does nothing off a terminal.
     pub fn spawn_ticker(&self) -> Option<tokio::task::JoinHandle<()>> {
         if !self.tty {
             return None;
         }
         let me = self.clone();
         Some(tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut resized = signal(SignalKind::window_change()).ok();
             loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                let resize = async {
+                    match resized.as_mut() {
+                        Some(s) => {
+                            s.recv().await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = resize => {}
+                }
                 let Ok(mut state) = me.state.lock() else {
                     return;
                 };
                 if let Some(r) = &state.latest {
                     let line = status_line(r, cutover_engine::Clock::system().now());
+                    let line = fit(&line, terminal_width());
                     let mut out = std::io::stdout().lock();
                     let _ = write!(out, "\r\x1b[2K{line}");
                     let _ = out.flush();
@@ -208,9 +220,52 @@ fn status_line(r: &Rollout, now: Timestamp) -> String {
         r.phase.name(),
         Human(Duration::from_secs(left.as_secs()))
     );
-    // Keep it on one line of a typical terminal.
+    // Without a terminal to measure, keep it on one line of a typical one.
     if line.chars().count() > 150 {
         line = line.chars().take(149).collect::<String>() + "…";
     }
     line
+}
+
+/// Stdout's width in columns, if it is a terminal that says.
+fn terminal_width() -> Option<usize> {
+    terminal_size::terminal_size_of(std::io::stdout())
+        .map(|(terminal_size::Width(w), _)| usize::from(w))
+        .filter(|&w| w > 0)
+}
+
+/// `line` cut to fit `columns` less one (a line filling the last column
+/// makes some terminals wrap, and the next redraw a new line), ending in
+/// `…` when cut. Control characters become spaces so nothing in a check's
+/// detail can move the cursor.
+fn fit(line: &str, columns: Option<usize>) -> String {
+    let clean: String = line
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let Some(columns) = columns else {
+        return clean;
+    };
+    let room = columns.saturating_sub(1).max(1);
+    if clean.chars().count() <= room {
+        return clean;
+    }
+    clean.chars().take(room - 1).chain(['…']).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit;
+
+    #[test]
+    fn a_status_line_is_cut_to_the_terminal_with_an_ellipsis() {
+        let line = "[####----] step 2/3 · 50 % on `green` · holding";
+        assert_eq!(fit(line, None), line);
+        assert_eq!(fit(line, Some(200)), line);
+        let cut = fit(line, Some(20));
+        assert_eq!(cut.chars().count(), 19);
+        assert!(cut.ends_with('…') && line.starts_with(cut.trim_end_matches('…')));
+        assert_eq!(fit("a\nb\rc", Some(80)), "a b c");
+        assert_eq!(fit(line, Some(1)), "…");
+    }
 }

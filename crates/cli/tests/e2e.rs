@@ -764,3 +764,113 @@ async fn a_one_second_interval_plan_is_never_inconclusive_for_want_of_requests()
     assert!(passes.len() >= 6, "{h}");
     assert!(sent >= 700, "the load ran: {sent} requests");
 }
+
+/// A tmux server of its own (so tests running at once do not meet),
+/// killed when dropped.
+struct Tmux(String);
+
+impl Tmux {
+    fn new() -> Tmux {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Tmux(format!("cutover-test-{}-{n}", std::process::id()))
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let o = Command::new("tmux")
+            .args(["-L", &self.0, "-f", "/dev/null"])
+            .args(args)
+            .output()
+            .expect("tmux is installed (.ci/run installs it)");
+        assert!(o.status.success(), "tmux {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn screen(&self) -> Vec<String> {
+        self.run(&["capture-pane", "-p", "-t", "main"])
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.0, "kill-server"])
+            .output();
+    }
+}
+
+/// On a real terminal (tmux) of 80 columns, then resized to 120, the live
+/// status line stays one row, redrawn in place, cut with `…` to the width.
+/// It was once cut at 150 characters whatever the width, so at 120
+/// columns it wrapped and every redraw left a new row behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_line_fits_the_terminal_at_80_and_120_columns_and_follows_a_resize() {
+    let stage = Stage::new().await;
+    let plan =
+        stage.plan("steps = [{ split = 20, hold = \"4s\" }, { split = 100, hold = \"4s\" }]");
+    let tmux = Tmux::new();
+    let command = format!("{BIN} run {}; echo EXIT-$?; sleep 600", plan.display());
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-x",
+        "80",
+        "-y",
+        "50",
+        "-s",
+        "main",
+        &command,
+    ]);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut width, mut seen_at_80, mut longest_at_120) = (80usize, 0, 0usize);
+    loop {
+        let screen = tmux.screen();
+        let bars: Vec<&String> = screen.iter().filter(|l| l.contains("] step ")).collect();
+        assert!(
+            bars.len() <= 1,
+            "the status line was not redrawn in place:\n{}",
+            screen.join("\n")
+        );
+        if let Some(bar) = bars.first() {
+            let n = bar.chars().count();
+            assert!(n < width, "{n} characters on {width} columns: {bar}");
+            assert!(
+                bar.contains(" left") || bar.ends_with('…'),
+                "the status line wrapped:\n{}",
+                screen.join("\n")
+            );
+            if width == 80 {
+                seen_at_80 += 1;
+                if seen_at_80 == 10 {
+                    tmux.run(&["resize-window", "-t", "main", "-x", "120"]);
+                    width = 120;
+                }
+            } else {
+                longest_at_120 = longest_at_120.max(n);
+            }
+        }
+        if screen.iter().any(|l| l.starts_with("EXIT-")) {
+            assert!(
+                screen.iter().any(|l| l == "EXIT-0"),
+                "{}",
+                screen.join("\n")
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out:\n{}",
+            screen.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(seen_at_80 >= 10, "the status line showed at 80 columns");
+    assert!(
+        longest_at_120 > 80,
+        "the redraw after the resize used the new width"
+    );
+}
