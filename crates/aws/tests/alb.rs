@@ -25,12 +25,15 @@ async fn the_listener_default_action_follows_every_split() {
     assert_eq!(router.current().await.unwrap(), Split::ZERO);
     let rule_before = alb.rule().await;
 
+    // In the listener's own scale (blue 100 / green 0), finer only where
+    // a split needs it (0.1 %), and back.
     for (split, green, blue) in [
-        (1_000, 100, 900),
-        (5_000, 500, 500),
-        (10_000, 999, 0),
-        (0, 0, 999),
+        (1_000, 10, 90),
+        (5_000, 50, 50),
+        (10_000, 100, 0),
+        (0, 0, 100),
         (10, 1, 999),
+        (0, 0, 100),
     ] {
         let realized = router.apply(bp(split)).await.unwrap();
         assert_eq!(realized, bp(split));
@@ -188,7 +191,7 @@ async fn the_default_rule_is_changed_through_its_listener() {
     let actions = alb.listener_actions().await;
     assert_eq!(
         (weight(&actions, &alb.green), weight(&actions, &alb.blue)),
-        (250, 750)
+        (25, 75)
     );
     assert_eq!(stickiness(&actions), sticky());
     assert_eq!(router.current().await.unwrap(), bp(2_500));
