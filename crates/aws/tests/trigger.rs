@@ -142,8 +142,11 @@ async fn concurrent_watchers_start_each_revision_exactly_once() {
         malformed.extend(m);
         handled += h;
     }
-    // Every message was handled exactly once, by one watcher.
-    assert_eq!(handled, bodies.len());
+    // Every message was handled. SQS delivers at least once (and moto, under
+    // concurrent receives, now and then hands one message to two watchers),
+    // so a message may be handled twice: what must hold is one start per
+    // revision, below.
+    assert!(handled >= bodies.len(), "{handled} of {}", bodies.len());
 
     let starts = std::mem::take(&mut *starts.lock().unwrap());
     let mut per_key: BTreeMap<(String, String), usize> = BTreeMap::new();
@@ -171,15 +174,16 @@ async fn concurrent_watchers_start_each_revision_exactly_once() {
         );
     }
 
-    // Three copies of each of the two malformed bodies, each reported once.
-    assert_eq!(malformed.len(), 6, "{malformed:?}");
-    assert_eq!(
-        malformed
+    // Three copies of each of the two malformed bodies, each reported
+    // (once per delivery).
+    let extra = handled - bodies.len();
+    assert!((6..=6 + extra).contains(&malformed.len()), "{malformed:?}");
+    assert!((3..=3 + extra).contains(
+        &malformed
             .iter()
             .filter(|m| m.error == "detail.group missing")
-            .count(),
-        3
-    );
+            .count()
+    ));
     assert!(malformed
         .iter()
         .filter(|m| m.error != "detail.group missing")
