@@ -18,6 +18,14 @@ pub async fn load(aws: &AwsConfig) -> SdkConfig {
     if let Some(url) = &aws.endpoint_url {
         loader = loader.endpoint_url(url);
     }
+    let t = &aws.sdk_timeouts;
+    loader = loader.timeout_config(
+        aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(t.connect)
+            .read_timeout(t.read)
+            .operation_attempt_timeout(t.attempt)
+            .build(),
+    );
     loader.load().await
 }
 

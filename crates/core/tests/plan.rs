@@ -253,6 +253,16 @@ fn semantic_errors_are_caught_before_anything_moves() {
         "two checks are named `health`",
     );
     err("[strategy]\npreset = \"canary\"\n[[analysis.checks]]\nkind = \"error-rate\"\nmax_percnt = 1\n", 3, "unknown field `max_percnt`");
+    err(
+        "[strategy]\npreset = \"canary\"\n[aws]\nconnect_timeout = \"0s\"\n",
+        4,
+        "`aws.connect_timeout` must be above 0 and at most 10m",
+    );
+    err(
+        "[strategy]\npreset = \"canary\"\n[aws]\nread_timeout = \"40s\"\n",
+        4,
+        "`aws.attempt_timeout` (30s) must be at least `aws.read_timeout` (40s)",
+    );
     // 0 is not silently read as 1.
     for kind in ["error-rate\"\nmax_percent = 1", "latency\"\nmax = \"1s\""] {
         err(

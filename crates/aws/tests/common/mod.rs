@@ -76,6 +76,7 @@ pub fn aws() -> AwsConfig {
         region: Some("us-east-1".into()),
         profile: None,
         endpoint_url: Some(moto_url()),
+        ..AwsConfig::default()
     }
 }
 

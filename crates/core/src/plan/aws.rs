@@ -13,6 +13,37 @@ pub struct AwsConfig {
     pub profile: Option<String>,
     /// Overrides every AWS endpoint (moto, LocalStack).
     pub endpoint_url: Option<String>,
+    /// The SDK's own limits on each HTTP attempt.
+    #[serde(default)]
+    pub sdk_timeouts: SdkTimeouts,
+}
+
+/// The AWS SDK's limits on one HTTP attempt, set explicitly rather than
+/// left to the SDK's defaults (which leave reads unbounded): a call that
+/// hangs is cut here, retried by the SDK, and bounded as a whole by the
+/// plan's `[timeouts]`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SdkTimeouts {
+    /// Establishing the TCP and TLS connection.
+    #[serde(with = "crate::time::serde_duration")]
+    pub connect: Duration,
+    /// Waiting for the first byte of a response. Above SQS's 20 s long
+    /// poll, which `cutover watch` uses.
+    #[serde(with = "crate::time::serde_duration")]
+    pub read: Duration,
+    /// One attempt, from sending the request to reading the whole answer.
+    #[serde(with = "crate::time::serde_duration")]
+    pub attempt: Duration,
+}
+
+impl Default for SdkTimeouts {
+    fn default() -> Self {
+        SdkTimeouts {
+            connect: Duration::from_secs(3),
+            read: Duration::from_secs(25),
+            attempt: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Router `route53`: two weighted records of one name.

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::Split;
 
-pub use aws::{AlbRouter, AwsConfig, CompareToBlue, EcsEventsTrigger, EcsPlatform, Route53Router};
+pub use aws::{
+    AlbRouter, AwsConfig, CompareToBlue, EcsEventsTrigger, EcsPlatform, Route53Router, SdkTimeouts,
+};
 
 pub use raw::{
     load_balancer_dimension, parse, percentile_statistic, target_group_dimension, PlanError,

@@ -17,7 +17,7 @@ use toml::Spanned;
 
 use super::{
     AlbRouter, AwsConfig, CompareToBlue, EcsEventsTrigger, EcsPlatform, PlatformConfig,
-    Route53Router, TriggerConfig,
+    Route53Router, SdkTimeouts, TriggerConfig,
 };
 use super::{
     Analysis, CheckConfig, CheckSpec, Judge, LocalRouter, OnAdapterFailure, OnDrift,
@@ -95,6 +95,9 @@ struct RawAws {
     region: Option<String>,
     profile: Option<String>,
     endpoint_url: Option<String>,
+    connect_timeout: Option<Spanned<String>>,
+    read_timeout: Option<Spanned<String>>,
+    attempt_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -351,14 +354,10 @@ pub fn parse(text: &str, file: &str) -> Result<Plan, PlanError> {
     let timeouts = cx.timeouts(raw.timeouts.as_ref(), &router, analysis.interval)?;
     let store = cx.store(raw.store.as_ref())?;
     let trigger = cx.trigger(raw.trigger.as_ref())?;
-    let aws = raw
-        .aws
-        .map(|a| AwsConfig {
-            region: a.region,
-            profile: a.profile,
-            endpoint_url: a.endpoint_url,
-        })
-        .unwrap_or_default();
+    let aws = match raw.aws {
+        Some(a) => cx.aws(a)?,
+        None => AwsConfig::default(),
+    };
 
     Ok(Plan {
         service: name.get_ref().clone(),
@@ -1231,6 +1230,44 @@ impl Cx<'_> {
         limit(&raw.router_write, "router_write", &mut t.router_write)?;
         limit(&raw.check, "check", &mut t.check)?;
         Ok(t)
+    }
+
+    fn aws(&self, a: RawAws) -> Result<AwsConfig, PlanError> {
+        let mut t = SdkTimeouts::default();
+        let limit = |v: &Option<Spanned<String>>,
+                     key: &str,
+                     into: &mut Duration|
+         -> Result<(), PlanError> {
+            if let Some(v) = v {
+                let d = self.duration(v, &format!("aws.{key}"))?;
+                if d.is_zero() || d > Duration::from_secs(600) {
+                    return Err(self.at(v, format!("`aws.{key}` must be above 0 and at most 10m")));
+                }
+                *into = d;
+            }
+            Ok(())
+        };
+        limit(&a.connect_timeout, "connect_timeout", &mut t.connect)?;
+        limit(&a.read_timeout, "read_timeout", &mut t.read)?;
+        limit(&a.attempt_timeout, "attempt_timeout", &mut t.attempt)?;
+        if t.attempt < t.read {
+            let at = a.attempt_timeout.as_ref().or(a.read_timeout.as_ref());
+            let msg = format!(
+                "`aws.attempt_timeout` ({}) must be at least `aws.read_timeout` ({}): an attempt includes its read",
+                Human(t.attempt),
+                Human(t.read)
+            );
+            return Err(match at {
+                Some(v) => self.at(v, msg),
+                None => self.error(None, msg),
+            });
+        }
+        Ok(AwsConfig {
+            region: a.region,
+            profile: a.profile,
+            endpoint_url: a.endpoint_url,
+            sdk_timeouts: t,
+        })
     }
 
     fn store(&self, raw: Option<&Spanned<toml::Table>>) -> Result<StoreConfig, PlanError> {
