@@ -263,6 +263,34 @@ fn semantic_errors_are_caught_before_anything_moves() {
         4,
         "`aws.attempt_timeout` (30s) must be at least `aws.read_timeout` (40s)",
     );
+    for (url, why) in [
+        (
+            "http://127.0.0.1:99999",
+            "port `99999` is not a port (1 to 65535)",
+        ),
+        ("http://127.0.0.1:0", "port `0` is not a port"),
+        ("http://[::1", "missing its closing `]`"),
+        ("https://127.0.0.1:9090", "speaks plain HTTP; use http://"),
+        ("http://127.0.0.1:9090/?x=1", "takes no query or fragment"),
+        ("http://", "has no usable host"),
+        ("127.0.0.1:9090", "expected an http:// URL"),
+    ] {
+        let e = plan::parse(
+            &format!("[service]\nname = \"a\"\n[router]\nkind = \"local\"\nadmin_url = \"{url}\"\n[strategy]\npreset = \"canary\"\n"),
+            "p.toml",
+        )
+        .unwrap_err();
+        assert!(e.message.contains(why), "{url}: {e}");
+        assert_eq!(e.line, 3, "{url}: {e}");
+    }
+    for url in [
+        "http://[::1]:9090",
+        "http://localhost:9090/admin",
+        "http://127.0.0.1",
+    ] {
+        let text = format!("[service]\nname = \"a\"\n[router]\nkind = \"local\"\nadmin_url = \"{url}\"\n[strategy]\npreset = \"canary\"\n");
+        plan::parse(&text, "p.toml").unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
     // 0 is not silently read as 1.
     for kind in ["error-rate\"\nmax_percent = 1", "latency\"\nmax = \"1s\""] {
         err(

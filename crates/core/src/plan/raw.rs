@@ -729,13 +729,10 @@ impl Cx<'_> {
         match self.kind(table, "router", ROUTERS)? {
             "local" => {
                 let r: RawLocalRouter = self.table(table, "router `local`")?;
-                if !(r.admin_url.starts_with("http://") || r.admin_url.starts_with("https://")) {
+                if let Err(why) = check_admin_url(&r.admin_url) {
                     return Err(self.at(
                         table,
-                        format!(
-                            "router `local`: `admin_url` must be an http:// URL, not `{}`",
-                            r.admin_url
-                        ),
+                        format!("router `local`: `admin_url` = {:?}: {why}", r.admin_url),
                     ));
                 }
                 Ok(RouterConfig::Local(LocalRouter {
@@ -1359,6 +1356,50 @@ pub fn percentile_statistic(s: &str) -> Option<f64> {
 }
 
 /// An optional duration key, parsed; a bad value is reported by `bad`.
+/// What the local router's client can use: `http://host[:port][/path]`,
+/// plain HTTP (the proxy's admin API has no TLS), a port within 1..=65535,
+/// no credentials, query or fragment.
+fn check_admin_url(url: &str) -> Result<(), String> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(if url.starts_with("https://") {
+            "the proxy's admin API speaks plain HTTP; use http://".into()
+        } else {
+            "expected an http:// URL, e.g. \"http://127.0.0.1:9090\"".into()
+        });
+    };
+    if rest.contains(['?', '#']) {
+        return Err("takes no query or fragment".into());
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err("takes no credentials; use `token`".into());
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6
+            .split_once(']')
+            .ok_or("the IPv6 address is missing its closing `]`")?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or("expected `:port` after `]`")?),
+        };
+        (host, port)
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err("has no usable host".into());
+    }
+    if let Some(p) = port {
+        if !matches!(p.parse::<u16>(), Ok(n) if n > 0) {
+            return Err(format!("port `{p}` is not a port (1 to 65535)"));
+        }
+    }
+    Ok(())
+}
+
 /// A check's `min_requests` as written, or `default`. 0 is refused rather
 /// than read as 1: a rate over no requests is no judgement.
 fn min_requests(

@@ -79,6 +79,24 @@ pub struct UpstreamUrl {
     text: String,
 }
 
+/// Refuses a port outside 1..=65535 in `authority`: the URL parser keeps
+/// it as written, and a connection would then go elsewhere (`:99999`
+/// silently reached port 80).
+pub fn check_port(text: &str, authority: &Authority) -> Result<(), String> {
+    let Some((_, port)) = authority.as_str().rsplit_once(':') else {
+        return Ok(());
+    };
+    if port.contains(']') {
+        return Ok(()); // the colon was inside an IPv6 literal: no port
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!(
+            "`{text}`: port `{port}` is not a port (1 to 65535)"
+        )),
+    }
+}
+
 impl UpstreamUrl {
     /// Parses `http://host[:port][/]`; no path, query or TLS.
     pub fn parse(text: &str) -> Result<UpstreamUrl, String> {
@@ -101,6 +119,7 @@ impl UpstreamUrl {
                 "`{text}`: credentials in upstream URLs are not supported"
             ));
         }
+        check_port(text, &authority)?;
         if let Some(pq) = uri.path_and_query() {
             if pq.as_str() != "/" && !pq.as_str().is_empty() {
                 return Err(format!(
@@ -174,10 +193,13 @@ impl fmt::Display for ConfigError {
         }
         if let (Some(l), Some(c), Some(text)) = (self.line, self.column, &self.source_line) {
             let width = l.to_string().len();
+            let (excerpt, caret) = excerpt_at(text, c);
             write!(
                 f,
-                "\n{:width$} |\n{l} | {text}\n{:width$} | {:>c$}",
-                "", "", "^"
+                "\n{:width$} |\n{l} | {excerpt}\n{:width$} | {}^",
+                "",
+                "",
+                " ".repeat(caret)
             )?;
         }
         Ok(())
@@ -185,6 +207,27 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// At most 40 characters either side of 1-based `column` of `line`, with
+/// `…` where cut, and how many characters precede the column's in it.
+fn excerpt_at(line: &str, column: usize) -> (String, usize) {
+    const SIDE: usize = 40;
+    let chars: Vec<char> = line.chars().collect();
+    let at = column.saturating_sub(1).min(chars.len());
+    let start = at.saturating_sub(SIDE);
+    let end = (at + SIDE).min(chars.len());
+    let mut excerpt = String::new();
+    let mut caret = at - start;
+    if start > 0 {
+        excerpt.push('…');
+        caret += 1;
+    }
+    excerpt.extend(&chars[start..end]);
+    if end < chars.len() {
+        excerpt.push('…');
+    }
+    (excerpt, caret)
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
