@@ -12,9 +12,9 @@ use crate::Exit;
 
 /// Reads and validates a plan file; every failure is a usage error naming the file.
 pub fn load_plan(path: &Path) -> Result<Plan, Exit> {
-    let text = std::fs::read_to_string(path)
+    let bytes = std::fs::read(path)
         .map_err(|e| Exit::Usage(format!("cannot read plan file {}: {e}", path.display())))?;
-    plan::parse(&text, &path.display().to_string()).map_err(|e| Exit::Usage(e.to_string()))
+    plan::parse_bytes(&bytes, &path.display().to_string()).map_err(|e| Exit::Usage(e.to_string()))
 }
 
 /// Which store to open.

@@ -180,6 +180,35 @@ fn bad_input_exits_2_naming_file_line_and_column() {
         );
         assert!(text(&o).contains("strictly increase"), "{}", text(&o));
     }
+    // Not UTF-8 (a Latin-1 `é` on line 2, after 8 characters): located.
+    std::fs::write(&plan, b"[service]\nname = \"caf\xe9\"\n").unwrap();
+    let o = cutover(&["plan", plan.to_str().unwrap()]);
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!(
+            "{}:2:12: not valid UTF-8 (byte 0xe9)",
+            plan.display()
+        )),
+        "{}",
+        text(&o)
+    );
+    let proxy = dir.path().join("proxy.toml");
+    std::fs::write(
+        &proxy,
+        b"[blue]\nupstreams = [\"http://127.0.0.1:1\"] # \xff\n",
+    )
+    .unwrap();
+    let o = cutover(&["proxy", proxy.to_str().unwrap()]);
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!(
+            "{}:2:38: not valid UTF-8 (byte 0xff)",
+            proxy.display()
+        )),
+        "{}",
+        text(&o)
+    );
+
     let o = cutover(&["plan", "/nonexistent/plan.toml"]);
     assert_eq!(code(&o), 2);
     assert!(

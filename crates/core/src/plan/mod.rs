@@ -20,8 +20,9 @@ pub use aws::{
 };
 
 pub use raw::{
-    load_balancer_dimension, parse, percentile_statistic, target_group_dimension, PlanError,
-    CHECKS, LOCAL_CHECKS, PLATFORMS, PRESETS, ROUTERS, STORES, TRIGGERS,
+    invalid_utf8_at, load_balancer_dimension, parse, parse_bytes, percentile_statistic,
+    target_group_dimension, PlanError, CHECKS, LOCAL_CHECKS, PLATFORMS, PRESETS, ROUTERS, STORES,
+    TRIGGERS,
 };
 pub use timeline::{Timeline, TimelineStep};
 

@@ -318,6 +318,33 @@ struct RawSqlite {
 }
 
 /// Parses and validates a plan. `file` is only used in error messages.
+/// Where `bytes` stop being UTF-8, if they do: the 1-based line and
+/// column (counted in characters) of the first bad byte, and that byte.
+/// For files read as bytes, so the error can say where.
+pub fn invalid_utf8_at(bytes: &[u8]) -> Option<(usize, usize, u8)> {
+    let err = std::str::from_utf8(bytes).err()?;
+    let good = &bytes[..err.valid_up_to()];
+    // `good` is valid UTF-8 by construction.
+    let good = std::str::from_utf8(good).unwrap_or_default();
+    let line = good.matches('\n').count() + 1;
+    let column = good.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+    Some((line, column, bytes[err.valid_up_to()]))
+}
+
+/// Parses a plan file's bytes: [`parse`], after refusing text that is not
+/// UTF-8 with the line and column where it stops being so.
+pub fn parse_bytes(bytes: &[u8], file: &str) -> Result<Plan, PlanError> {
+    if let Some((line, column, byte)) = invalid_utf8_at(bytes) {
+        return Err(PlanError {
+            file: file.to_string(),
+            line,
+            column,
+            message: format!("not valid UTF-8 (byte 0x{byte:02x}); plan files are UTF-8 text"),
+        });
+    }
+    parse(std::str::from_utf8(bytes).unwrap_or_default(), file)
+}
+
 pub fn parse(text: &str, file: &str) -> Result<Plan, PlanError> {
     let cx = Cx { text, file };
     let raw: RawPlan =

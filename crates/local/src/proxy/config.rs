@@ -563,14 +563,25 @@ impl ProxyConfig {
     /// Reads and parses a configuration file.
     pub fn from_file(path: &std::path::Path) -> Result<ProxyConfig, ConfigError> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let bytes = std::fs::read(path).map_err(|e| ConfigError {
             file: name.clone(),
             line: None,
             column: None,
             message: format!("cannot read the proxy config: {e}"),
             source_line: None,
         })?;
-        ProxyConfig::from_toml_str(&text, &name)
+        if let Some((line, column, byte)) = cutover_core::plan::invalid_utf8_at(&bytes) {
+            return Err(ConfigError {
+                file: name,
+                line: Some(line),
+                column: Some(column),
+                message: format!(
+                    "not valid UTF-8 (byte 0x{byte:02x}); proxy configs are UTF-8 text"
+                ),
+                source_line: None,
+            });
+        }
+        ProxyConfig::from_toml_str(&String::from_utf8_lossy(&bytes), &name)
     }
 
     /// A configuration with defaults for the given upstream URLs, listening
