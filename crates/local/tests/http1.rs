@@ -296,7 +296,37 @@ async fn bad_requests_are_refused_before_reaching_an_upstream() {
     let blue = demo("blue").await;
     let p = proxy(&[&blue.url()], &[&blue.url()], "").await;
     let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(70 * 1024));
-    let cases: [(&str, &str, &str); 7] = [
+    let cases: [(&str, &str, &str); 13] = [
+        (
+            "GET / HTTP/1.1\r\nHost: a b/c@d\r\n\r\n",
+            "400 Bad Request",
+            "Host `a b/c@d` is not a valid host[:port]",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: \r\n\r\n",
+            "400 Bad Request",
+            "Host `` is not a valid host[:port]",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: example.com:99999\r\n\r\n",
+            "400 Bad Request",
+            "is not a valid host[:port]",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
+            "400 Bad Request",
+            "is not a valid host[:port]",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer_Encoding: chunked\r\n\r\nabcd",
+            "400 Bad Request",
+            "a `Transfer_Encoding` field: framing fields are spelt with `-`",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: x\r\ncontent_length: 4\r\n\r\nabcd",
+            "400 Bad Request",
+            "a `content_length` field",
+        ),
         (
             "GET / HTTP/1.1\r\n\r\n",
             "400 Bad Request",
@@ -349,6 +379,23 @@ async fn bad_requests_are_refused_before_reaching_an_upstream() {
         );
     }
     assert_eq!(blue.received(), 0, "nothing reached the upstream");
+    // Valid hosts still pass.
+    for host in [
+        "example.com",
+        "example.com:8080",
+        "[::1]:80",
+        "10.0.0.1",
+        "a-b.c_d~",
+    ] {
+        let mut c = connect(&p).await;
+        c.write_all(
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let text = read_to_close(&mut c).await;
+        assert!(text.starts_with("HTTP/1.1 200"), "{host}: {text}");
+    }
     p.shutdown().await;
 }
 

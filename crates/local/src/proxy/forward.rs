@@ -389,6 +389,24 @@ fn decide<'s>(
         return Err(malformed("an HTTP/1.1 request without Host"));
     }
     let host = absolute_host.map(str::as_bytes).or(fields.host);
+    if let Some(h) = host {
+        if !http1::valid_host(h) {
+            return Err(Refused::Request(RequestError::Malformed(format!(
+                "Host `{}` is not a valid host[:port]",
+                http1::lossy(h)
+            ))));
+        }
+    }
+    if let Some(h) = req
+        .headers
+        .iter()
+        .find(|h| http1::is_disguised_framing_field(h.name.as_bytes()))
+    {
+        return Err(Refused::Request(RequestError::Malformed(format!(
+            "a `{}` field: framing fields are spelt with `-`",
+            h.name
+        ))));
+    }
     let (colour, set_cookie) = choose_colour(shared, req.headers);
     let upstream = shared.pools[colour.index()].pick();
 

@@ -134,6 +134,69 @@ pub fn fields<'b>(headers: &[httparse::Header<'b>]) -> Result<Fields<'b>, String
     Ok(f)
 }
 
+/// Whether `name` is a framing or routing field (`Content-Length`,
+/// `Transfer-Encoding`, `Host`) spelt with `_` for `-`: servers that map
+/// header names to variables (CGI and its heirs) read it as the real one,
+/// so a hop that forwards it lets two recipients frame one message
+/// differently.
+pub fn is_disguised_framing_field(name: &[u8]) -> bool {
+    name.contains(&b'_') && {
+        let dashed: Vec<u8> = name
+            .iter()
+            .map(|&b| if b == b'_' { b'-' } else { b })
+            .collect();
+        frames_the_message(&dashed)
+    }
+}
+
+/// Whether `value` is a valid `Host` (RFC 9110 §7.2: `uri-host [ ":"
+/// port ]`): a registered name, an IPv4 address or a bracketed IPv6
+/// address, and a port within 1..=65535 if there is one. Empty, spaces,
+/// `/`, `@` and other characters a URI's authority cannot hold are not.
+pub fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = if value.first() == Some(&b'[') {
+        let Some(end) = value.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let inside = &value[1..end];
+        if inside.is_empty()
+            || !inside
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return false;
+        }
+        match &value[end + 1..] {
+            [] => (&value[..0], None),
+            [b':', port @ ..] => (&value[..0], Some(port)),
+            _ => return false,
+        }
+    } else {
+        let (host, port) = match value.iter().rposition(|&b| b == b':') {
+            Some(i) => (&value[..i], Some(&value[i + 1..])),
+            None => (value, None),
+        };
+        let reg_name = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b);
+        if host.is_empty() || !host.iter().all(|&b| reg_name(b)) {
+            return false;
+        }
+        (host, port)
+    };
+    let _ = host;
+    match port {
+        None => true,
+        Some(p) => {
+            !p.is_empty()
+                && p.len() <= 5
+                && p.iter().all(u8::is_ascii_digit)
+                && matches!(
+                    std::str::from_utf8(p).map(str::parse::<u32>),
+                    Ok(Ok(1..=65535))
+                )
+        }
+    }
+}
+
 /// `Content-Length`, `Transfer-Encoding` and `Host`: fields the proxy
 /// itself reads to frame and route a message.
 fn frames_the_message(name: &[u8]) -> bool {
