@@ -226,19 +226,28 @@ pub fn effective_ttl(rrs: &ResourceRecordSet) -> Duration {
     }
 }
 
-/// Refuses holds shorter than the TTL unless allowed.
+/// Refuses holds shorter than the TTL unless allowed. `alias`: the TTL is
+/// the alias's fixed 60 s, which no setting lowers, so only the remedies
+/// that exist are offered.
 fn check_ttl(
     ttl: Duration,
     shortest_hold: Duration,
     allow_short_holds: bool,
+    alias: bool,
     what: &str,
 ) -> Result<(), AdapterError> {
     if shortest_hold < ttl && !allow_short_holds {
+        let (ttl_is, lower) = if alias {
+            (format!("{} s, fixed for alias records", ttl.as_secs()), "")
+        } else {
+            (format!("{} s", ttl.as_secs()), ", lower the records' TTL")
+        };
         return Err(AdapterError::permanent(format!(
             "route53: the plan's shortest hold ({} s) is shorter than the TTL of {what} \
-             ({} s): resolvers and clients keep the previous answer for a TTL, so the \
+             ({ttl_is}): resolvers and clients keep the previous answer for a TTL, so the \
              verdict would be taken while traffic is still on the previous split. \
-             Lengthen the holds, lower the TTL, or set `allow_short_holds = true`",
+             Lengthen the holds to at least {} s{lower}, or set `allow_short_holds = true` \
+             under `[router]` to judge anyway",
             shortest_hold.as_secs_f64(),
             ttl.as_secs()
         )));
@@ -409,7 +418,16 @@ impl Router for Route53Router {
     async fn preflight(&self, shortest_hold: Duration) -> Result<(), AdapterError> {
         let (blue, green) = self.pair().await?;
         let ttl = effective_ttl(&blue).max(effective_ttl(&green));
-        check_ttl(ttl, shortest_hold, self.allow_short_holds, &self.what())
+        let alias = [&blue, &green]
+            .iter()
+            .any(|r| r.alias_target().is_some() && effective_ttl(r) == ttl);
+        check_ttl(
+            ttl,
+            shortest_hold,
+            self.allow_short_holds,
+            alias,
+            &self.what(),
+        )
     }
 }
 
@@ -712,32 +730,23 @@ mod tests {
     #[test]
     fn ttl_rule() {
         let what = "`x` A in zone Z";
-        assert!(check_ttl(
-            Duration::from_secs(60),
-            Duration::from_secs(60),
-            false,
-            what
-        )
-        .is_ok());
-        let e = check_ttl(
-            Duration::from_secs(300),
-            Duration::from_secs(60),
-            false,
-            what,
-        )
-        .unwrap_err();
+        let s = Duration::from_secs;
+        assert!(check_ttl(s(60), s(60), false, false, what).is_ok());
+        let e = check_ttl(s(300), s(60), false, false, what).unwrap_err();
         assert!(!e.transient);
         assert!(
-            e.message.contains("TTL") && e.message.contains("allow_short_holds"),
+            e.message.contains("at least 300 s, lower the records' TTL")
+                && e.message
+                    .contains("`allow_short_holds = true` under `[router]`"),
             "{e}"
         );
-        assert!(check_ttl(
-            Duration::from_secs(300),
-            Duration::from_secs(60),
-            true,
-            what
-        )
-        .is_ok());
+        // An alias's TTL cannot be lowered: not offered.
+        let e = check_ttl(s(60), s(10), false, true, what).unwrap_err();
+        assert!(
+            e.message.contains("60 s, fixed for alias records") && !e.message.contains("lower"),
+            "{e}"
+        );
+        assert!(check_ttl(s(300), s(60), true, false, what).is_ok());
     }
 
     #[test]

@@ -88,6 +88,21 @@ pub async fn new_rollout(
     ) {
         return Err(StartError::Refused(why));
     }
+    // What the preflight refuses on its merits is refused here, before a
+    // record exists; a transient failure is left to the rollout's own
+    // preflight, which retries it.
+    let refused: Vec<String> = cutover_engine::driver::preflight(&plan, &adapters)
+        .await
+        .into_iter()
+        .filter(|(_, e)| !e.transient)
+        .map(|(what, e)| format!("{what}: {e}"))
+        .collect();
+    if !refused.is_empty() {
+        return Err(StartError::Refused(format!(
+            "refused before any traffic moved: preflight: {}",
+            refused.join("; ")
+        )));
+    }
     let mut rollout = Rollout::new(plan.clone(), plan.release.is_some(), engine.now());
     if options.adopt {
         rollout = rollout.adopting();

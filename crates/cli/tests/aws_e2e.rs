@@ -516,3 +516,67 @@ async fn a_watch_killed_mid_rollout_leaves_it_to_the_surviving_watcher() {
     assert!(log.contains("web-web-app-5: taken over"), "{log}");
     assert_eq!(rollout_ids(&plan), ["web-web-app-5"]);
 }
+
+/// The shipped Route53 example on records whose TTL (300 s) outlasts its
+/// 60 s holds: `cutover run` refuses with exit 2 before a rollout record
+/// exists, naming the key and its table, and touches no weight. It once
+/// exited 1, left a failed rollout behind, and did not say where
+/// `allow_short_holds` goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn holds_shorter_than_the_ttl_are_refused_with_exit_2_and_no_rollout_record() {
+    let zone = Zone::new().await;
+    zone.create(vec![
+        zone.plain("blue", 100, 300, "192.0.2.10"),
+        zone.plain("green", 0, 300, "192.0.2.20"),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/route53.toml");
+    let mut plan: toml::Table = std::fs::read_to_string(example).unwrap().parse().unwrap();
+    let mut aws = plan["aws"].as_table().unwrap().clone();
+    aws.insert("region".into(), "us-east-1".into());
+    aws.insert("endpoint_url".into(), common::moto_url().into());
+    plan.insert("aws".into(), aws.into());
+    let mut router = plan["router"].as_table().unwrap().clone();
+    router.insert("hosted_zone_id".into(), zone.id.clone().into());
+    router.insert("record_name".into(), zone.record.clone().into());
+    plan.insert("router".into(), router.into());
+    // Its checks read CloudWatch, which moto cannot answer the SDK on.
+    plan.remove("analysis");
+    plan.insert(
+        "store".into(),
+        toml::Table::from_iter([
+            ("kind".to_string(), toml::Value::from("sqlite")),
+            (
+                "path".to_string(),
+                dir.path().join("store.db").display().to_string().into(),
+            ),
+        ])
+        .into(),
+    );
+    let path = dir.path().join("route53.toml");
+    std::fs::write(&path, toml::to_string(&plan).unwrap()).unwrap();
+    let path = path.to_str().unwrap().to_string();
+
+    let o = blocking(vec!["plan".into(), path.clone()]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = blocking(vec!["run".into(), path.clone()]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let said = text(&o);
+    assert!(
+        said.contains("refused before any traffic moved: preflight: router:")
+            && said.contains("(300 s)")
+            && said.contains("Lengthen the holds to at least 300 s, lower the records' TTL")
+            && said.contains("`allow_short_holds = true` under `[router]`"),
+        "{said}"
+    );
+    // No record was made, and nothing moved.
+    let o = blocking(vec!["status".into(), path.clone()]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("no rollout") || text(&o).contains("no store"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(zone.weights().await, (0, 100));
+}

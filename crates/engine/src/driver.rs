@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::clock::Clock;
-use crate::ports::{Check, Platform, Router};
+use crate::ports::{AdapterError, Check, Platform, Router};
 use crate::store::{Change, EventRecord, PostedCommand, RolloutRecord, Store, StoreError};
 
 /// The adapters a rollout acts through.
@@ -645,23 +645,11 @@ impl Engine {
     ) -> Input {
         match action {
             Action::Preflight => {
-                let mut refusals = Vec::new();
-                let shortest_hold = rollout
-                    .plan
-                    .strategy
-                    .steps
-                    .iter()
-                    .map(|s| s.hold)
-                    .min()
-                    .unwrap_or_default();
-                if let Err(e) = adapters.router.preflight(shortest_hold).await {
-                    refusals.push(format!("router: {e}"));
-                }
-                for check in &adapters.checks {
-                    if let Err(e) = check.preflight().await {
-                        refusals.push(format!("{}: {e}", check.name()));
-                    }
-                }
+                let refusals: Vec<String> = preflight(&rollout.plan, adapters)
+                    .await
+                    .into_iter()
+                    .map(|(what, e)| format!("{what}: {e}"))
+                    .collect();
                 if !refusals.is_empty() {
                     tracing::warn!(rollout = %id, refusals = %refusals.join("; "), "preflight refused the rollout");
                 }
@@ -740,6 +728,35 @@ fn router_label(rollout: &Rollout) -> String {
 static CREATES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The lease a rollout's driver holds.
+/// Everything a rollout's preflight verifies (the router's, e.g. holds
+/// against a DNS TTL, and every check's, e.g. no alarm firing), changing
+/// nothing: each refusal with what refused it (`router` or the check's
+/// name). The machine runs it as its first action; `cutover run` and the
+/// API run it before creating a rollout, so a plan the adapters refuse
+/// leaves no record behind.
+pub async fn preflight(
+    plan: &cutover_core::Plan,
+    adapters: &Adapters,
+) -> Vec<(String, AdapterError)> {
+    let mut refusals = Vec::new();
+    let shortest_hold = plan
+        .strategy
+        .steps
+        .iter()
+        .map(|s| s.hold)
+        .min()
+        .unwrap_or_default();
+    if let Err(e) = adapters.router.preflight(shortest_hold).await {
+        refusals.push(("router".to_string(), e));
+    }
+    for check in &adapters.checks {
+        if let Err(e) = check.preflight().await {
+            refusals.push((check.name().to_string(), e));
+        }
+    }
+    refusals
+}
+
 pub fn lease_name(id: &str) -> String {
     format!("rollout:{id}")
 }
