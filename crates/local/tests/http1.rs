@@ -665,3 +665,46 @@ async fn an_http10_request_with_transfer_encoding_closes_after_its_response() {
     );
     p.shutdown().await;
 }
+
+/// A trailer carrying `Content-Length` (or `Transfer-Encoding`, `Host`,
+/// also spelt with `_`) is refused with a 400 before the upstream gets a
+/// whole request: a recipient that merged trailers into the head would
+/// frame the message anew. It was forwarded as it was.
+#[tokio::test]
+async fn framing_fields_in_request_trailers_are_answered_400_and_not_forwarded() {
+    for trailer in [
+        "Content-Length: 50",
+        "Transfer_Encoding: gzip",
+        "host: evil.example",
+    ] {
+        let (up, mut seen) = scripted_upstream(
+            b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+            false,
+        )
+        .await;
+        let (p, mut c) = through(up).await;
+        c.write_all(
+            format!(
+                "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n{trailer}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let text = read_to_close(&mut c).await;
+        assert!(
+            text.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{trailer}: {text}"
+        );
+        assert!(text.contains("in the trailers"), "{text}");
+        assert!(
+            text.to_ascii_lowercase().contains("connection: close"),
+            "{text}"
+        );
+        assert!(
+            seen.try_recv().is_err(),
+            "{trailer}: the upstream got a whole request"
+        );
+        p.shutdown().await;
+    }
+}

@@ -630,8 +630,12 @@ enum Outcome {
     Relayed(ResponseHead, Relayed),
     NoResponse(NoResponse),
     TimedOut,
-    /// The client stopped sending its request body, or sent a broken one.
+    /// The client stopped sending its request body, or sent a broken one
+    /// after the response head went out.
     ClientGone,
+    /// The request body's framing is broken (e.g. a trailer carrying
+    /// `Content-Length`) and no response has gone out: answered with 400.
+    BadBody(&'static str),
 }
 
 /// Sends one request upstream and relays the answer; whether the client
@@ -710,7 +714,8 @@ async fn exchange(
                 }),
                 Some(Ok(())) => {
                     let to = (&mut ur, &mut *ubuf, &mut *client, &mut *out);
-                    respond(to, x, shared, &keep, deadline, start).await
+                    let head_out = AtomicBool::new(false);
+                    respond(to, x, shared, &keep, &head_out, deadline, start).await
                 }
             };
             (outcome, true)
@@ -731,6 +736,14 @@ async fn exchange(
             }
             Outcome::Relayed(_, Relayed::Broken) => After::Close,
             Outcome::ClientGone => After::Close,
+            Outcome::BadBody(why) => {
+                out.clear();
+                let body = format!("cutover: bad request body: {why}\n");
+                write_error(out, 400, "Bad Request", &body, None, false);
+                deadline.set(Instant::now() + shared.config.request_timeout);
+                let _ = deadline.run(client.write_all(out)).await;
+                After::Close
+            }
             Outcome::NoResponse(e) if reused && x.retryable && e.before_any_byte() => {
                 // The upstream had closed this idle connection: another one.
                 continue;
@@ -785,11 +798,13 @@ async fn duplex(
         keep.store(client_keep_wanted, Relaxed);
         Ok(())
     };
+    let head_out = AtomicBool::new(false);
     let response = respond(
         (&mut ur, ubuf, &mut cw, out),
         x,
         shared,
         &keep,
+        &head_out,
         deadline,
         start,
     );
@@ -803,6 +818,11 @@ async fn duplex(
                 Ok(()) => uploaded = Some(true),
                 // The client stopped sending or sent a broken body: give up.
                 Err(Upload::Client) => return (Outcome::ClientGone, false),
+                // Refused, with a 400 unless the response has begun.
+                Err(Upload::Malformed(why)) if !head_out.load(Relaxed) => {
+                    return (Outcome::BadBody(why), false)
+                }
+                Err(Upload::Malformed(_)) => return (Outcome::ClientGone, false),
                 // The upstream stopped reading: its answer may still come.
                 Err(Upload::Upstream) => uploaded = Some(false),
             },
@@ -823,6 +843,7 @@ async fn respond(
     x: &Exchange<'_>,
     shared: &Shared,
     keep: &AtomicBool,
+    head_out: &AtomicBool,
     deadline: &mut Deadline,
     start: Instant,
 ) -> Outcome {
@@ -833,6 +854,7 @@ async fn respond(
         None => Outcome::TimedOut,
         Some(Err(e)) => Outcome::NoResponse(e),
         Some(Ok(head)) => {
+            head_out.store(true, Relaxed);
             let now = record(shared, x, head.status, start);
             let idle = shared.config.request_timeout;
             let relayed = relay(ur, ubuf, cw, out, &head, deadline, now, idle).await;
@@ -844,6 +866,8 @@ async fn respond(
 /// Why a request body could not be sent whole.
 enum Upload {
     Client,
+    /// The body's framing is broken: the upstream gets no complete request.
+    Malformed(&'static str),
     Upstream,
 }
 
@@ -880,7 +904,9 @@ async fn upload_body(
             let mut chunks = Chunks::default();
             loop {
                 let pending = inbuf.pending();
-                let used = chunks.scan(pending, |_| {}).map_err(|_| Upload::Client)?;
+                let used = chunks
+                    .scan(pending, |_| {})
+                    .map_err(|e| Upload::Malformed(e.0))?;
                 if used > 0 {
                     uw.write_all(&pending[..used])
                         .await

@@ -358,6 +358,27 @@ impl fmt::Display for ChunkError {
     }
 }
 
+/// Fields that may not be trailers: they frame or route the message, and
+/// a recipient merging trailers into the head would read it anew. Also
+/// refused spelt with `_` for `-`.
+const NOT_TRAILERS: [&[u8]; 3] = [b"content-length", b"transfer-encoding", b"host"];
+const ALL_NOT_TRAILERS: u8 = (1 << NOT_TRAILERS.len()) - 1;
+
+/// Which of `possible` still match after byte `b` at position `at`.
+fn still_possible(possible: u8, at: u8, b: u8) -> u8 {
+    let at = usize::from(at);
+    let mut left = 0;
+    for (i, name) in NOT_TRAILERS.iter().enumerate() {
+        let matches = name
+            .get(at)
+            .is_some_and(|&c| c.eq_ignore_ascii_case(&b) || (c == b'-' && b == b'_'));
+        if possible & 1 << i != 0 && matches {
+            left |= 1 << i;
+        }
+    }
+    left
+}
+
 /// Follows a chunked body byte by byte, to find where it ends (the
 /// proxy passes chunked bodies on as they are) or to take the data out of
 /// it (for an HTTP/1.0 client, which cannot read chunked).
@@ -386,7 +407,13 @@ pub enum Chunks {
     DataLf,
     /// At the start of a trailer line (or of the final empty line).
     TrailerStart,
-    /// Inside a trailer field line.
+    /// In a trailer field's name: `len` bytes read, `possible` the
+    /// [`NOT_TRAILERS`] it may still be (one bit each).
+    TrailerName {
+        possible: u8,
+        len: u8,
+    },
+    /// Inside a trailer field line's value.
     Trailer,
     /// After a trailer line's CR.
     TrailerLf,
@@ -465,7 +492,29 @@ impl Chunks {
                 Chunks::TrailerStart => match b {
                     b'\r' => Chunks::EndLf,
                     b'\n' => return Err(ChunkError("bare LF in the trailer section")),
-                    _ => Chunks::Trailer,
+                    b':' => return Err(ChunkError("a trailer field without a name")),
+                    _ => Chunks::TrailerName {
+                        possible: still_possible(ALL_NOT_TRAILERS, 0, b),
+                        len: 1,
+                    },
+                },
+                Chunks::TrailerName { possible, len } => match b {
+                    b':' => {
+                        if (0..NOT_TRAILERS.len()).any(|i| {
+                            possible & 1 << i != 0 && NOT_TRAILERS[i].len() == usize::from(len)
+                        }) {
+                            return Err(ChunkError(
+                                "a framing or routing field (Content-Length, Transfer-Encoding, Host) in the trailers",
+                            ));
+                        }
+                        Chunks::Trailer
+                    }
+                    b'\r' | b'\n' => return Err(ChunkError("a trailer line without `:`")),
+                    b' ' | b'\t' => return Err(ChunkError("whitespace in a trailer field name")),
+                    _ => Chunks::TrailerName {
+                        possible: still_possible(possible, len, b),
+                        len: len.saturating_add(1),
+                    },
                 },
                 Chunks::Trailer => match b {
                     b'\r' => Chunks::TrailerLf,
@@ -704,6 +753,47 @@ mod tests {
             let mut c = Chunks::default();
             let scanned = c.scan(bad, |_| {});
             assert!(scanned.is_err(), "{}: {scanned:?} {c:?}", lossy(bad));
+        }
+    }
+
+    #[test]
+    fn framing_and_routing_fields_are_refused_as_trailers() {
+        let scan_bytewise = |body: &[u8]| -> Result<(), ChunkError> {
+            let mut c = Chunks::default();
+            for b in body {
+                c.scan(std::slice::from_ref(b), |_| {})?;
+            }
+            assert!(c.is_done(), "{}", lossy(body));
+            Ok(())
+        };
+        for bad in [
+            &b"0\r\nContent-Length: 5\r\n\r\n"[..],
+            b"0\r\nX-A: 1\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"0\r\nTRANSFER_ENCODING: chunked\r\n\r\n",
+            b"0\r\nHost: evil.example\r\n\r\n",
+        ] {
+            let whole = Chunks::default().scan(bad, |_| {});
+            assert!(whole.is_err(), "{}", lossy(bad));
+            let e = scan_bytewise(bad).unwrap_err();
+            assert!(e.0.contains("in the trailers"), "{}: {e}", lossy(bad));
+        }
+        for bad in [
+            &b"0\r\nX-A 1\r\n\r\n"[..],
+            b"0\r\nX A: 1\r\n\r\n",
+            b"0\r\n: 1\r\n\r\n",
+        ] {
+            assert!(
+                Chunks::default().scan(bad, |_| {}).is_err(),
+                "{}",
+                lossy(bad)
+            );
+        }
+        for good in [
+            &b"0\r\nX-Checksum: 1\r\n\r\n"[..],
+            b"0\r\nHostname: a\r\nContent-Lengths: 1\r\nHos: x\r\n\r\n",
+            b"3\r\nabc\r\n0\r\n\r\n",
+        ] {
+            scan_bytewise(good).unwrap_or_else(|e| panic!("{}: {e}", lossy(good)));
         }
     }
 
