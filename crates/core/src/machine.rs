@@ -1509,6 +1509,36 @@ impl Rollout {
         self.finish(now, Phase::Succeeded);
     }
 
+    /// An operator's abort or rollback (`done`: what the history says was
+    /// done): before any traffic moved it simply ends the rollout; after,
+    /// it sends all traffic back to the live target.
+    fn operator_rollback(
+        &mut self,
+        now: Timestamp,
+        phase: &Phase,
+        done: &str,
+        out: &mut Vec<Action>,
+    ) {
+        if matches!(phase, Phase::Pending | Phase::Preflight | Phase::Preparing)
+            && self.split == Split::ZERO
+        {
+            return self.finish(
+                now,
+                Phase::Aborted {
+                    reason: format!("{done} by operator before traffic moved"),
+                },
+            );
+        }
+        self.rollback(
+            now,
+            format!("{done} by operator"),
+            Ending::Aborted,
+            Cause::Operator,
+            vec![],
+            out,
+        )
+    }
+
     fn on_command(&mut self, now: Timestamp, command: Command, out: &mut Vec<Action>) {
         let phase = self.phase.clone();
         match (command, &phase) {
@@ -1542,44 +1572,10 @@ impl Rollout {
                 );
             }
             (Command::Rollback, p) if !p.is_terminal() => {
-                if matches!(p, Phase::Pending | Phase::Preflight | Phase::Preparing)
-                    && self.split == Split::ZERO
-                {
-                    return self.finish(
-                        now,
-                        Phase::Aborted {
-                            reason: "rolled back by operator before traffic moved".into(),
-                        },
-                    );
-                }
-                self.rollback(
-                    now,
-                    "rolled back by operator".into(),
-                    Ending::Aborted,
-                    Cause::Operator,
-                    vec![],
-                    out,
-                )
+                self.operator_rollback(now, p, "rolled back", out)
             }
             (Command::Abort, p) if !p.is_terminal() && !p.is_restoring() => {
-                if matches!(p, Phase::Pending | Phase::Preflight | Phase::Preparing)
-                    && self.split == Split::ZERO
-                {
-                    return self.finish(
-                        now,
-                        Phase::Aborted {
-                            reason: "aborted by operator before traffic moved".into(),
-                        },
-                    );
-                }
-                self.rollback(
-                    now,
-                    "aborted by operator".into(),
-                    Ending::Aborted,
-                    Cause::Operator,
-                    vec![],
-                    out,
-                )
+                self.operator_rollback(now, p, "aborted", out)
             }
             (Command::Promote, Phase::Shifting | Phase::Holding | Phase::Paused { .. }) => {
                 self.pause_requested = false;

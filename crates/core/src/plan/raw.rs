@@ -334,15 +334,18 @@ pub fn invalid_utf8_at(bytes: &[u8]) -> Option<(usize, usize, u8)> {
 /// Parses a plan file's bytes: [`parse`], after refusing text that is not
 /// UTF-8 with the line and column where it stops being so.
 pub fn parse_bytes(bytes: &[u8], file: &str) -> Result<Plan, PlanError> {
-    if let Some((line, column, byte)) = invalid_utf8_at(bytes) {
-        return Err(PlanError {
-            file: file.to_string(),
-            line,
-            column,
-            message: format!("not valid UTF-8 (byte 0x{byte:02x}); plan files are UTF-8 text"),
-        });
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse(text, file),
+        Err(_) => {
+            let (line, column, byte) = invalid_utf8_at(bytes).unwrap_or((0, 0, 0));
+            Err(PlanError {
+                file: file.to_string(),
+                line,
+                column,
+                message: format!("not valid UTF-8 (byte 0x{byte:02x}); plan files are UTF-8 text"),
+            })
+        }
     }
-    parse(std::str::from_utf8(bytes).unwrap_or_default(), file)
 }
 
 pub fn parse(text: &str, file: &str) -> Result<Plan, PlanError> {
@@ -427,6 +430,28 @@ impl Cx<'_> {
 
     fn duration(&self, value: &Spanned<String>, key: &str) -> Result<Duration, PlanError> {
         parse_duration(value.get_ref()).map_err(|e| self.at(value, format!("`{key}`: {e}")))
+    }
+
+    /// A time limit: `into` is set to `value` when given, which must be
+    /// above 0 and at most `max`.
+    fn limit(
+        &self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+        max: Duration,
+        into: &mut Duration,
+    ) -> Result<(), PlanError> {
+        if let Some(v) = value {
+            let d = self.duration(v, key)?;
+            if d.is_zero() || d > max {
+                return Err(self.at(
+                    v,
+                    format!("`{key}` must be above 0 and at most {}", Human(max)),
+                ));
+            }
+            *into = d;
+        }
+        Ok(())
     }
 
     /// Deserialises a sub-table (router, check, store) into its kind's shape.
@@ -1234,46 +1259,44 @@ impl Cx<'_> {
         }
         t.check = interval.clamp(Duration::from_secs(2), Duration::from_secs(30));
         let Some(raw) = raw else { return Ok(t) };
-        let limit = |v: &Option<Spanned<String>>,
-                     key: &str,
-                     into: &mut Duration|
-         -> Result<(), PlanError> {
-            if let Some(v) = v {
-                let d = self.duration(v, &format!("timeouts.{key}"))?;
-                if d.is_zero() || d > Duration::from_secs(3600) {
-                    return Err(self.at(
-                        v,
-                        format!("`timeouts.{key}` must be above 0 and at most 1h"),
-                    ));
-                }
-                *into = d;
-            }
-            Ok(())
-        };
-        limit(&raw.router_read, "router_read", &mut t.router_read)?;
-        limit(&raw.router_write, "router_write", &mut t.router_write)?;
-        limit(&raw.check, "check", &mut t.check)?;
+        let hour = Duration::from_secs(3600);
+        self.limit(
+            &raw.router_read,
+            "timeouts.router_read",
+            hour,
+            &mut t.router_read,
+        )?;
+        self.limit(
+            &raw.router_write,
+            "timeouts.router_write",
+            hour,
+            &mut t.router_write,
+        )?;
+        self.limit(&raw.check, "timeouts.check", hour, &mut t.check)?;
         Ok(t)
     }
 
     fn aws(&self, a: RawAws) -> Result<AwsConfig, PlanError> {
         let mut t = SdkTimeouts::default();
-        let limit = |v: &Option<Spanned<String>>,
-                     key: &str,
-                     into: &mut Duration|
-         -> Result<(), PlanError> {
-            if let Some(v) = v {
-                let d = self.duration(v, &format!("aws.{key}"))?;
-                if d.is_zero() || d > Duration::from_secs(600) {
-                    return Err(self.at(v, format!("`aws.{key}` must be above 0 and at most 10m")));
-                }
-                *into = d;
-            }
-            Ok(())
-        };
-        limit(&a.connect_timeout, "connect_timeout", &mut t.connect)?;
-        limit(&a.read_timeout, "read_timeout", &mut t.read)?;
-        limit(&a.attempt_timeout, "attempt_timeout", &mut t.attempt)?;
+        let ten_minutes = Duration::from_secs(600);
+        self.limit(
+            &a.connect_timeout,
+            "aws.connect_timeout",
+            ten_minutes,
+            &mut t.connect,
+        )?;
+        self.limit(
+            &a.read_timeout,
+            "aws.read_timeout",
+            ten_minutes,
+            &mut t.read,
+        )?;
+        self.limit(
+            &a.attempt_timeout,
+            "aws.attempt_timeout",
+            ten_minutes,
+            &mut t.attempt,
+        )?;
         if t.attempt < t.read {
             let at = a.attempt_timeout.as_ref().or(a.read_timeout.as_ref());
             let msg = format!(

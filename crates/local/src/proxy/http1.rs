@@ -154,7 +154,7 @@ pub fn is_disguised_framing_field(name: &[u8]) -> bool {
 /// address, and a port within 1..=65535 if there is one. Empty, spaces,
 /// `/`, `@` and other characters a URI's authority cannot hold are not.
 pub fn valid_host(value: &[u8]) -> bool {
-    let (host, port) = if value.first() == Some(&b'[') {
+    let port = if value.first() == Some(&b'[') {
         let Some(end) = value.iter().position(|&b| b == b']') else {
             return false;
         };
@@ -167,8 +167,8 @@ pub fn valid_host(value: &[u8]) -> bool {
             return false;
         }
         match &value[end + 1..] {
-            [] => (&value[..0], None),
-            [b':', port @ ..] => (&value[..0], Some(port)),
+            [] => None,
+            [b':', port @ ..] => Some(port),
             _ => return false,
         }
     } else {
@@ -180,21 +180,17 @@ pub fn valid_host(value: &[u8]) -> bool {
         if host.is_empty() || !host.iter().all(|&b| reg_name(b)) {
             return false;
         }
-        (host, port)
+        port
     };
-    let _ = host;
-    match port {
-        None => true,
-        Some(p) => {
-            !p.is_empty()
-                && p.len() <= 5
-                && p.iter().all(u8::is_ascii_digit)
-                && matches!(
-                    std::str::from_utf8(p).map(str::parse::<u32>),
-                    Ok(Ok(1..=65535))
-                )
-        }
-    }
+    // At most five digits, so the parse cannot overflow.
+    port.is_none_or(|p| {
+        (1..=5).contains(&p.len())
+            && p.iter().all(u8::is_ascii_digit)
+            && matches!(
+                std::str::from_utf8(p).map(str::parse::<u32>),
+                Ok(Ok(1..=65535))
+            )
+    })
 }
 
 /// `Content-Length`, `Transfer-Encoding` and `Host`: fields the proxy
