@@ -261,6 +261,9 @@ pub enum Input {
     /// The platform's outcome for `Finalize`.
     Finalized(Result<(), String>),
     Command(Command),
+    /// Something an adapter had to say that changes nothing (throttling a
+    /// call absorbed): recorded as it is.
+    Note(String),
 }
 
 /// What the machine asks the engine to do.
@@ -372,6 +375,11 @@ pub struct FailedWrite {
     pub requested: Split,
     pub message: String,
     pub transient: bool,
+    /// When the failed write was asked for: its failure is dated from
+    /// then, since it may have failed (been throttled, hung) from its
+    /// first request on.
+    #[serde(default)]
+    pub since: Option<Timestamp>,
 }
 
 /// A rollout: its plan and where it is. [`Rollout::to_snapshot`] persists it.
@@ -417,6 +425,10 @@ pub struct Rollout {
     /// The failed write being checked by a read (with `AfterFailedWrite`).
     #[serde(default)]
     pub failed_write: Option<FailedWrite>,
+    /// When the router call in flight (the last `ApplySplit` or
+    /// `ReadSplit` asked for) was asked for.
+    #[serde(default)]
+    pub call_started: Option<Timestamp>,
     /// Why the last read of the split during a hold failed, if it did: the
     /// next verdict cannot pass on a split nobody could confirm.
     #[serde(default)]
@@ -472,6 +484,7 @@ impl Rollout {
             retry: None,
             observing: None,
             failed_write: None,
+            call_started: None,
             split_unverified: None,
             started_at: None,
             ended_at: None,
@@ -610,7 +623,7 @@ impl Rollout {
             self.analysis_in_flight = false;
             self.next_analysis = Some(now);
         }
-        match &self.phase {
+        let actions = match &self.phase {
             Phase::Pending => vec![],
             p if p.is_terminal() => vec![],
             Phase::Preflight if self.observing == Some(Observing::Start) => {
@@ -624,7 +637,9 @@ impl Rollout {
                 self.observing = Some(Observing::Resume);
                 vec![Action::ReadSplit]
             }
-        }
+        };
+        self.note_calls(now, &actions);
+        actions
     }
 
     /// Feeds one input; returns the actions to perform, in order.
@@ -652,8 +667,20 @@ impl Rollout {
             Input::Interrupted(action) => self.on_interrupted(now, action, &mut out),
             Input::Finalized(result) => self.on_finalized(now, result),
             Input::Command(command) => self.on_command(now, command, &mut out),
+            Input::Note(message) => self.record(now, message, vec![]),
         }
+        self.note_calls(now, &out);
         out
+    }
+
+    /// Remembers when a router call was asked for (see `call_started`).
+    fn note_calls(&mut self, now: Timestamp, actions: &[Action]) {
+        if actions
+            .iter()
+            .any(|a| matches!(a, Action::ApplySplit(_) | Action::ReadSplit))
+        {
+            self.call_started = Some(now);
+        }
     }
 
     fn on_start(&mut self, now: Timestamp, out: &mut Vec<Action>) {
@@ -924,10 +951,13 @@ impl Rollout {
             self.observing = None;
             return self.after_failed_write(now, Err(message), out);
         }
+        // A first failure is dated from when the read was asked for.
         let first_failure = self
             .retry
             .filter(|r| r.of == Call::Read)
-            .map_or(now, |r| r.first_failure);
+            .map_or(self.call_started.unwrap_or(now).min(now), |r| {
+                r.first_failure
+            });
         let attempts = self
             .retry
             .filter(|r| r.of == Call::Read)
@@ -1109,6 +1139,7 @@ impl Rollout {
             requested,
             message,
             transient,
+            since: self.call_started,
         });
         self.observing = Some(Observing::AfterFailedWrite);
         out.push(Action::ReadSplit);
@@ -1194,9 +1225,11 @@ impl Rollout {
             requested,
             message,
             transient,
+            since,
         } = fw;
         let retry = self.retry.filter(|r| r.of == Call::Apply);
-        let first_failure = retry.map_or(now, |r| r.first_failure);
+        // A first failure is dated from when the write was asked for.
+        let first_failure = retry.map_or(since.unwrap_or(now).min(now), |r| r.first_failure);
         let attempts = retry.map_or(1, |r| r.attempts + 1);
         let t = self.targets();
         if matches!(self.phase, Phase::CannotRestore { .. }) {
