@@ -806,7 +806,17 @@ impl Driving<'_> {
     async fn run(&mut self, adapters: &Adapters) -> Result<Rollout, EngineError> {
         loop {
             let now = self.now();
+            // All traffic to the live target is always safe and needs no
+            // record: it goes before the write that records it, so a slow
+            // or throttled store never holds a rollback back. A read of the
+            // router goes first too: after a failed write, what is stored
+            // is then what the router has, never the split last confirmed.
+            let safe_first = matches!(
+                self.queue.front(),
+                Some(Action::ApplySplit(Split::ZERO) | Action::ReadSplit)
+            );
             if self.dirty
+                && !safe_first
                 && self
                     .store_failure
                     .as_ref()
@@ -829,7 +839,11 @@ impl Driving<'_> {
             if let Some(action) = self.queue.front() {
                 if !self.dirty || needs_no_record(action) {
                     let action = self.queue.pop_front().expect("front exists");
-                    match self.perform_leased(&action, adapters).await? {
+                    let performed = self.perform_leased(&action, adapters).await?;
+                    for note in adapters.router.take_notes() {
+                        self.feed_input(Input::Note(note));
+                    }
+                    match performed {
                         Performed::Done(input) => {
                             self.feed_input(input);
                             // Commands that came during it, in order.
@@ -1126,21 +1140,35 @@ impl Driving<'_> {
                 self.saved(record.version, self.unsaved.len());
                 Ok(())
             }
-            Err(StoreError::Conflict {
-                found: Some(found), ..
-            }) if found == self.version + 1 && self.in_doubt.is_some() => {
-                // Maybe our own earlier write, landed with its reply lost.
-                let (doubted, carried) = self.in_doubt.take().expect("checked");
+            Err(
+                conflict @ StoreError::Conflict {
+                    found: Some(found), ..
+                },
+            ) if found == self.version + 1 => {
+                // Maybe our own write, landed with its reply lost: this one
+                // (the store's client retried it and met itself) or an
+                // earlier one whose outcome was left in doubt.
+                let doubted = self.in_doubt.take();
                 let store = self.engine.store.clone();
                 match self.engine.store_call(store.load(&self.id)).await {
-                    Ok(Some(r)) if r.written_by == self.engine.holder && r.state == doubted => {
+                    Ok(Some(r)) if r.written_by == self.engine.holder && r.state == state => {
                         tracing::info!(rollout = %self.id, version = r.version, "a write whose reply was lost had landed");
+                        self.saved(r.version, self.unsaved.len());
+                        Ok(())
+                    }
+                    Ok(Some(r))
+                        if r.written_by == self.engine.holder
+                            && doubted.as_ref().is_some_and(|(d, _)| *d == r.state) =>
+                    {
+                        tracing::info!(rollout = %self.id, version = r.version, "an earlier write whose reply was lost had landed");
+                        let (_, carried) = doubted.expect("matched");
                         self.saved(r.version, carried);
                         // What changed since is written next.
                         self.dirty = true;
                         Ok(())
                     }
-                    _ => Err(EngineError::LostLease(self.id.clone())),
+                    _ if doubted.is_some() => Err(EngineError::LostLease(self.id.clone())),
+                    _ => Err(conflict.into()),
                 }
             }
             Err(e @ StoreError::Conflict { .. }) => Err(e.into()),

@@ -54,6 +54,14 @@ pub trait Router: Send + Sync {
     /// Reads the split currently in force.
     async fn current(&self) -> Result<Split, AdapterError>;
 
+    /// Lines for the rollout's history that calls since the last take had
+    /// to say though they succeeded (throttling absorbed: operation, error
+    /// code, requests sent, time spent). The engine takes them after every
+    /// call. Default: none.
+    fn take_notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Called once before traffic moves, with the plan's shortest hold: a
     /// router refuses here what it can only know at run time (records
     /// missing or unknown, a TTL longer than the holds). Default: fine.
