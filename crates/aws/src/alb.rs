@@ -14,7 +14,7 @@ use aws_sdk_elasticloadbalancingv2::types::{Action, ActionTypeEnum};
 use cutover_core::Split;
 use cutover_engine::ports::{AdapterError, Router};
 
-use crate::route53::{retrying, split_of, weights_for, Backoff};
+use crate::route53::{retrying, single_attempt, split_of, weights_for, Backoff, Notes};
 
 /// An ALB target group's largest weight.
 pub const MAX_WEIGHT: u16 = 999;
@@ -35,6 +35,7 @@ pub struct AlbRouter {
     blue: String,
     green: String,
     backoff: Backoff,
+    notes: Notes,
     /// Blue's and green's weights summed when this router first read them:
     /// the scale every later write keeps (see [`preferred_total`]).
     scale: std::sync::OnceLock<u64>,
@@ -50,13 +51,19 @@ impl AlbRouter {
             (None, None) => Target::Listener(String::new()),
         };
         AlbRouter {
-            client: aws_sdk_elasticloadbalancingv2::Client::new(sdk),
+            client: aws_sdk_elasticloadbalancingv2::Client::new(&single_attempt(sdk)),
+            notes: Notes::default(),
             target,
             blue: config.blue_target_group_arn.clone(),
             green: config.green_target_group_arn.clone(),
             backoff: Backoff::default(),
             scale: std::sync::OnceLock::new(),
         }
+    }
+
+    /// How a call is named in messages.
+    fn call(&self, op: &str) -> String {
+        format!("alb {op} for {}", self.what())
     }
 
     fn what(&self) -> String {
@@ -75,13 +82,14 @@ impl AlbRouter {
                 "alb: the router names neither a listener nor a rule",
             )),
             Target::Listener(arn) => {
-                let out = retrying(&self.backoff, || {
-                    self.client.describe_listeners().listener_arns(arn).send()
-                })
+                let out = retrying(
+                    &self.backoff,
+                    &self.notes,
+                    &self.call("DescribeListeners"),
+                    || self.client.describe_listeners().listener_arns(arn).send(),
+                )
                 .await
-                .map_err(|e| {
-                    e.into_adapter_error(&format!("alb DescribeListeners for {}", self.what()))
-                })?;
+                .map_err(|e| e.into_adapter_error(&self.call("DescribeListeners")))?;
                 let listener = out
                     .listeners()
                     .iter()
@@ -90,13 +98,14 @@ impl AlbRouter {
                 Ok((listener.default_actions().to_vec(), self.target.clone()))
             }
             Target::Rule(arn) => {
-                let out = retrying(&self.backoff, || {
-                    self.client.describe_rules().rule_arns(arn).send()
-                })
+                let out = retrying(
+                    &self.backoff,
+                    &self.notes,
+                    &self.call("DescribeRules"),
+                    || self.client.describe_rules().rule_arns(arn).send(),
+                )
                 .await
-                .map_err(|e| {
-                    e.into_adapter_error(&format!("alb DescribeRules for {}", self.what()))
-                })?;
+                .map_err(|e| e.into_adapter_error(&self.call("DescribeRules")))?;
                 let rule = out
                     .rules()
                     .iter()
@@ -115,20 +124,23 @@ impl AlbRouter {
     async fn write(&self, to: &Target, actions: Vec<Action>) -> Result<(), AdapterError> {
         match to {
             Target::Listener(arn) => {
-                retrying(&self.backoff, || {
-                    self.client
-                        .modify_listener()
-                        .listener_arn(arn)
-                        .set_default_actions(Some(actions.clone()))
-                        .send()
-                })
+                retrying(
+                    &self.backoff,
+                    &self.notes,
+                    &self.call("ModifyListener"),
+                    || {
+                        self.client
+                            .modify_listener()
+                            .listener_arn(arn)
+                            .set_default_actions(Some(actions.clone()))
+                            .send()
+                    },
+                )
                 .await
-                .map_err(|e| {
-                    e.into_adapter_error(&format!("alb ModifyListener for {}", self.what()))
-                })?;
+                .map_err(|e| e.into_adapter_error(&self.call("ModifyListener")))?;
             }
             Target::Rule(arn) => {
-                retrying(&self.backoff, || {
+                retrying(&self.backoff, &self.notes, &self.call("ModifyRule"), || {
                     self.client
                         .modify_rule()
                         .rule_arn(arn)
@@ -136,9 +148,7 @@ impl AlbRouter {
                         .send()
                 })
                 .await
-                .map_err(|e| {
-                    e.into_adapter_error(&format!("alb ModifyRule for {}", self.what()))
-                })?;
+                .map_err(|e| e.into_adapter_error(&self.call("ModifyRule")))?;
             }
         }
         Ok(())
@@ -267,6 +277,10 @@ impl Router for AlbRouter {
             )));
         }
         Ok(split_of(g, b))
+    }
+
+    fn take_notes(&self) -> Vec<String> {
+        self.notes.take()
     }
 
     async fn current(&self) -> Result<Split, AdapterError> {

@@ -21,6 +21,7 @@ use aws_sdk_route53::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError
 use aws_sdk_route53::types::{
     Change, ChangeAction, ChangeBatch, ChangeStatus, ResourceRecordSet, RrType,
 };
+use cutover_core::time::Human;
 use cutover_core::Split;
 use cutover_engine::ports::{AdapterError, Router};
 
@@ -49,6 +50,7 @@ pub struct Route53Router {
     insync_timeout: Duration,
     poll_interval: Duration,
     backoff: Backoff,
+    notes: Notes,
     /// The sum of the two weights when this router first read them: the
     /// scale every later write keeps (see [`route53_weights`]).
     scale: std::sync::OnceLock<u64>,
@@ -57,7 +59,8 @@ pub struct Route53Router {
 impl Route53Router {
     pub fn new(config: &cutover_core::plan::Route53Router, sdk: &aws_config::SdkConfig) -> Self {
         Route53Router {
-            client: aws_sdk_route53::Client::new(sdk),
+            client: aws_sdk_route53::Client::new(&single_attempt(sdk)),
+            notes: Notes::default(),
             zone_id: config
                 .hosted_zone_id
                 .trim_start_matches("/hostedzone/")
@@ -96,7 +99,8 @@ impl Route53Router {
         let mut seen_cursors = Vec::new();
         for _ in 0..MAX_PAGES {
             let (name, ty, ident) = start.clone();
-            let page = retrying(&self.backoff, || {
+            let what = self.call("ListResourceRecordSets");
+            let page = retrying(&self.backoff, &self.notes, &what, || {
                 self.client
                     .list_resource_record_sets()
                     .hosted_zone_id(&self.zone_id)
@@ -106,7 +110,7 @@ impl Route53Router {
                     .send()
             })
             .await
-            .map_err(|e| self.failed("ListResourceRecordSets", e))?;
+            .map_err(|e| e.into_adapter_error(&what))?;
             let mut past = false;
             for rrs in page.resource_record_sets() {
                 if normalize_name(rrs.name()) == self.normalized_name
@@ -165,11 +169,9 @@ impl Route53Router {
         check_members(&members, &self.blue, &self.green, &self.what())
     }
 
-    fn failed<E>(&self, call: &str, e: CallError<E>) -> AdapterError
-    where
-        E: ProvideErrorMetadata + std::error::Error + 'static,
-    {
-        e.into_adapter_error(&format!("route53 {call} for {}", self.what()))
+    /// How a call is named in messages.
+    fn call(&self, op: &str) -> String {
+        format!("route53 {op} for {}", self.what())
     }
 }
 
@@ -372,7 +374,8 @@ impl Router for Route53Router {
             .changes(upsert(new_green)?)
             .build()
             .map_err(|e| AdapterError::permanent(format!("route53: change batch: {e}")))?;
-        let out = retrying(&self.backoff, || {
+        let what = self.call("ChangeResourceRecordSets");
+        let out = retrying(&self.backoff, &self.notes, &what, || {
             self.client
                 .change_resource_record_sets()
                 .hosted_zone_id(&self.zone_id)
@@ -380,7 +383,7 @@ impl Router for Route53Router {
                 .send()
         })
         .await
-        .map_err(|e| self.failed("ChangeResourceRecordSets", e))?;
+        .map_err(|e| e.into_adapter_error(&what))?;
         tracing::info!(
             router = %self.describe(),
             green = w_g,
@@ -394,11 +397,12 @@ impl Router for Route53Router {
         if !insync {
             let id = info.map(|i| i.id().to_string()).unwrap_or_default();
             let client = &self.client;
-            let backoff = &self.backoff;
+            let (backoff, notes) = (&self.backoff, &self.notes);
+            let what = format!("route53 GetChange {id}");
             wait_insync(self.insync_timeout, self.poll_interval, &id, || async {
-                let change = retrying(backoff, || client.get_change().id(&id).send())
+                let change = retrying(backoff, notes, &what, || client.get_change().id(&id).send())
                     .await
-                    .map_err(|e| e.into_adapter_error(&format!("route53 GetChange {id}")))?;
+                    .map_err(|e| e.into_adapter_error(&what))?;
                 Ok(change
                     .change_info()
                     .map(|i| *i.status() == ChangeStatus::Insync)
@@ -413,6 +417,10 @@ impl Router for Route53Router {
         let (blue, green) = self.pair().await?;
         self.scale.get_or_init(|| weight(&blue) + weight(&green));
         Ok(split_of(weight(&green), weight(&blue)))
+    }
+
+    fn take_notes(&self) -> Vec<String> {
+        self.notes.take()
     }
 
     async fn preflight(&self, shortest_hold: Duration) -> Result<(), AdapterError> {
@@ -513,10 +521,28 @@ fn unit_random() -> f64 {
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// Lines for the rollout's history that a call had to say though it
+/// succeeded (throttling it absorbed), until the engine takes them.
+#[derive(Debug, Default)]
+pub(crate) struct Notes(std::sync::Mutex<Vec<String>>);
+
+impl Notes {
+    fn push(&self, note: String) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(note);
+    }
+
+    pub(crate) fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// A failed SDK call, after retries.
 pub(crate) struct CallError<E> {
     pub error: SdkError<E>,
+    /// Requests sent (the SDK's own retries are off for these clients, so
+    /// each attempt is one request).
     pub attempts: u32,
+    pub elapsed: Duration,
 }
 
 impl<E> CallError<E>
@@ -526,7 +552,12 @@ where
     pub(crate) fn into_adapter_error(self, context: &str) -> AdapterError {
         let mut e = classify(context, &self.error);
         if self.attempts > 1 {
-            e.message = format!("{} (after {} attempts)", e.message, self.attempts);
+            e.message = format!(
+                "{} ({} requests in {})",
+                e.message,
+                self.attempts,
+                Human(self.elapsed)
+            );
         }
         e
     }
@@ -556,6 +587,41 @@ fn retryable<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
         || e.raw_response().is_some_and(|r| r.status().as_u16() == 429)
 }
 
+/// An SDK error in one line: the service's code and message, or what went
+/// wrong on the way (the innermost cause). The whole chain goes to the
+/// debug log.
+pub(crate) fn brief<E>(e: &SdkError<E>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let innermost = |e: &dyn std::error::Error| {
+        let mut cause = e;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        cause.to_string()
+    };
+    match e {
+        SdkError::TimeoutError(_) => "no answer within the SDK's timeout".to_string(),
+        SdkError::DispatchFailure(_) => {
+            format!("request not sent or answer lost: {}", innermost(e))
+        }
+        SdkError::ResponseError(_) => format!("unreadable answer: {}", innermost(e)),
+        SdkError::ConstructionFailure(_) => format!("request could not be built: {}", innermost(e)),
+        _ => {
+            let status = e.raw_response().map(|r| r.status().as_u16());
+            match (e.code(), e.message()) {
+                (Some(code), Some(message)) => format!("{code}: {message}"),
+                (Some(code), None) => code.to_string(),
+                _ => match status {
+                    Some(s) => format!("HTTP {s}"),
+                    None => innermost(e),
+                },
+            }
+        }
+    }
+}
+
 /// Transient: throttling, 5xx, timeouts, connection failures, unreadable
 /// responses. Permanent: everything the service refused on its merits
 /// (InvalidChangeBatch, NoSuchHostedZone, AccessDenied, not found...).
@@ -563,7 +629,8 @@ pub(crate) fn classify<E>(context: &str, e: &SdkError<E>) -> AdapterError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let message = format!("{context}: {}", DisplayErrorContext(e));
+    tracing::debug!(error = %DisplayErrorContext(e), "{context}");
+    let message = format!("{context}: {}", brief(e));
     let transient = match e {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             true
@@ -584,33 +651,89 @@ where
 
 /// Calls `op` until it succeeds, fails with a non-throttling error, or
 /// `backoff.attempts` calls were made; sleeps with jitter in between.
-pub(crate) async fn retrying<T, E, F, Fut>(backoff: &Backoff, mut op: F) -> Result<T, CallError<E>>
+/// Throttling absorbed on the way is noted (as `what`) for the history.
+pub(crate) async fn retrying<T, E, F, Fut>(
+    backoff: &Backoff,
+    notes: &Notes,
+    what: &str,
+    mut op: F,
+) -> Result<T, CallError<E>>
 where
     E: ProvideErrorMetadata,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, SdkError<E>>>,
 {
-    let mut attempt = 0;
+    let mut pending = Pending {
+        notes,
+        what,
+        started: tokio::time::Instant::now(),
+        requests: 0,
+        throttled: None,
+    };
     loop {
-        attempt += 1;
+        pending.requests += 1;
         match op().await {
-            Ok(v) => return Ok(v),
-            Err(error) if attempt < backoff.attempts.max(1) && retryable(&error) => {
-                tracing::debug!(
-                    code = error.code().unwrap_or_default(),
-                    attempt,
-                    "throttled; retrying"
-                );
-                tokio::time::sleep(backoff.delay(attempt - 1, unit_random())).await;
+            Ok(v) => {
+                if let Some(code) = pending.throttled.take() {
+                    notes.push(format!(
+                        "{what}: {code} absorbed: {} requests in {}",
+                        pending.requests,
+                        Human(pending.started.elapsed())
+                    ));
+                }
+                return Ok(v);
+            }
+            Err(error) if pending.requests < backoff.attempts.max(1) && retryable(&error) => {
+                let code = error.code().unwrap_or("HTTP 429").to_string();
+                tracing::debug!(%code, attempt = pending.requests, "{what}: throttled; retrying");
+                pending.throttled = Some(code);
+                tokio::time::sleep(backoff.delay(pending.requests - 1, unit_random())).await;
             }
             Err(error) => {
+                pending.throttled = None;
                 return Err(CallError {
                     error,
-                    attempts: attempt,
-                })
+                    attempts: pending.requests,
+                    elapsed: pending.started.elapsed(),
+                });
             }
         }
     }
+}
+
+/// A [`retrying`] call under way. Dropped while throttled (the engine
+/// cut the call at its limit), it notes the requests the throttling cost,
+/// which no error will report.
+struct Pending<'a> {
+    notes: &'a Notes,
+    what: &'a str,
+    started: tokio::time::Instant,
+    requests: u32,
+    /// The code of the last throttling answer, while retrying.
+    throttled: Option<String>,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some(code) = self.throttled.take() {
+            self.notes.push(format!(
+                "{}: {code}: {} requests in {} before the call was cut short",
+                self.what,
+                self.requests,
+                Human(self.started.elapsed())
+            ));
+        }
+    }
+}
+
+/// `sdk` with the SDK's own retries off: the clients of the routers and
+/// checks send one request per attempt, and the one retry policy is
+/// cutover's (throttling inside a router call, everything else across
+/// calls by the engine), so every request is counted.
+pub(crate) fn single_attempt(sdk: &aws_config::SdkConfig) -> aws_config::SdkConfig {
+    sdk.to_builder()
+        .retry_config(aws_smithy_types::retry::RetryConfig::disabled())
+        .build()
 }
 
 #[cfg(test)]
@@ -806,9 +929,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn throttling_is_retried_with_backoff_then_surfaces_as_transient() {
         let backoff = Backoff::default();
+        let notes = Notes::default();
         let mut calls = 0;
         let started = tokio::time::Instant::now();
-        let out = retrying(&backoff, || {
+        let out = retrying(&backoff, &notes, "route53 ChangeResourceRecordSets", || {
             calls += 1;
             let n = calls;
             async move {
@@ -823,9 +947,16 @@ mod tests {
         assert_eq!(out.ok(), Some(3));
         // At most 200 ms + 400 ms of jittered waits.
         assert!(started.elapsed() <= Duration::from_millis(600));
+        // Absorbed, but said: the last code, and the requests sent.
+        let said = notes.take();
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].starts_with("route53 ChangeResourceRecordSets: PriorRequestNotComplete absorbed: 3 requests in "),
+            "{said:?}"
+        );
 
         let mut calls = 0;
-        let e = retrying(&backoff, || {
+        let e = retrying(&backoff, &notes, "route53 ChangeResourceRecordSets", || {
             calls += 1;
             async { Err::<(), _>(service_error("Throttling", 400)) }
         })
@@ -834,10 +965,19 @@ mod tests {
         .unwrap()
         .into_adapter_error("route53 ChangeResourceRecordSets");
         assert_eq!(calls, backoff.attempts);
-        assert!(e.transient && e.message.contains("after 5 attempts"), "{e}");
+        assert!(e.transient && e.message.contains("(5 requests in "), "{e}");
+        // One line: the code and message, not the SDK's debug dump.
+        assert!(
+            !e.message.contains("ServiceError") && !e.message.contains('\n'),
+            "{e}"
+        );
+        assert!(
+            notes.take().is_empty(),
+            "a failed call is reported by its error"
+        );
 
         let mut calls = 0;
-        let e = retrying(&backoff, || {
+        let e = retrying(&backoff, &notes, "route53 ChangeResourceRecordSets", || {
             calls += 1;
             async { Err::<(), _>(service_error("InvalidChangeBatch", 400)) }
         })

@@ -66,6 +66,9 @@ pub fn build_check_with_clock(
     clock: Clock,
 ) -> Option<Arc<dyn Check>> {
     let name = spec.name.clone();
+    // One request per try: the engine's tries per analysis are the one
+    // retry policy of a check.
+    let sdk = &crate::route53::single_attempt(sdk);
     Some(match &spec.config {
         CheckConfig::TargetHealth {
             target_group_arn,
