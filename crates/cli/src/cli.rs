@@ -158,14 +158,8 @@ pub struct RunArgs {
     /// Keep running in the background; prints the process id and log file.
     #[arg(long)]
     pub detach: bool,
-    /// How long another `cutover run` must wait before taking over a
-    /// rollout whose driver stopped answering (e.g. after a kill). From 1s
-    /// to 1h, and at least three ticks.
-    #[arg(long, default_value = "15s", value_parser = duration)]
-    pub lease_ttl: std::time::Duration,
-    /// How often operator commands are picked up (10ms to 60s).
-    #[arg(long, default_value = "500ms", value_parser = duration)]
-    pub tick: std::time::Duration,
+    #[command(flatten)]
+    pub driving: DrivingArgs,
     /// Print progress as JSON lines (one line per event).
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -230,6 +224,12 @@ pub struct DrivingArgs {
     /// How often operator commands are picked up (10ms to 60s).
     #[arg(long, default_value = "500ms", value_parser = duration)]
     pub tick: std::time::Duration,
+    /// How long one call to the store may take before it counts as a
+    /// failure (and is retried with back-off). From 100ms to 10m, and less
+    /// than the lease TTL. Default: 10s, or a third of the lease TTL if
+    /// that is shorter.
+    #[arg(long, value_parser = duration)]
+    pub store_timeout: Option<std::time::Duration>,
 }
 
 impl DrivingArgs {
@@ -238,11 +238,14 @@ impl DrivingArgs {
         let options = cutover_engine::Options {
             tick: self.tick,
             lease_ttl: self.lease_ttl,
+            store_call_limit: self
+                .store_timeout
+                .unwrap_or_else(|| (self.lease_ttl / 3).min(std::time::Duration::from_secs(10))),
             ..cutover_engine::Options::default()
         };
         options
             .check()
-            .map_err(|e| Exit::Usage(format!("--tick / --lease-ttl: {e}")))?;
+            .map_err(|e| Exit::Usage(format!("--tick / --lease-ttl / --store-timeout: {e}")))?;
         Ok(options)
     }
 }

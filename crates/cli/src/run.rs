@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cutover_core::plan::Release;
 use cutover_core::{Phase, Rollout, Timestamp};
-use cutover_engine::{Clock, Engine, EngineError, Options};
+use cutover_engine::{Clock, Engine, EngineError};
 
 use crate::cli::{Output, RunArgs};
 use crate::progress::Progress;
@@ -52,14 +52,7 @@ async fn run_inner(args: RunArgs, retry: bool) -> Result<Exit, Exit> {
     if args.swap_colours {
         plan = plan.with_colours_swapped();
     }
-    let options = Options {
-        tick: args.tick,
-        lease_ttl: args.lease_ttl,
-        ..Options::default()
-    };
-    options
-        .check()
-        .map_err(|e| Exit::Usage(format!("--tick / --lease-ttl: {e}")))?;
+    let options = args.driving.options()?;
     if args.detach {
         return Ok(detach());
     }

@@ -226,6 +226,28 @@ fn bad_input_exits_2_naming_file_line_and_column() {
     assert_eq!(code(&o), 2, "{}", text(&o));
     let o = cutover(&["frobnicate"]);
     assert_eq!(code(&o), 2);
+
+    // A store timeout the lease could not survive, or out of range: refused
+    // before anything is created.
+    let store = dir.path().join("timeouts.db");
+    let local = example("local.toml");
+    for (flags, says) in [
+        (
+            &["--store-timeout", "20s"][..],
+            "store timeout 20s must be less than the lease TTL 15s",
+        ),
+        (
+            &["--store-timeout", "50ms"][..],
+            "store timeout 50ms must be from 100ms to 10m",
+        ),
+    ] {
+        let mut args = vec!["run", local.as_str(), "--store", store.to_str().unwrap()];
+        args.extend_from_slice(flags);
+        let o = cutover(&args);
+        assert_eq!(code(&o), 2, "{}", text(&o));
+        assert!(text(&o).contains(says), "{}", text(&o));
+        assert!(!store.exists(), "nothing created");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

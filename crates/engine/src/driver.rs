@@ -82,6 +82,8 @@ pub const MIN_TICK: Duration = Duration::from_millis(10);
 pub const MAX_TICK: Duration = Duration::from_secs(60);
 pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
 pub const MAX_LEASE_TTL: Duration = Duration::from_secs(3600);
+pub const MIN_STORE_CALL_LIMIT: Duration = Duration::from_millis(100);
+pub const MAX_STORE_CALL_LIMIT: Duration = Duration::from_secs(600);
 
 impl Options {
     /// Refuses settings under which the engine cannot keep its promises:
@@ -110,6 +112,22 @@ impl Options {
                 "lease TTL {} must be at least three ticks ({})",
                 Human(self.lease_ttl),
                 Human(self.tick * 3)
+            ));
+        }
+        if !(MIN_STORE_CALL_LIMIT..=MAX_STORE_CALL_LIMIT).contains(&self.store_call_limit) {
+            return Err(format!(
+                "store timeout {} must be from {} to {}",
+                Human(self.store_call_limit),
+                Human(MIN_STORE_CALL_LIMIT),
+                Human(MAX_STORE_CALL_LIMIT)
+            ));
+        }
+        // A store call that outlives the lease could renew it too late.
+        if self.store_call_limit >= self.lease_ttl {
+            return Err(format!(
+                "store timeout {} must be less than the lease TTL {}",
+                Human(self.store_call_limit),
+                Human(self.lease_ttl)
             ));
         }
         Ok(())
