@@ -103,10 +103,11 @@ impl Rig {
             "kind = \"route53\"\nhosted_zone_id = \"{}\"\nrecord_name = \"{}\"\ninsync_timeout = \"10s\"",
             zone.id, zone.record
         );
+        let checks = check(green).await;
         Rig::new(
             Truth::Zone(Arc::new(zone)),
             &router,
-            green,
+            &checks,
             hold,
             extra,
             pre,
@@ -116,18 +117,33 @@ impl Rig {
 
     /// The same on an ALB listener (blue 100 / green 0).
     async fn alb(green: Green, hold: &str, extra: &str) -> Rig {
+        let checks = check(green).await;
+        Rig::alb_checking(|_| checks.clone(), hold, extra).await
+    }
+
+    /// An ALB rollout whose checks `checks` writes, given the ALB.
+    async fn alb_checking(checks: impl FnOnce(&Alb) -> String, hold: &str, extra: &str) -> Rig {
         let alb = Alb::new().await;
         let router = format!(
             "kind = \"alb\"\nlistener_arn = \"{}\"\nblue_target_group_arn = \"{}\"\ngreen_target_group_arn = \"{}\"",
             alb.listener, alb.blue, alb.green
         );
-        Rig::new(Truth::Alb(Arc::new(alb)), &router, green, hold, extra, &[]).await
+        let checks = checks(&alb);
+        Rig::new(
+            Truth::Alb(Arc::new(alb)),
+            &router,
+            &checks,
+            hold,
+            extra,
+            &[],
+        )
+        .await
     }
 
     async fn new(
         truth: Truth,
         router: &str,
-        green: Green,
+        checks: &str,
         hold: &str,
         extra: &str,
         pre: &[(On, Fault)],
@@ -160,7 +176,6 @@ interval = "500ms"
 {extra}
 "#,
             endpoint = proxy.url(),
-            checks = check(green).await,
         );
         let plan = cutover_core::plan::parse(&text, "faults.toml")
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -458,6 +473,35 @@ async fn a_hung_check_read_is_an_error_at_its_limit_and_the_inconclusive_limit_r
         reason.contains("inconclusive") && reason.contains("no answer within 1s"),
         "{reason}"
     );
+    rig.assert_reported_is_true(&end).await;
+}
+
+/// The same with DescribeTargetHealth (the `target-health` check on the
+/// ALB router) hanging after the preflight's read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_target_health_read_is_an_error_at_its_limit_and_the_inconclusive_limit_rolls_back()
+{
+    let rig = Rig::alb_checking(
+        |alb| {
+            format!(
+                "[[analysis.checks]]\nkind = \"target-health\"\ntarget_group_arn = \"{}\"",
+                alb.green
+            )
+        },
+        "30s",
+        "[timeouts]\ncheck = \"1s\"",
+    )
+    .await;
+    rig.proxy
+        .inject(On::op("DescribeTargetHealth").after(1), Fault::Hang);
+    let end = rig.drive().await.unwrap();
+    let hung = rig.nth("DescribeTargetHealth", 2);
+    let restored = rig.nth(ALB_WRITE, 2);
+    figure("target health read hang -> blue restored", restored - hung);
+    let per_analysis = 3 * Duration::from_secs(1) + Duration::from_millis(600 + 500);
+    let bound = 4 * per_analysis + Duration::from_secs(1);
+    assert!(restored - hung <= bound, "{:?}", restored - hung);
+    assert_eq!(end.phase.name(), "rolled-back");
     rig.assert_reported_is_true(&end).await;
 }
 
