@@ -963,8 +963,8 @@ impl Rollout {
             .filter(|r| r.of == Call::Read)
             .map_or(1, |r| r.attempts + 1);
         let deadline = first_failure.after(self.plan.rollback.adapter_deadline);
-        let backoff = backoff(attempts);
-        if transient && now.after(backoff) <= deadline {
+        let backoff = last_try_at(now, backoff(attempts), deadline);
+        if let (true, Some(backoff)) = (transient, backoff) {
             self.retry = Some(Retry {
                 first_failure,
                 attempts,
@@ -1256,9 +1256,9 @@ impl Rollout {
         let deadline = self
             .call_deadline()
             .unwrap_or(first_failure.after(self.plan.rollback.adapter_deadline));
-        let wait = backoff(attempts);
+        let wait = last_try_at(now, backoff(attempts), deadline);
         let frozen = self.phase == Phase::Shifting && self.pause_requested;
-        if transient && now.after(wait) <= deadline && !frozen {
+        if let (true, Some(wait), false) = (transient, wait, frozen) {
             self.retry = Some(Retry {
                 first_failure,
                 attempts,
@@ -1891,6 +1891,17 @@ pub const MAX_RESTORE_BACKOFF: Duration = Duration::from_secs(30);
 fn restore_backoff(attempt: u32) -> Duration {
     Duration::from_millis(1000u64 << attempt.saturating_sub(1).min(5)).min(MAX_RESTORE_BACKOFF)
 }
+
+/// The wait before the next try of a failing call: `backoff`, or less so
+/// that the last try starts at the deadline rather than giving up a
+/// back-off early; `None` when the deadline leaves no room for a try.
+fn last_try_at(now: Timestamp, backoff: Duration, deadline: Timestamp) -> Option<Duration> {
+    let left = deadline.since(now);
+    (left > MIN_LAST_TRY).then(|| backoff.min(left - MIN_LAST_TRY))
+}
+
+/// The least time a last try before a deadline is given.
+const MIN_LAST_TRY: Duration = Duration::from_millis(100);
 
 /// 200 ms, 400 ms, 800 ms ... capped at [`MAX_BACKOFF`].
 fn backoff(attempt: u32) -> Duration {

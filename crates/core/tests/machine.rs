@@ -215,6 +215,35 @@ fn transient_router_errors_are_retried_with_backoff_until_the_deadline() {
 }
 
 #[test]
+fn the_last_retry_is_at_the_deadline_not_a_back_off_before_it() {
+    // The 100 % write fails from 60 s on, with a 30 s deadline: back-offs
+    // of 0.2 s doubling to 10 s reach 22.6 s and the next would pass 30 s.
+    // The last try is kept for the deadline, so the rollback comes at 90 s,
+    // not at 82.6 s.
+    let world = World {
+        router_fails: Box::new(|split, _| (split.percent() == 100.0).then_some(true)),
+        ..World::healthy()
+    };
+    let mut run = Run::start(
+        plan("[strategy]\npreset = \"canary\"\nhold = \"1m\"\n[rollback]\nadapter_deadline = \"30s\"\n"),
+        &world,
+    );
+    run.finish(&world);
+    let rolled_back_at = run
+        .seen
+        .iter()
+        .find_map(|s| match s {
+            Seen::Applied(t, split) if *split == Split::ZERO => Some(*t),
+            _ => None,
+        })
+        .expect("rolled back");
+    assert!(
+        (89_800..=90_000).contains(&rolled_back_at),
+        "rolled back at {rolled_back_at} ms"
+    );
+}
+
+#[test]
 fn a_rollback_that_cannot_restore_blue_keeps_trying_loudly_until_it_does() {
     // Green fails at 10 s; the router refuses 0 % until 100 s.
     let world = World {
