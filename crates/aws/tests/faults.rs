@@ -16,11 +16,10 @@ use std::time::{Duration, Instant, SystemTime};
 use common::fixtures::{alb_dims, alb_traffic, Alb, Zone};
 use cutover_aws::dynamodb::DynamoStore;
 use cutover_core::plan::RouterConfig;
-use cutover_core::{Command, Event, Rollout, Split};
+use cutover_core::{Command, Rollout, Split};
 use cutover_engine::ports::Router;
-use cutover_engine::{Adapters, Clock, Engine, Options};
-use cutover_testkit::{Fault, FaultProxy, On};
-use tokio::sync::mpsc;
+use cutover_engine::Adapters;
+use cutover_testkit::{figure, Driven, Fault, FaultProxy, On};
 
 const TICK: Duration = Duration::from_millis(200);
 
@@ -51,12 +50,7 @@ impl Truth {
 struct Rig {
     proxy: FaultProxy,
     truth: Truth,
-    engine: Arc<Engine>,
-    id: String,
-    adapters: Adapters,
-    clock: Clock,
-    /// Every commit the engine made, as (when, rollout, its new events).
-    events: mpsc::UnboundedReceiver<(Instant, Rollout, Vec<Event>)>,
+    run: Driven,
 }
 
 /// Green's health, as the alb-error-rate check will read it.
@@ -204,93 +198,12 @@ interval = "500ms"
             &common::unique("faults"),
         );
         store.create_table().await.unwrap();
-        let (tx, events) = mpsc::unbounded_channel();
-        let clock = Clock::system();
-        let engine = Engine::new(
-            Arc::new(store),
-            clock,
-            "faults-test",
-            Options {
-                tick: TICK,
-                ..Options::default()
-            },
-        )
-        .with_observer(Arc::new(move |_, rollout: &Rollout, new: &[Event]| {
-            let entry = (Instant::now(), rollout.clone(), new.to_vec());
-            for e in new {
-                eprintln!("{} {} {}: {}", e.seq, e.phase, e.split, e.message);
-                for o in &e.observations {
-                    eprintln!("    {o}");
-                }
-            }
-            let _ = tx.send(entry);
-        }));
-        let id = common::unique("web");
         for (on, fault) in pre {
             proxy.inject(on.clone(), *fault);
         }
-        engine.create(&id, plan, false).await.unwrap();
-        Rig {
-            proxy,
-            truth,
-            engine: Arc::new(engine),
-            id,
-            adapters,
-            clock,
-            events,
-        }
-    }
-
-    /// Drives the rollout in the background.
-    fn drive(&self) -> tokio::task::JoinHandle<Rollout> {
-        let (engine, id, adapters) = (self.engine.clone(), self.id.clone(), self.adapters.clone());
-        tokio::spawn(async move {
-            tokio::time::timeout(Duration::from_secs(90), engine.drive(&id, &adapters))
-                .await
-                .expect("the rollout ends within 90 s")
-                .expect("the driver ends without an engine error")
-        })
-    }
-
-    /// Waits for the first commit whose rollout satisfies `want`.
-    async fn until(
-        &mut self,
-        what: &str,
-        want: impl Fn(&Rollout, &[Event]) -> bool,
-    ) -> (Instant, Rollout) {
-        let wait = async {
-            while let Some((at, rollout, events)) = self.events.recv().await {
-                if want(&rollout, &events) {
-                    return (at, rollout);
-                }
-            }
-            panic!("the driver stopped before {what}");
-        };
-        tokio::time::timeout(Duration::from_secs(60), wait)
-            .await
-            .unwrap_or_else(|_| panic!("no {what} within 60 s"))
-    }
-
-    /// The first commit made after `after`.
-    async fn next_after(&mut self, after: Instant) -> (Instant, Rollout) {
-        loop {
-            let (at, rollout) = self.until("a commit", |_, _| true).await;
-            if at > after {
-                return (at, rollout);
-            }
-        }
-    }
-
-    /// The rollout's whole history as stored.
-    async fn history(&self) -> Vec<Event> {
-        self.engine
-            .store()
-            .events(&self.id, 0, usize::MAX)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| cutover_engine::driver::decode_event(e).unwrap())
-            .collect()
+        let id = common::unique("web");
+        let run = Driven::create(Arc::new(store), plan, adapters, &id, TICK).await;
+        Rig { proxy, truth, run }
     }
 
     /// Asserts the rollout as stored says what moto has.
@@ -304,29 +217,15 @@ interval = "500ms"
             rollout.phase.name(),
             truth
         );
-        let (_, stored) = self.engine.load(&self.id).await.unwrap();
+        let stored = self.run.stored().await;
         assert_eq!(stored.split, rollout.split, "the store says the same");
-    }
-
-    /// The instant of an event's time.
-    fn instant(&self, e: &Event) -> Instant {
-        self.clock.instant_of(e.at).into_std()
-    }
-
-    /// When the first event of `phase` was recorded.
-    async fn entered(&self, phase: &str) -> Instant {
-        let history = self.history().await;
-        let e = history
-            .iter()
-            .find(|e| e.phase == phase)
-            .unwrap_or_else(|| panic!("never {phase}"));
-        self.instant(e)
     }
 
     /// The sum of the "N requests" of every line about a failed or
     /// throttled call (the terminal line, which repeats the reason, aside).
     async fn requests_reported(&self) -> usize {
-        self.history()
+        self.run
+            .history()
             .await
             .iter()
             .filter(|e| !e.message.starts_with(&format!("{}:", e.phase)))
@@ -342,19 +241,6 @@ interval = "500ms"
             })
             .sum()
     }
-
-    /// When the `n`-th request of `op` arrived (panics if it never did).
-    fn nth(&self, op: &str, n: usize) -> Instant {
-        self.proxy
-            .seen_op(op)
-            .get(n - 1)
-            .unwrap_or_else(|| panic!("no request {n} of {op}: {:?}", self.proxy.seen_op(op)))
-            .at
-    }
-}
-
-fn figure(what: &str, took: Duration) {
-    eprintln!("FIGURE {what}: {} ms", took.as_millis());
 }
 
 const R53_WRITE: &str = "ChangeResourceRecordSets";
@@ -369,7 +255,7 @@ async fn a_hung_route53_write_is_cut_at_its_limit_and_the_rollout_goes_on() {
     let rig = Rig::route53(Green::Healthy, "1s", "[timeouts]\nrouter_write = \"2s\"").await;
     rig.proxy
         .inject(On::op(R53_WRITE).after(1).times(1), Fault::Hang);
-    let driving = rig.drive();
+    let driving = rig.run.drive();
     let hung = rig
         .proxy
         .wait_for(R53_WRITE, 2, Duration::from_secs(30))
@@ -389,7 +275,7 @@ async fn a_hung_route53_write_is_cut_at_its_limit_and_the_rollout_goes_on() {
     );
     assert_eq!(end.phase.name(), "succeeded");
     rig.assert_reported_is_true(&end).await;
-    let history = rig.history().await;
+    let history = rig.run.history().await;
     assert!(
         history
             .iter()
@@ -404,7 +290,7 @@ async fn a_hung_alb_write_is_cut_at_its_limit_and_the_rollout_goes_on() {
     let rig = Rig::alb(Green::Healthy, "1s", "[timeouts]\nrouter_write = \"2s\"").await;
     rig.proxy
         .inject(On::op(ALB_WRITE).after(1).times(1), Fault::Hang);
-    let driving = rig.drive();
+    let driving = rig.run.drive();
     let hung = rig
         .proxy
         .wait_for(ALB_WRITE, 2, Duration::from_secs(30))
@@ -435,10 +321,10 @@ async fn a_hung_rollback_write_is_retried_and_blue_is_restored_within_its_limit(
     // Write 1 is 10 %, write 2 the rollback.
     rig.proxy
         .inject(On::op(R53_WRITE).after(1).times(1), Fault::Hang);
-    let driving = rig.drive();
+    let driving = rig.run.drive();
     let end = driving.await.unwrap();
-    let hung = rig.nth(R53_WRITE, 2);
-    let restored = rig.nth(R53_WRITE, 3);
+    let hung = rig.proxy.at(R53_WRITE, 2);
+    let restored = rig.proxy.at(R53_WRITE, 3);
     figure("route53 rollback hang -> blue restored", restored - hung);
     assert!(
         restored - hung <= Duration::from_millis(3500),
@@ -457,9 +343,9 @@ async fn a_hung_rollback_write_is_retried_and_blue_is_restored_within_its_limit(
 async fn a_hung_check_read_is_an_error_at_its_limit_and_the_inconclusive_limit_rolls_back() {
     let rig = Rig::route53(Green::Healthy, "30s", "[timeouts]\ncheck = \"1s\"").await;
     rig.proxy.inject(On::op("GetMetricData"), Fault::Hang);
-    let end = rig.drive().await.unwrap();
-    let hung = rig.nth("GetMetricData", 1);
-    let restored = rig.nth(R53_WRITE, 2);
+    let end = rig.run.drive().await.unwrap();
+    let hung = rig.proxy.at("GetMetricData", 1);
+    let restored = rig.proxy.at(R53_WRITE, 2);
     figure("check read hang -> blue restored", restored - hung);
     // Four analyses in a row inconclusive (the default limit is 3), each
     // three tries cut at 1 s with 200 and 400 ms between them, 500 ms
@@ -494,9 +380,9 @@ async fn a_hung_target_health_read_is_an_error_at_its_limit_and_the_inconclusive
     .await;
     rig.proxy
         .inject(On::op("DescribeTargetHealth").after(1), Fault::Hang);
-    let end = rig.drive().await.unwrap();
-    let hung = rig.nth("DescribeTargetHealth", 2);
-    let restored = rig.nth(ALB_WRITE, 2);
+    let end = rig.run.drive().await.unwrap();
+    let hung = rig.proxy.at("DescribeTargetHealth", 2);
+    let restored = rig.proxy.at(ALB_WRITE, 2);
     figure("target health read hang -> blue restored", restored - hung);
     let per_analysis = 3 * Duration::from_secs(1) + Duration::from_millis(600 + 500);
     let bound = 4 * per_analysis + Duration::from_secs(1);
@@ -512,16 +398,12 @@ async fn an_abort_during_a_hung_write_takes_effect_within_a_tick() {
     let rig = Rig::route53(Green::Healthy, "1s", "[timeouts]\nrouter_write = \"5m\"").await;
     rig.proxy
         .inject(On::op(R53_WRITE).after(1).times(1), Fault::Hang);
-    let driving = rig.drive();
+    let driving = rig.run.drive();
     rig.proxy
         .wait_for(R53_WRITE, 2, Duration::from_secs(30))
         .await;
     let posted = Instant::now();
-    rig.engine
-        .store()
-        .post_command(&rig.id, Command::Abort, rig.engine.now())
-        .await
-        .unwrap();
+    rig.run.post(Command::Abort).await;
     let restored = rig
         .proxy
         .wait_for(R53_WRITE, 3, Duration::from_secs(30))
@@ -552,7 +434,7 @@ async fn a_lost_reply_is_read_back(mut rig: Rig, write: &str) {
     // Write 2 (50 %) lands at moto; its reply never comes.
     rig.proxy
         .inject(On::op(write).after(1).times(1), Fault::ReplyLost);
-    let driving = rig.drive();
+    let driving = rig.run.drive();
     let lost = rig
         .proxy
         .wait_for(write, 2, Duration::from_secs(30))
@@ -560,7 +442,7 @@ async fn a_lost_reply_is_read_back(mut rig: Rig, write: &str) {
         .at;
     // The first commit after the lost reply: what cutover says then is
     // what the router has (the 3 s hold leaves time to read moto).
-    let (at, said) = rig.next_after(lost).await;
+    let (at, said) = rig.run.next_after(lost).await;
     figure(&format!("{write} reply lost -> split reported"), at - lost);
     rig.assert_reported_is_true(&said).await;
     assert_eq!(said.split.basis_points(), 5_000, "{:?}", said.phase);
@@ -599,13 +481,13 @@ async fn a_change_accepted_while_getchange_is_throttled_is_reported_as_route53_h
         },
     );
     rig.proxy.inject(On::op("GetChange"), Fault::Throttle);
-    let driving = rig.drive();
+    let driving = rig.run.drive();
     let throttled = rig
         .proxy
         .wait_for_fault("GetChange", 1, Duration::from_secs(30))
         .await
         .at;
-    let (at, said) = rig.next_after(throttled).await;
+    let (at, said) = rig.run.next_after(throttled).await;
     figure("GetChange throttled -> split reported", at - throttled);
     rig.assert_reported_is_true(&said).await;
     assert_eq!(said.split.basis_points(), 5_000, "{:?}", said.phase);
@@ -613,7 +495,7 @@ async fn a_change_accepted_while_getchange_is_throttled_is_reported_as_route53_h
     let end = driving.await.unwrap();
     rig.assert_reported_is_true(&end).await;
     assert_eq!(end.phase.name(), "succeeded", "{:?}", end.phase);
-    let history = rig.history().await;
+    let history = rig.run.history().await;
     assert!(
         history
             .iter()
@@ -629,9 +511,9 @@ async fn a_dropped_connection_on_a_write_is_read_back_and_retried() {
     let rig = Rig::route53(Green::Healthy, "1s", "").await;
     rig.proxy
         .inject(On::op(R53_WRITE).after(1).times(1), Fault::Drop);
-    let end = rig.drive().await.unwrap();
-    let dropped = rig.nth(R53_WRITE, 2);
-    let retried = rig.nth(R53_WRITE, 3);
+    let end = rig.run.drive().await.unwrap();
+    let dropped = rig.proxy.at(R53_WRITE, 2);
+    let retried = rig.proxy.at(R53_WRITE, 3);
     figure("route53 write dropped -> retried", retried - dropped);
     assert!(
         retried - dropped <= Duration::from_secs(1),
@@ -658,9 +540,9 @@ async fn a_delayed_check_read_gives_a_verdict_within_its_limit_and_an_error_past
         On::op("GetMetricData").times(1),
         Fault::Delay(Duration::from_secs(2)),
     );
-    let end = rig.drive().await.unwrap();
+    let end = rig.run.drive().await.unwrap();
     assert_eq!(end.phase.name(), "succeeded");
-    let history = rig.history().await;
+    let history = rig.run.history().await;
     let verdicts: Vec<String> = history
         .iter()
         .flat_map(|e| &e.observations)
@@ -684,7 +566,7 @@ async fn store_writes_failing_with_5xx_are_retried_and_the_rollout_goes_on() {
         On::op("TransactWriteItems").after(3).times(4),
         Fault::Status(500),
     );
-    let end = rig.drive().await.unwrap();
+    let end = rig.run.drive().await.unwrap();
     assert_eq!(end.phase.name(), "succeeded");
     rig.assert_reported_is_true(&end).await;
     let faulted = rig
@@ -694,7 +576,7 @@ async fn store_writes_failing_with_5xx_are_retried_and_the_rollout_goes_on() {
         .filter(|s| s.fault.is_some())
         .count();
     assert_eq!(faulted, 4);
-    let history = rig.history().await;
+    let history = rig.run.history().await;
     for (i, e) in history.iter().enumerate() {
         assert_eq!(e.seq, i as u64 + 1, "nothing lost, nothing twice");
     }
@@ -720,12 +602,12 @@ async fn throttling_absorbed_inside_a_call_is_one_concise_line_counting_requests
     // The 50 % write is throttled twice, then lands.
     rig.proxy
         .inject(On::op(R53_WRITE).after(1).times(2), Fault::Throttle);
-    let end = rig.drive().await.unwrap();
+    let end = rig.run.drive().await.unwrap();
     assert_eq!(end.phase.name(), "succeeded");
     rig.assert_reported_is_true(&end).await;
     // 10 %, 50 % three times (two throttled), 100 %.
     assert_eq!(rig.proxy.seen_op(R53_WRITE).len(), 5);
-    let history = rig.history().await;
+    let history = rig.run.history().await;
     let lines: Vec<&str> = history
         .iter()
         .map(|e| e.message.as_str())
@@ -754,15 +636,16 @@ async fn throttling_past_the_deadline_rolls_back_on_time_and_counts_every_reques
     .await;
     rig.proxy
         .inject(On::op(R53_WRITE).after(1), Fault::Throttle);
-    let driving = rig.drive();
+    let driving = rig.run.drive();
     let first = rig
         .proxy
         .wait_for(R53_WRITE, 2, Duration::from_secs(30))
         .await
         .at;
-    rig.until("the rollback", |r, _| r.phase.name() == "rolling-back")
+    rig.run
+        .until("the rollback", |r, _| r.phase.name() == "rolling-back")
         .await;
-    let decided = rig.entered("rolling-back").await;
+    let decided = rig.run.entered("rolling-back").await;
     figure(
         "route53 throttled past adapter_deadline -> rollback decided",
         decided - first,
@@ -806,17 +689,18 @@ async fn writes_that_keep_failing_end_in_a_loud_cannot_restore_that_restores_blu
     .await;
     rig.proxy
         .inject(On::op(R53_WRITE).after(1), Fault::Status(503));
-    let driving = rig.drive();
+    let driving = rig.run.drive();
     let first = rig
         .proxy
         .wait_for(R53_WRITE, 2, Duration::from_secs(30))
         .await
         .at;
     let (_, said) = rig
+        .run
         .until("cannot-restore", |r, _| r.phase.name() == "cannot-restore")
         .await;
-    let decided = rig.entered("rolling-back").await;
-    let cannot = rig.entered("cannot-restore").await;
+    let decided = rig.run.entered("rolling-back").await;
+    let cannot = rig.run.entered("cannot-restore").await;
     figure("route53 503 -> rollback decided", decided - first);
     figure("route53 503 -> cannot-restore", cannot - first);
     assert!(
@@ -830,16 +714,12 @@ async fn writes_that_keep_failing_end_in_a_loud_cannot_restore_that_restores_blu
         cannot - first
     );
     // Still active, and saying the truth: 10 % is still on green.
-    let (record, _) = rig.engine.load(&rig.id).await.unwrap();
+    let (record, _) = rig.run.engine.load(&rig.run.id).await.unwrap();
     assert!(record.active);
     rig.assert_reported_is_true(&said).await;
     assert_eq!(said.split.basis_points(), 1_000);
     // `abort` is taken (keep trying), not refused.
-    rig.engine
-        .store()
-        .post_command(&rig.id, Command::Abort, rig.engine.now())
-        .await
-        .unwrap();
+    rig.run.post(Command::Abort).await;
     let writes = rig.proxy.seen_op(R53_WRITE).len();
     rig.proxy
         .wait_for(R53_WRITE, writes + 1, Duration::from_secs(40))
@@ -847,11 +727,7 @@ async fn writes_that_keep_failing_end_in_a_loud_cannot_restore_that_restores_blu
     // Route53 works again; `rollback --force` tries at once.
     rig.proxy.clear();
     let forced = Instant::now();
-    rig.engine
-        .store()
-        .post_command(&rig.id, Command::Rollback, rig.engine.now())
-        .await
-        .unwrap();
+    rig.run.post(Command::Rollback).await;
     let end = driving.await.unwrap();
     let restored = rig.proxy.seen_op(R53_WRITE).last().unwrap().at;
     figure(
@@ -876,7 +752,7 @@ async fn writes_that_keep_failing_end_in_a_loud_cannot_restore_that_restores_blu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_throttled_while_a_rollback_is_due_does_not_hold_the_rollback_back() {
     let mut rig = Rig::route53(Green::Failing, "5s", "").await;
-    let driving = rig.drive();
+    let driving = rig.run.drive();
     // The first analysis reads the metrics: from now, every store write
     // is throttled.
     let analysed = rig
@@ -901,6 +777,11 @@ async fn a_store_throttled_while_a_rollback_is_due_does_not_hold_the_rollback_ba
         "{:?}",
         restored - analysed
     );
+    // Read moto once it has applied the write (it applies the two
+    // records one after the other).
+    rig.proxy
+        .wait_applied(R53_WRITE, 2, Duration::from_secs(30))
+        .await;
     assert_eq!(
         rig.truth.green_bp().await,
         0,
@@ -919,7 +800,7 @@ async fn a_store_throttled_while_a_rollback_is_due_does_not_hold_the_rollback_ba
         reason.contains("alb-error-rate") && reason.contains("15 %"),
         "{reason}"
     );
-    let (record, _) = rig.engine.load(&rig.id).await.unwrap();
+    let (record, _) = rig.run.engine.load(&rig.run.id).await.unwrap();
     assert!(!record.active);
     let _ = &mut rig;
 }
@@ -933,7 +814,7 @@ async fn a_store_write_whose_reply_is_lost_is_recognised_as_its_own() {
         On::op("TransactWriteItems").after(2).times(1),
         Fault::ReplyLost,
     );
-    let end = rig.drive().await.unwrap();
+    let end = rig.run.drive().await.unwrap();
     assert_eq!(end.phase.name(), "succeeded");
     rig.assert_reported_is_true(&end).await;
     assert!(rig
@@ -942,7 +823,7 @@ async fn a_store_write_whose_reply_is_lost_is_recognised_as_its_own() {
         .iter()
         .any(|s| s.fault == Some(Fault::ReplyLost)));
     // One event per sequence number: nothing written twice.
-    let history = rig.history().await;
+    let history = rig.run.history().await;
     for (i, e) in history.iter().enumerate() {
         assert_eq!(e.seq, i as u64 + 1);
     }
@@ -963,7 +844,7 @@ async fn a_create_whose_reply_is_lost_is_recognised_as_its_own() {
         rig.proxy.seen_op("TransactWriteItems")[0].fault,
         Some(Fault::ReplyLost)
     );
-    let end = rig.drive().await.unwrap();
+    let end = rig.run.drive().await.unwrap();
     assert_eq!(end.phase.name(), "succeeded");
     rig.assert_reported_is_true(&end).await;
 }

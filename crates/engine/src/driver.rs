@@ -764,11 +764,23 @@ pub async fn preflight(
         .map(|s| s.hold)
         .min()
         .unwrap_or_default();
-    if let Err(e) = adapters.router.preflight(shortest_hold).await {
+    // Each preflight reads: bounded like a read of its kind, and a call
+    // cut short is a transient failure (not a refusal on the merits).
+    let bounded = |limit: Duration, call| async move {
+        match tokio::time::timeout(limit, call).await {
+            Ok(r) => r,
+            Err(_) => Err(AdapterError::transient(format!(
+                "no answer within {}",
+                cutover_core::time::Human(limit)
+            ))),
+        }
+    };
+    let t = &plan.timeouts;
+    if let Err(e) = bounded(t.router_read, adapters.router.preflight(shortest_hold)).await {
         refusals.push(("router".to_string(), e));
     }
     for check in &adapters.checks {
-        if let Err(e) = check.preflight().await {
+        if let Err(e) = bounded(t.check, check.preflight()).await {
             refusals.push((check.name().to_string(), e));
         }
     }
@@ -1224,8 +1236,16 @@ impl Driving<'_> {
             .expect("only called while failing");
         let targets = self.rollout.targets();
         let mut traffic = String::new();
+        let limit = self.rollout.plan.timeouts.router_write;
         for attempt in 1..=5u32 {
-            match adapters.router.apply(Split::ZERO).await {
+            let write = tokio::time::timeout(limit, adapters.router.apply(Split::ZERO)).await;
+            let write = write.unwrap_or_else(|_| {
+                Err(AdapterError::transient(format!(
+                    "no answer within {}",
+                    cutover_core::time::Human(limit)
+                )))
+            });
+            match write {
                 Ok(realized) => {
                     traffic = format!("the router confirms {}", targets.describe(realized));
                     break;

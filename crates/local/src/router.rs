@@ -22,12 +22,16 @@ pub struct LocalRouter {
 }
 
 impl LocalRouter {
-    /// A router for a plan's `local` router settings.
+    /// A router for a plan's `local` router settings. Its calls are not
+    /// cut short by the client: the engine bounds each one by the plan's
+    /// `[timeouts]` (at most an hour), which a shorter client limit would
+    /// silently override.
     pub fn new(config: &cutover_core::plan::LocalRouter) -> LocalRouter {
         LocalRouter {
             url: config.admin_url.clone(),
             swapped: config.swapped,
-            client: AdminClient::from_config(config),
+            client: AdminClient::from_config(config)
+                .map(|c| c.with_timeout(cutover_core::plan::Timeouts::MAX)),
         }
     }
 

@@ -1,4 +1,6 @@
-//! Test support shared by the adapter crates' tests.
+//! Test support shared by the adapter crates' tests: [`Driven`], a
+//! rollout driven by the real engine that a test can follow commit by
+//! commit, and [`FaultProxy`].
 //!
 //! [`FaultProxy`] is an HTTP/1.1 proxy on loopback that sits between an
 //! adapter and the real server behind it (moto_server, the embedded proxy's
@@ -17,6 +19,10 @@
 //! - Route53's REST API: `ChangeResourceRecordSets`, `ListResourceRecordSets`,
 //!   `GetChange`, `GetHostedZone`;
 //! - anything else: `METHOD /path` without the query, e.g. `PUT /split`.
+
+mod rollout;
+
+pub use rollout::{figure, Driven};
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -63,6 +69,9 @@ pub struct Seen {
     pub at: Instant,
     /// The fault applied to it, if any.
     pub fault: Option<Fault>,
+    /// When the server behind the proxy answered it (it is applied there
+    /// by then), if it was forwarded and answered.
+    pub applied: Option<Instant>,
 }
 
 struct Rule {
@@ -199,6 +208,14 @@ impl FaultProxy {
         self.seen().into_iter().filter(|s| s.op == op).collect()
     }
 
+    /// When the `n`-th request of `op` arrived (panics if it has not).
+    pub fn at(&self, op: &str, n: usize) -> Instant {
+        self.seen_op(op)
+            .get(n - 1)
+            .unwrap_or_else(|| panic!("no request {n} of {op}: {:?}", self.seen_op(op)))
+            .at
+    }
+
     /// Waits until `n` requests of `op` have got a fault (or `limit`
     /// passed; then panics) and returns the `n`-th.
     pub async fn wait_for_fault(&self, op: &str, n: usize, limit: Duration) -> Seen {
@@ -220,6 +237,27 @@ impl FaultProxy {
         match tokio::time::timeout(limit, wait).await {
             Ok(s) => s,
             Err(_) => panic!("fault {n} on {op} did not happen within {limit:?}"),
+        }
+    }
+
+    /// Waits until the `n`-th request of `op` has been answered by the
+    /// server behind the proxy (so it is applied there), or `limit` passed
+    /// (then panics); returns it.
+    pub async fn wait_applied(&self, op: &str, n: usize, limit: Duration) -> Seen {
+        let mut rx = self.seen_tx.subscribe();
+        let wait = async {
+            loop {
+                if let Some(s) = self.seen_op(op).into_iter().nth(n - 1) {
+                    if s.applied.is_some() {
+                        return s;
+                    }
+                }
+                rx.changed().await.expect("the proxy runs");
+            }
+        };
+        match tokio::time::timeout(limit, wait).await {
+            Ok(s) => s,
+            Err(_) => panic!("request {n} of {op} was not applied within {limit:?}"),
         }
     }
 
@@ -292,11 +330,12 @@ impl Connection {
         let mut read = BufReader::new(read);
         while let Some(req) = read_message(&mut read, false).await? {
             let (op, protocol) = classify(&req);
-            let fault = self.note(&op);
+            let (index, fault) = self.note(&op);
             match fault {
-                None => self.answer(&mut write, &req, None).await?,
+                None => self.answer(&mut write, &req, index, None).await?,
                 Some(Fault::Rewrite { from, to }) => {
-                    self.answer(&mut write, &req, Some((from, to))).await?
+                    self.answer(&mut write, &req, index, Some((from, to)))
+                        .await?
                 }
                 Some(Fault::Throttle) => {
                     let (status, ct, body) = error_answer(protocol, 400, true);
@@ -308,16 +347,16 @@ impl Connection {
                 }
                 Some(Fault::Hang) => return self.hang(&mut read).await,
                 Some(Fault::HangAfterApply) => {
-                    self.forward(&req).await?;
+                    self.forward(&req, index).await?;
                     return self.hang(&mut read).await;
                 }
                 Some(Fault::Drop) => return Ok(()),
                 Some(Fault::Delay(d)) => {
                     tokio::time::sleep(d).await;
-                    self.answer(&mut write, &req, None).await?;
+                    self.answer(&mut write, &req, index, None).await?;
                 }
                 Some(Fault::ReplyLost) => {
-                    self.forward(&req).await?;
+                    self.forward(&req, index).await?;
                     return Ok(());
                 }
             }
@@ -325,8 +364,9 @@ impl Connection {
         Ok(())
     }
 
-    /// Logs the request and picks the fault of the first rule that takes it.
-    fn note(&self, op: &str) -> Option<Fault> {
+    /// Logs the request and picks the fault of the first rule that takes
+    /// it; returns its place in the log too.
+    fn note(&self, op: &str) -> (usize, Option<Fault>) {
         let mut state = self.state.lock().unwrap();
         let fault = state
             .rules
@@ -337,11 +377,12 @@ impl Connection {
             op: op.to_string(),
             at: Instant::now(),
             fault,
+            applied: None,
         });
         let n = state.seen.len();
         drop(state);
         self.seen_tx.send_replace(n);
-        fault
+        (n - 1, fault)
     }
 
     /// Holds the connection open without answering until the client closes
@@ -364,9 +405,10 @@ impl Connection {
         &self,
         write: &mut W,
         req: &Message,
+        index: usize,
         rewrite: Option<(&str, &str)>,
     ) -> std::io::Result<()> {
-        let mut resp = self.forward(req).await?;
+        let mut resp = self.forward(req, index).await?;
         if let Some((from, to)) = rewrite {
             resp.body = String::from_utf8_lossy(&resp.body)
                 .replace(from, to)
@@ -405,9 +447,9 @@ impl Connection {
         write.flush().await
     }
 
-    /// Sends the request upstream on a fresh connection and reads the
-    /// whole answer.
-    async fn forward(&self, req: &Message) -> std::io::Result<Message> {
+    /// Sends the request upstream on a fresh connection, reads the whole
+    /// answer, and notes when it came on entry `index` of the log.
+    async fn forward(&self, req: &Message, index: usize) -> std::io::Result<Message> {
         let mut up = TcpStream::connect(&self.upstream).await?;
         let headers: String = req
             .headers
@@ -435,9 +477,14 @@ impl Connection {
         )
         .await?;
         up.write_all(&req.body).await?;
-        read_message(&mut BufReader::new(up), true)
+        let answer = read_message(&mut BufReader::new(up), true)
             .await?
-            .ok_or_else(|| std::io::Error::other("upstream closed without an answer"))
+            .ok_or_else(|| std::io::Error::other("upstream closed without an answer"))?;
+        if let Some(seen) = self.state.lock().unwrap().seen.get_mut(index) {
+            seen.applied = Some(Instant::now());
+        }
+        self.seen_tx.send_modify(|_| {});
+        Ok(answer)
     }
 }
 

@@ -136,6 +136,11 @@ pub struct Timeouts {
     pub check: Duration,
 }
 
+impl Timeouts {
+    /// The longest any of them may be.
+    pub const MAX: Duration = Duration::from_secs(3600);
+}
+
 impl Default for Timeouts {
     fn default() -> Timeouts {
         Timeouts {

@@ -1259,7 +1259,7 @@ impl Cx<'_> {
         }
         t.check = interval.clamp(Duration::from_secs(2), Duration::from_secs(30));
         let Some(raw) = raw else { return Ok(t) };
-        let hour = Duration::from_secs(3600);
+        let hour = Timeouts::MAX;
         self.limit(
             &raw.router_read,
             "timeouts.router_read",
