@@ -432,9 +432,13 @@ pub async fn serve(settings: ServeSettings) -> Exit {
         }
     };
     let mut poll = tokio::time::interval(Duration::from_secs(2));
+    // Listening once, for the whole loop: a listener made afresh each turn
+    // would miss a SIGTERM that came while the plans were being read.
+    let terminated = crate::signals::terminated();
+    tokio::pin!(terminated);
     loop {
         let forced = tokio::select! {
-            _ = crate::signals::terminated() => break,
+            _ = &mut terminated => break,
             _ = async {
                 match hangup.as_mut() {
                     Some(h) => { h.recv().await; }

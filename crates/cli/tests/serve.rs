@@ -136,6 +136,34 @@ impl Serve {
     }
 
     /// SIGTERM, then the exit code and the rest of the output.
+    /// Waits for the process to exit on its own, at most `limit`; kills it
+    /// and panics with its output if it does not.
+    fn exits_within(mut self, limit: Duration) -> (i32, String) {
+        let mut child = self.child;
+        let (tx, rx) = mpsc::channel();
+        let pid = child.id();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        let status = match rx.recv_timeout(limit) {
+            Ok(status) => status.unwrap(),
+            Err(_) => {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
+                    self.seen.push(l);
+                }
+                panic!(
+                    "serve did not exit within {limit:?}; output:\n{}",
+                    self.seen.join("\n")
+                );
+            }
+        };
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(l);
+        }
+        (status.code().expect("exited"), self.seen.join("\n"))
+    }
+
     fn stop(mut self) -> (i32, String) {
         self.signal("TERM");
         let status = self.child.wait().unwrap();
@@ -538,6 +566,36 @@ async fn plans_are_read_again_on_change_and_a_broken_edit_keeps_the_last_good_on
     let (code, log) = tokio::task::spawn_blocking(move || serve.stop())
         .await
         .unwrap();
+    assert_eq!(code, 0, "{log}");
+}
+
+/// A SIGTERM that arrives while serve reads its plans again (2,000 of
+/// them, after a SIGHUP) still stops it: it used to listen for SIGTERM
+/// afresh after each reading, and one sent meanwhile was lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sigterm_during_a_plan_reload_still_stops_serve() {
+    let stage = Stage::new().await;
+    let (_dir, plans, store) = plans_dir();
+    for i in 0..2000 {
+        write_plan(
+            &plans,
+            &format!("s{i}.toml"),
+            &format!("s{i}"),
+            &stage,
+            &store,
+            "1m",
+        );
+    }
+    let p = plans.clone();
+    let serve = tokio::task::spawn_blocking(move || Serve::start(&p, &[]))
+        .await
+        .unwrap();
+    serve.signal("HUP");
+    serve.signal("TERM");
+    let (code, log) =
+        tokio::task::spawn_blocking(move || serve.exits_within(Duration::from_secs(30)))
+            .await
+            .unwrap();
     assert_eq!(code, 0, "{log}");
 }
 
