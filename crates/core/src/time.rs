@@ -85,9 +85,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .ok_or_else(|| format!("`{text}`: too large"))?;
         rest = &rest[unit_len..];
     }
-    let ms = u64::try_from(total).map_err(|_| format!("`{text}`: too large"))?;
-    Ok(Duration::from_millis(ms))
+    if total > MAX_DURATION.as_millis() {
+        return Err(format!(
+            "`{text}` is longer than 30d, the longest wait cutover takes"
+        ));
+    }
+    Ok(Duration::from_millis(total as u64))
 }
+
+/// The longest duration anything in cutover is given (a hold, a bake, a
+/// window, a timeout): 30 days (`30d` in messages). Anything longer is a
+/// slip of the keyboard.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
 
 /// Formats a duration the way plan files write it: `1h5m`, `90s` → `1m30s`, `500ms`.
 pub struct Human(pub Duration);
@@ -155,7 +164,10 @@ mod tests {
         check("10", Err("missing unit"));
         check("10x", Err("unknown unit `x`"));
         check("s", Err("expected a number"));
-        check("99999999999999999999999999h", Err("too large"));
+        check("99999999999999999999999999h", Err("longer than 30d"));
+        check("30d", Ok(30 * 86_400_000));
+        check("30d1ms", Err("`30d1ms` is longer than 30d"));
+        check("18446744073709551615ms", Err("longer than 30d"));
     }
 
     #[test]

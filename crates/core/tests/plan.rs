@@ -423,6 +423,91 @@ fn aws_mistakes_are_located() {
 }
 
 #[test]
+fn nonsense_is_refused_where_it_is_written() {
+    // Durations past 30 days, however written.
+    err(
+        "[strategy]\nsteps = [{ split = 100, hold = \"168000h\" }]\n",
+        2,
+        "`168000h` is longer than 30d",
+    );
+    err(
+        "[strategy]\npreset = \"canary\"\n[[analysis.checks]]\nkind = \"error-rate\"\nmax_percent = 1\nwindow = \"18446744073709551615ms\"\n",
+        0,
+        "longer than 30d",
+    );
+    err(
+        "[strategy]\npreset = \"canary\"\nbake = \"31d\"\n",
+        3,
+        "`31d` is longer than 30d",
+    );
+    let p = ok("[strategy]\npreset = \"canary\"\nbake = \"30d\"\n");
+    assert_eq!(p.strategy.bake, Duration::from_secs(30 * 86_400));
+
+    // A service name is part of ids, lease names and metric labels.
+    let long = format!(
+        "[service]\nname = \"{}\"\n[router]\nkind = \"local\"\nadmin_url = \"http://127.0.0.1:9901\"\n[strategy]\npreset = \"canary\"\n",
+        "a".repeat(1_000_000)
+    );
+    let e = plan::parse(&long, "p.toml").unwrap_err();
+    assert!(
+        e.message.contains("1 to 128 letters"),
+        "{}",
+        e.message.len()
+    );
+    assert_eq!(e.line, 2);
+
+    // A store path that cannot be a file.
+    err(
+        "[strategy]\npreset = \"canary\"\n[store]\nkind = \"sqlite\"\npath = \"\"\n",
+        3,
+        "`path` is empty",
+    );
+    let dir = std::env::temp_dir();
+    err(
+        &format!(
+            "[strategy]\npreset = \"canary\"\n[store]\nkind = \"sqlite\"\npath = \"{}\"\n",
+            dir.display()
+        ),
+        3,
+        "is a directory",
+    );
+
+    // AWS identifiers that cannot be what they claim.
+    let route53 = |zone: &str| {
+        format!("[service]\nname = \"a\"\n[router]\nkind = \"route53\"\nhosted_zone_id = \"{zone}\"\nrecord_name = \"a.example.com\"\n[strategy]\npreset = \"seed\"\n")
+    };
+    for zone in ["green", "Z12 3", ""] {
+        let e = plan::parse(&route53(zone), "r.toml").unwrap_err();
+        assert!(e.message.contains("is not a hosted zone id"), "{zone}: {e}");
+        assert_eq!(e.line, 3, "{e}");
+    }
+    assert!(plan::parse(&route53("/hostedzone/Z0123456789ABCDEFGHIJ"), "r.toml").is_ok());
+    let newline = ALB.replace("targetgroup/green/", "targetgroup/gr\\neen/");
+    assert_ne!(newline, ALB);
+    let e = plan::parse(&newline, "a.toml").unwrap_err();
+    assert!(
+        e.message.contains("whitespace or a control character"),
+        "{e}"
+    );
+    let not_arn = ALB.replace(
+        "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/green",
+        "green",
+    );
+    assert_ne!(not_arn, ALB);
+    let e = plan::parse(&not_arn, "a.toml").unwrap_err();
+    assert!(e.message.contains("is not an ARN of a targetgroup"), "{e}");
+    let e = plan::parse(
+        &format!("{ALB}[[analysis.checks]]\nkind = \"alb-error-rate\"\nmax_percent = 1\nload_balancer = \"app/a\\nb/1\"\n"),
+        "a.toml",
+    )
+    .unwrap_err();
+    assert!(
+        e.message.contains("is not a CloudWatch dimension value"),
+        "{e}"
+    );
+}
+
+#[test]
 fn swapping_colours_exchanges_every_side() {
     let text = format!(
         "{ALB}[[analysis.checks]]\nkind = \"target-health\"\n[[analysis.checks]]\nkind = \"alb-error-rate\"\nmax_percent = 1\ncompare = \"blue\"\n\

@@ -355,6 +355,7 @@ pub fn parse(text: &str, file: &str) -> Result<Plan, PlanError> {
 
     let name = &raw.service.get_ref().name;
     if name.get_ref().is_empty()
+        || name.get_ref().len() > MAX_SERVICE_NAME
         || !name
             .get_ref()
             .chars()
@@ -362,7 +363,9 @@ pub fn parse(text: &str, file: &str) -> Result<Plan, PlanError> {
     {
         return Err(cx.at(
             name,
-            "service name must be non-empty and use only letters, digits, `-`, `_` and `.`",
+            format!(
+                "service name must be 1 to {MAX_SERVICE_NAME} letters, digits, `-`, `_` and `.`"
+            ),
         ));
     }
 
@@ -819,11 +822,22 @@ impl Cx<'_> {
                 if !record_name.ends_with('.') {
                     record_name.push('.');
                 }
+                let zone = r.hosted_zone_id.trim_start_matches("/hostedzone/");
+                // Route53 zone ids are upper-case letters and digits (e.g.
+                // Z35SXDOTRQ7X7K); anything else is a name or a slip.
+                if zone.is_empty()
+                    || zone.len() > 32
+                    || !zone
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+                {
+                    return Err(bad(format!(
+                        "`hosted_zone_id` `{}` is not a hosted zone id (upper-case letters and digits, e.g. Z35SXDOTRQ7X7K; `aws route53 list-hosted-zones` shows them)",
+                        r.hosted_zone_id.escape_debug()
+                    )));
+                }
                 Ok(RouterConfig::Route53(Route53Router {
-                    hosted_zone_id: r
-                        .hosted_zone_id
-                        .trim_start_matches("/hostedzone/")
-                        .to_string(),
+                    hosted_zone_id: zone.to_string(),
                     record_name,
                     record_type,
                     blue_set_identifier: blue,
@@ -843,6 +857,25 @@ impl Cx<'_> {
                 }
                 if r.blue_target_group_arn == r.green_target_group_arn {
                     return Err(bad("blue and green target groups must differ"));
+                }
+                let arns = [
+                    ("listener_arn", r.listener_arn.as_deref(), ":listener/"),
+                    ("rule_arn", r.rule_arn.as_deref(), ":listener-rule/"),
+                    (
+                        "blue_target_group_arn",
+                        Some(r.blue_target_group_arn.as_str()),
+                        ":targetgroup/",
+                    ),
+                    (
+                        "green_target_group_arn",
+                        Some(r.green_target_group_arn.as_str()),
+                        ":targetgroup/",
+                    ),
+                ];
+                for (key, arn, kind) in arns {
+                    if let Some(arn) = arn {
+                        check_arn(arn, kind).map_err(|e| bad(&format!("`{key}`: {e}")))?;
+                    }
                 }
                 Ok(RouterConfig::Alb(AlbRouter {
                     listener_arn: r.listener_arn,
@@ -976,6 +1009,8 @@ impl Cx<'_> {
                         .target_group_arn
                         .or_else(|| alb.map(|a| a.green_target_group_arn.clone()))
                         .ok_or_else(|| bad("give `target_group_arn` (it defaults to green's only with router `alb`)".into()))?;
+                    check_arn(&target_group_arn, ":targetgroup/")
+                        .map_err(|e| bad(format!("`target_group_arn`: {e}")))?;
                     (
                         r.name,
                         CheckConfig::TargetHealth {
@@ -1052,6 +1087,16 @@ impl Cx<'_> {
                         .target_group
                         .or_else(|| alb.and_then(|a| target_group_dimension(&a.green_target_group_arn)))
                         .ok_or_else(|| bad("give `target_group` (e.g. \"targetgroup/green/943f017f100becff\"); it defaults to green's only with router `alb`".into()))?;
+                    for (key, value, kind) in [
+                        ("load_balancer", &load_balancer, "app/"),
+                        ("target_group", &target_group, "targetgroup/"),
+                    ] {
+                        if !value.starts_with(kind)
+                            || value.chars().any(|c| c.is_whitespace() || c.is_control())
+                        {
+                            return Err(bad(format!("`{key}` `{}` is not a CloudWatch dimension value: it is written `{kind}NAME/ID`, without spaces", value.escape_debug())));
+                        }
+                    }
                     let window = dur(&r.window, "window", interval.max(Duration::from_secs(60)))?;
                     if window < Duration::from_secs(60) {
                         return Err(bad(
@@ -1324,6 +1369,14 @@ impl Cx<'_> {
         match self.kind(table, "store", STORES)? {
             "sqlite" => {
                 let r: RawSqlite = self.table(table, "store `sqlite`")?;
+                if let Some(path) = &r.path {
+                    if path.as_os_str().is_empty() {
+                        return Err(self.at(table, "store `sqlite`: `path` is empty; give a file, or leave it out for the default"));
+                    }
+                    if path.is_dir() {
+                        return Err(self.at(table, format!("store `sqlite`: `path` {} is a directory; give a file in it, e.g. {}", path.display(), path.join("cutover.db").display())));
+                    }
+                }
                 Ok(StoreConfig::Sqlite { path: r.path })
             }
             "dynamodb" => {
@@ -1464,6 +1517,29 @@ fn min_requests(
         Some(n) => Ok(n),
         None => Ok(default),
     }
+}
+
+/// The longest service name: it is part of rollout ids, lease names and
+/// metric labels.
+const MAX_SERVICE_NAME: usize = 128;
+
+/// An Elastic Load Balancing ARN of the kind `kind` names (`:targetgroup/`,
+/// `:listener/`, `:listener-rule/`): starts with `arn:`, has the kind's
+/// resource part, and holds no whitespace or control characters.
+fn check_arn(arn: &str, kind: &str) -> Result<(), String> {
+    if arn.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "`{}` holds whitespace or a control character",
+            arn.escape_debug()
+        ));
+    }
+    if !arn.starts_with("arn:") || !arn.contains(kind) {
+        return Err(format!(
+            "`{arn}` is not an ARN of a {} (arn:aws:elasticloadbalancing:REGION:ACCOUNT{kind}...)",
+            kind.trim_matches(|c| c == ':' || c == '/')
+        ));
+    }
+    Ok(())
 }
 
 fn optional_duration(
