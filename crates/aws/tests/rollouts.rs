@@ -756,8 +756,14 @@ async fn triggered_revisions_become_exactly_one_rollout_each() {
         send(&sqs, &url, body).await;
     }
 
-    // One DynamoDB table for the watchers' claims and the rollouts.
-    let store_sdk = cutover_aws::config::load(&common::aws()).await;
+    // One DynamoDB table for the watchers' claims and the rollouts, reached
+    // one request at a time: moto does not apply concurrent conditional
+    // writes atomically (two watchers' creates could both pass the
+    // one-active-rollout condition), and DynamoDB does.
+    let serial = cutover_testkit::FaultProxy::start_one_at_a_time(&common::moto_url()).await;
+    let mut store_aws = common::aws();
+    store_aws.endpoint_url = Some(serial.url());
+    let store_sdk = cutover_aws::config::load(&store_aws).await;
     let table = common::unique("triggered");
     DynamoStore::new(&store_sdk, &table)
         .create_table()

@@ -144,6 +144,18 @@ impl FaultProxy {
     /// Starts a proxy in front of `upstream` (`http://host:port`) on a free
     /// loopback port, on the current tokio runtime.
     pub async fn start(upstream: &str) -> FaultProxy {
+        FaultProxy::start_with(upstream, None).await
+    }
+
+    /// The same, passing one request at a time to the server (for moto,
+    /// which does not apply concurrent conditional writes atomically:
+    /// with this, the races a test makes are decided as DynamoDB decides
+    /// them).
+    pub async fn start_one_at_a_time(upstream: &str) -> FaultProxy {
+        FaultProxy::start_with(upstream, Some(Arc::default())).await
+    }
+
+    async fn start_with(upstream: &str, serial: Option<Arc<tokio::sync::Mutex<()>>>) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
@@ -164,6 +176,7 @@ impl FaultProxy {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let conn = Connection {
+                    serial: serial.clone(),
                     upstream: upstream.clone(),
                     state: state.clone(),
                     seen_tx: seen_tx.clone(),
@@ -284,6 +297,8 @@ impl FaultProxy {
 }
 
 struct Connection {
+    /// Held while a request is with the server, when one at a time.
+    serial: Option<Arc<tokio::sync::Mutex<()>>>,
     upstream: String,
     state: Arc<Mutex<State>>,
     seen_tx: watch::Sender<usize>,
@@ -450,6 +465,10 @@ impl Connection {
     /// Sends the request upstream on a fresh connection, reads the whole
     /// answer, and notes when it came on entry `index` of the log.
     async fn forward(&self, req: &Message, index: usize) -> std::io::Result<Message> {
+        let _turn = match &self.serial {
+            Some(serial) => Some(serial.lock().await),
+            None => None,
+        };
         let mut up = TcpStream::connect(&self.upstream).await?;
         let headers: String = req
             .headers
