@@ -67,12 +67,16 @@ impl Stage {
 
     /// Writes a plan with the given strategy and one `http` check on green.
     fn plan(&self, strategy: &str) -> PathBuf {
+        self.plan_with(&format!("http://{}", self.proxy.admin_addr()), strategy, "")
+    }
+
+    /// The same with the router at `admin_url` and `extra` TOML appended.
+    fn plan_with(&self, admin_url: &str, strategy: &str, extra: &str) -> PathBuf {
         let path = self.dir.path().join("plan.toml");
         let text = format!(
-            "[service]\nname = \"web\"\n[router]\nkind = \"local\"\nadmin_url = \"http://{}\"\n[strategy]\n{strategy}\n\
+            "[service]\nname = \"web\"\n[router]\nkind = \"local\"\nadmin_url = \"{admin_url}\"\n[strategy]\n{strategy}\n\
              [analysis]\ninterval = \"200ms\"\n[[analysis.checks]]\nkind = \"http\"\nurl = \"{}/\"\n\
-             [store]\nkind = \"sqlite\"\npath = \"{}\"\n",
-            self.proxy.admin_addr(),
+             [store]\nkind = \"sqlite\"\npath = \"{}\"\n{extra}",
             self.green.url(),
             self.store().display()
         );
@@ -355,6 +359,63 @@ async fn abort_from_another_process_takes_effect_within_a_tick() {
         text(&o).contains("no active rollout to promote"),
         "{}",
         text(&o)
+    );
+}
+
+/// The proxy's admin API fails every write (a fault proxy in front of it
+/// answers 503) while an abort is due: the rollout stays active in
+/// `cannot-restore`, says where traffic really is, takes `cutover abort`
+/// from another process (keep trying), and once the proxy answers again
+/// `cutover rollback --force` from yet another restores blue at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn cannot_restore_takes_abort_and_rollback_force_from_other_processes() {
+    use cutover_testkit::{Fault, FaultProxy, On};
+    let stage = Stage::new().await;
+    let faults = FaultProxy::start(&format!("http://{}", stage.proxy.admin_addr())).await;
+    let plan = stage.plan_with(
+        &faults.url(),
+        "steps = [{ split = 30, hold = \"1m\" }, { split = 100, hold = \"1m\" }]",
+        "[rollback]\nrollback_deadline = \"2s\"\n",
+    );
+    let child = spawn_run(&plan, &["--tick", "100ms"]);
+    let p = plan.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for(&p, "holding at 30 %", |s| s["phase"] == "holding")
+    })
+    .await
+    .unwrap();
+    faults.inject(On::op("PUT /split"), Fault::Status(503));
+    let o = cutover(&["abort", plan.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let p = plan.clone();
+    let s = tokio::task::spawn_blocking(move || {
+        wait_for(&p, "cannot-restore", |s| s["phase"] == "cannot-restore")
+    })
+    .await
+    .unwrap();
+    // Still 30 % on green, as the proxy really has it.
+    assert_eq!(stage.proxy.split().percent(), 30.0);
+    assert_eq!(s["split_percent"], 30.0, "{s}");
+    // An abort now is taken: it keeps trying.
+    let o = cutover(&["abort", plan.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    // The proxy works again; `rollback --force` tries at once.
+    faults.clear();
+    let o = cutover(&["rollback", plan.to_str().unwrap(), "--force"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    assert_eq!(stage.proxy.split().percent(), 0.0);
+    let s = status(&plan).unwrap();
+    assert_eq!(s["split_percent"], 0.0, "{s}");
+    let h = cutover(&["history", plan.to_str().unwrap()]);
+    assert!(text(&h).contains("CANNOT RESTORE"), "{}", text(&h));
+    assert!(
+        text(&h).contains("rollback forced by operator"),
+        "{}",
+        text(&h)
     );
 }
 

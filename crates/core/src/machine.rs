@@ -67,7 +67,9 @@ impl Command {
     /// this to refuse it up front with the reason.
     pub fn applies_to(self, phase: &Phase) -> Result<(), String> {
         let ok = match self {
-            Command::Abort => !phase.is_terminal() && !phase.is_restoring(),
+            // While restoring, an abort asks for what is already under
+            // way: it is taken, and recorded as such.
+            Command::Abort => !phase.is_terminal(),
             Command::Rollback => !phase.is_terminal(),
             Command::Promote => matches!(
                 phase,
@@ -1593,6 +1595,14 @@ impl Rollout {
                         vec![],
                     );
                 }
+            }
+            (Command::Abort, Phase::RollingBack { .. }) => {
+                let live = self.targets().live;
+                self.record(
+                    now,
+                    format!("abort: cutover is already sending all traffic to live `{live}`"),
+                    vec![],
+                );
             }
             (Command::Rollback, Phase::RollingBack { .. }) => {
                 if let Some(r) = self.retry.as_mut().filter(|r| r.next_at.is_some()) {
