@@ -711,6 +711,10 @@ timeout = "1s"
         );
         check(
             &format!("request_timeout = \"1000000000d\"\n{MINIMAL}"),
+            Err((1, 19, "longer than 30d")),
+        );
+        check(
+            &format!("request_timeout = \"8d\"\n{MINIMAL}"),
             Err((1, 19, "at most 7d")),
         );
         check(
