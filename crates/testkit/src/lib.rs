@@ -232,55 +232,49 @@ impl FaultProxy {
     /// Waits until `n` requests of `op` have got a fault (or `limit`
     /// passed; then panics) and returns the `n`-th.
     pub async fn wait_for_fault(&self, op: &str, n: usize, limit: Duration) -> Seen {
-        let mut rx = self.seen_tx.subscribe();
-        let faulted = || {
+        self.wait_until(limit, &format!("fault {n} on {op}"), || {
             self.seen_op(op)
                 .into_iter()
                 .filter(|s| s.fault.is_some())
                 .nth(n - 1)
-        };
-        let wait = async {
-            loop {
-                if let Some(s) = faulted() {
-                    return s;
-                }
-                rx.changed().await.expect("the proxy runs");
-            }
-        };
-        match tokio::time::timeout(limit, wait).await {
-            Ok(s) => s,
-            Err(_) => panic!("fault {n} on {op} did not happen within {limit:?}"),
-        }
+        })
+        .await
     }
 
     /// Waits until the `n`-th request of `op` has been answered by the
     /// server behind the proxy (so it is applied there), or `limit` passed
     /// (then panics); returns it.
     pub async fn wait_applied(&self, op: &str, n: usize, limit: Duration) -> Seen {
-        let mut rx = self.seen_tx.subscribe();
-        let wait = async {
-            loop {
-                if let Some(s) = self.seen_op(op).into_iter().nth(n - 1) {
-                    if s.applied.is_some() {
-                        return s;
-                    }
-                }
-                rx.changed().await.expect("the proxy runs");
-            }
-        };
-        match tokio::time::timeout(limit, wait).await {
-            Ok(s) => s,
-            Err(_) => panic!("request {n} of {op} was not applied within {limit:?}"),
-        }
+        self.wait_until(limit, &format!("request {n} of {op} applied"), || {
+            self.seen_op(op)
+                .into_iter()
+                .nth(n - 1)
+                .filter(|s| s.applied.is_some())
+        })
+        .await
     }
 
     /// Waits until `n` requests of `op` have arrived (or `limit` passed;
     /// then panics with what was seen) and returns the `n`-th.
     pub async fn wait_for(&self, op: &str, n: usize, limit: Duration) -> Seen {
+        self.wait_until(limit, &format!("request {n} of {op}"), || {
+            self.seen_op(op).into_iter().nth(n - 1)
+        })
+        .await
+    }
+
+    /// Waits, on every change of the log, until `found` finds a request,
+    /// at most `limit`; panics naming `what` and the log if it does not.
+    async fn wait_until(
+        &self,
+        limit: Duration,
+        what: &str,
+        found: impl Fn() -> Option<Seen>,
+    ) -> Seen {
         let mut rx = self.seen_tx.subscribe();
         let wait = async {
             loop {
-                if let Some(s) = self.seen_op(op).into_iter().nth(n - 1) {
+                if let Some(s) = found() {
                     return s;
                 }
                 rx.changed().await.expect("the proxy runs");
@@ -289,7 +283,7 @@ impl FaultProxy {
         match tokio::time::timeout(limit, wait).await {
             Ok(s) => s,
             Err(_) => panic!(
-                "request {n} of {op} did not arrive within {limit:?}; seen: {:?}",
+                "no {what} within {limit:?}; seen: {:?}",
                 self.seen().iter().map(|s| &s.op).collect::<Vec<_>>()
             ),
         }
