@@ -14,7 +14,20 @@ use crate::Exit;
 pub fn load_plan(path: &Path) -> Result<Plan, Exit> {
     let bytes = std::fs::read(path)
         .map_err(|e| Exit::Usage(format!("cannot read plan file {}: {e}", path.display())))?;
-    plan::parse_bytes(&bytes, &path.display().to_string()).map_err(|e| Exit::Usage(e.to_string()))
+    let plan = plan::parse_bytes(&bytes, &path.display().to_string())
+        .map_err(|e| Exit::Usage(e.to_string()))?;
+    // What only the file system can tell, kept out of the (pure) parser.
+    if let StoreConfig::Sqlite { path: Some(store) } = &plan.store {
+        if store.is_dir() {
+            return Err(Exit::Usage(format!(
+                "{}: store `sqlite`: `path` {} is a directory; give a file in it, e.g. {}",
+                path.display(),
+                store.display(),
+                store.join("cutover.db").display()
+            )));
+        }
+    }
+    Ok(plan)
 }
 
 /// Which store to open.

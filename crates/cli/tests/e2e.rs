@@ -231,6 +231,25 @@ fn bad_input_exits_2_naming_file_line_and_column() {
     let o = cutover(&["frobnicate"]);
     assert_eq!(code(&o), 2);
 
+    // A store path that is a directory: refused by `plan` and `run` alike.
+    std::fs::write(
+        &plan,
+        format!(
+            "[service]\nname = \"x\"\n[router]\nkind = \"local\"\nadmin_url = \"http://127.0.0.1:1\"\n[strategy]\npreset = \"canary\"\n[store]\nkind = \"sqlite\"\npath = \"{}\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    for command in ["plan", "run"] {
+        let o = cutover(&[command, plan.to_str().unwrap()]);
+        assert_eq!(code(&o), 2, "{}", text(&o));
+        assert!(
+            text(&o).contains("is a directory; give a file in it"),
+            "{}",
+            text(&o)
+        );
+    }
+
     // A store timeout the lease could not survive, or out of range: refused
     // before anything is created.
     let store = dir.path().join("timeouts.db");

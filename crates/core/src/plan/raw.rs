@@ -1373,9 +1373,6 @@ impl Cx<'_> {
                     if path.as_os_str().is_empty() {
                         return Err(self.at(table, "store `sqlite`: `path` is empty; give a file, or leave it out for the default"));
                     }
-                    if path.is_dir() {
-                        return Err(self.at(table, format!("store `sqlite`: `path` {} is a directory; give a file in it, e.g. {}", path.display(), path.join("cutover.db").display())));
-                    }
                 }
                 Ok(StoreConfig::Sqlite { path: r.path })
             }
