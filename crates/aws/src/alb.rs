@@ -14,7 +14,8 @@ use aws_sdk_elasticloadbalancingv2::types::{Action, ActionTypeEnum};
 use cutover_core::Split;
 use cutover_engine::ports::{AdapterError, Router};
 
-use crate::route53::{retrying, single_attempt, split_of, weights_for, Backoff, Notes};
+use crate::config::single_attempt;
+use crate::route53::{retrying, split_of, weights_for, Backoff, Notes};
 
 /// An ALB target group's largest weight.
 pub const MAX_WEIGHT: u16 = 999;

@@ -36,3 +36,13 @@ pub fn require_region(config: &SdkConfig) -> Result<String, String> {
             .to_string()
     })
 }
+
+/// `sdk` with the SDK's own retries off: the clients of the routers and
+/// checks send one request per attempt, and the one retry policy is
+/// cutover's (throttling inside a router call, everything else across
+/// calls by the engine), so every request is counted.
+pub(crate) fn single_attempt(sdk: &SdkConfig) -> SdkConfig {
+    sdk.to_builder()
+        .retry_config(aws_smithy_types::retry::RetryConfig::disabled())
+        .build()
+}

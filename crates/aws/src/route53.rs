@@ -59,7 +59,7 @@ pub struct Route53Router {
 impl Route53Router {
     pub fn new(config: &cutover_core::plan::Route53Router, sdk: &aws_config::SdkConfig) -> Self {
         Route53Router {
-            client: aws_sdk_route53::Client::new(&single_attempt(sdk)),
+            client: aws_sdk_route53::Client::new(&crate::config::single_attempt(sdk)),
             notes: Notes::default(),
             zone_id: config
                 .hosted_zone_id
@@ -724,16 +724,6 @@ impl Drop for Pending<'_> {
             ));
         }
     }
-}
-
-/// `sdk` with the SDK's own retries off: the clients of the routers and
-/// checks send one request per attempt, and the one retry policy is
-/// cutover's (throttling inside a router call, everything else across
-/// calls by the engine), so every request is counted.
-pub(crate) fn single_attempt(sdk: &aws_config::SdkConfig) -> aws_config::SdkConfig {
-    sdk.to_builder()
-        .retry_config(aws_smithy_types::retry::RetryConfig::disabled())
-        .build()
 }
 
 #[cfg(test)]

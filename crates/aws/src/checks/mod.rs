@@ -68,7 +68,7 @@ pub fn build_check_with_clock(
     let name = spec.name.clone();
     // One request per try: the engine's tries per analysis are the one
     // retry policy of a check.
-    let sdk = &crate::route53::single_attempt(sdk);
+    let sdk = &crate::config::single_attempt(sdk);
     Some(match &spec.config {
         CheckConfig::TargetHealth {
             target_group_arn,
