@@ -6,6 +6,7 @@
 //! behaviour reproducible in simulated time.
 #![forbid(unsafe_code)]
 
+pub mod judge;
 pub mod machine;
 pub mod plan;
 pub mod split;
