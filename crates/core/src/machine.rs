@@ -838,7 +838,7 @@ impl Rollout {
                     return self.on_applied(now, target, found, out);
                 }
                 if found != self.split && !self.phase.is_restoring() {
-                    return self.drift(now, found, out);
+                    return self.drift_on_resume(now, found, out);
                 }
                 self.split = found;
                 self.record(
@@ -856,7 +856,7 @@ impl Rollout {
             }
             phase => {
                 if found != self.split {
-                    return self.drift(now, found, out);
+                    return self.drift_on_resume(now, found, out);
                 }
                 self.record(
                     now,
@@ -884,6 +884,46 @@ impl Rollout {
             self.split,
             t.candidate
         );
+        self.drifted(now, found, what, out)
+    }
+
+    /// Drift found by the read a resumed driver makes first.
+    /// All traffic on the live target is then not necessarily someone
+    /// else's doing: a driver that loses its store or its lease for good
+    /// sends all traffic to the live target before it stops (its
+    /// fail-safe), with no record of it, and the driver before this one did
+    /// stop. The record says so rather than blame someone else.
+    fn drift_on_resume(&mut self, now: Timestamp, found: Split, out: &mut Vec<Action>) {
+        if found != Split::ZERO {
+            return self.drift(now, found, out);
+        }
+        let t = self.targets();
+        let what = format!(
+            "drift: the router has all traffic on live `{}` where cutover last applied {} on `{}`. \
+             The driver before this one stopped without recording it: one that loses its store or \
+             its lease for good sends all traffic to the live target first (its fail-safe), and a \
+             router that restarts may come back so",
+            t.live, self.split, t.candidate
+        );
+        self.drifted(now, found, what, out)
+    }
+
+    fn drifted(&mut self, now: Timestamp, found: Split, what: String, out: &mut Vec<Action>) {
+        match self.plan.rollback.on_drift {
+            OnDrift::Rollback if !self.phase.is_restoring() => {
+                self.split = found;
+                self.split_unverified = None;
+                self.rollback(now, what, Ending::RolledBack, Cause::Drift, vec![], out)
+            }
+            _ => self.traffic_moved(now, found, what, out),
+        }
+    }
+
+    /// The router has `found`, not the split cutover last applied (`what`
+    /// says so for the record): a rollback goes on; anything else pauses,
+    /// to apply on resume the split cutover had (or was moving to).
+    fn traffic_moved(&mut self, now: Timestamp, found: Split, what: String, out: &mut Vec<Action>) {
+        let t = self.targets();
         let recorded = self.split;
         self.split = found;
         self.split_unverified = None;
@@ -892,47 +932,40 @@ impl Rollout {
             out.push(Action::ApplySplit(Split::ZERO));
             return;
         }
-        match self.plan.rollback.on_drift {
-            OnDrift::Rollback => {
-                self.rollback(now, what, Ending::RolledBack, Cause::Drift, vec![], out)
-            }
-            OnDrift::Pause => {
-                // On resume, cutover applies again the split it had (or, in
-                // the middle of a shift, the one it was moving to).
-                if !matches!(self.phase, Phase::Shifting) {
-                    self.target = recorded;
-                }
-                if self.phase == Phase::Finalizing {
-                    // Blue must not be retired unless green holds 100 %:
-                    // re-apply it and bake again first.
-                    self.target = Split::FULL;
-                    self.promoted = true;
-                }
-                if self.phase == Phase::Preparing {
-                    // Traffic must be on the live target before the
-                    // candidate is changed.
-                    return self.rollback(now, what, Ending::RolledBack, Cause::Drift, vec![], out);
-                }
-                self.retry = None;
-                self.next_analysis = None;
-                self.analysis_in_flight = false;
-                self.set_phase(
-                    now,
-                    Phase::Paused {
-                        reason: what.clone(),
-                        resume_to: ResumeTo::Shifting,
-                    },
-                );
-                self.record(
-                    now,
-                    format!(
-                        "paused: {what}. Resume to apply {} on `{}` again, or abort to send all traffic to `{}`",
-                        self.target, t.candidate, t.live
-                    ),
-                    vec![],
-                );
-            }
+        // On resume, cutover applies again the split it had (or, in the
+        // middle of a shift, the one it was moving to).
+        if !matches!(self.phase, Phase::Shifting) {
+            self.target = recorded;
         }
+        if self.phase == Phase::Finalizing {
+            // Blue must not be retired unless green holds 100 %:
+            // re-apply it and bake again first.
+            self.target = Split::FULL;
+            self.promoted = true;
+        }
+        if self.phase == Phase::Preparing {
+            // Traffic must be on the live target before the candidate is
+            // changed.
+            return self.rollback(now, what, Ending::RolledBack, Cause::Drift, vec![], out);
+        }
+        self.retry = None;
+        self.next_analysis = None;
+        self.analysis_in_flight = false;
+        self.set_phase(
+            now,
+            Phase::Paused {
+                reason: what.clone(),
+                resume_to: ResumeTo::Shifting,
+            },
+        );
+        self.record(
+            now,
+            format!(
+                "paused: {what}. Resume to apply {} on `{}` again, or abort to send all traffic to `{}`",
+                self.target, t.candidate, t.live
+            ),
+            vec![],
+        );
     }
 
     fn on_read_failed(

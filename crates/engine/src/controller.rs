@@ -8,8 +8,14 @@
 //! calls per tick, it does on their behalf what a lone driver does for
 //! itself: one query per tick follows the store-wide command feed and
 //! hands each command to its rollout's driver, and one bulk renewal per
-//! third of the lease keeps every lease it holds. A lease it fails to renew
-//! is reported to its driver, which stops without acting further.
+//! third of the lease keeps every lease it holds. The renewals run on their
+//! own, apart from the scan and the command feed, so a scan that takes
+//! long (many orphans to take over at once) never lets a lease lapse. Each
+//! driver learns of every renewal of its lease; one whose renewal is
+//! overdue renews for itself, and none changes the router on a lease with
+//! less than a third of its TTL left without renewing it first. A lease
+//! another holder has taken is reported to its driver, which stops without
+//! acting further.
 //!
 //! Several controllers (replicas) may share a store: the leases decide who
 //! drives what, so each rollout has one driver at a time, and a replica
@@ -26,7 +32,7 @@ use cutover_core::{Rollout, Timestamp};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 
-use crate::driver::{lease_name, Adapters, Control, Engine, EngineError, Feed};
+use crate::driver::{lease_name, stop_requested, Adapters, Control, Engine, EngineError, Feed};
 use crate::store::PostedCommand;
 
 /// Builds the adapters a rollout's (stored) plan names.
@@ -79,6 +85,7 @@ pub type Reporter = Arc<dyn Fn(&Happening) + Send + Sync>;
 struct Driven {
     commands: mpsc::UnboundedSender<PostedCommand>,
     lease_lost: watch::Sender<bool>,
+    lease_renewed: watch::Sender<Timestamp>,
 }
 
 pub struct Controller {
@@ -170,20 +177,49 @@ impl Controller {
     /// Runs until `stop` becomes true, then stops every driver (each
     /// finishes its action in flight, persists and releases its lease) and
     /// returns once they all have.
-    pub async fn run(self: &Arc<Self>, mut stop: watch::Receiver<bool>) -> Result<(), EngineError> {
+    pub async fn run(self: &Arc<Self>, stop: watch::Receiver<bool>) -> Result<(), EngineError> {
+        let cursor = self.engine.store().latest_command_seq().await?;
+        // The leases are kept until the last driver has stopped: one that
+        // finishes its action in flight after a stop still holds its lease.
+        let (renewals_end, end) = watch::channel(false);
+        let work = async {
+            self.work(stop, cursor).await;
+            let _ = renewals_end.send(true);
+        };
+        tokio::join!(work, self.keep_leases(end));
+        Ok(())
+    }
+
+    /// Renews every lease this controller holds each third of the TTL,
+    /// until `end` becomes true.
+    async fn keep_leases(&self, end: watch::Receiver<bool>) {
+        let ttl = self.engine.options().lease_ttl;
+        let mut next = self.engine.now().after(ttl / 3);
+        loop {
+            let sleep = tokio::time::sleep(next.since(self.engine.now()));
+            tokio::select! {
+                _ = sleep => {}
+                _ = stop_requested(Some(end.clone())) => return,
+            }
+            let now = self.engine.now();
+            next = now.after(ttl / 3);
+            self.renew_leases(now, ttl).await;
+        }
+    }
+
+    /// The scan and the command feed until `stop`; then stops every driver
+    /// and waits for them.
+    async fn work(&self, mut stop: watch::Receiver<bool>, mut cursor: u64) {
         let store = self.engine.store().clone();
         let tick = self.engine.options().tick;
-        let ttl = self.engine.options().lease_ttl;
         let (stop_drivers, drivers_stop) = watch::channel(false);
         let mut tasks: JoinSet<(String, Result<Rollout, EngineError>)> = JoinSet::new();
-        let mut cursor = store.latest_command_seq().await?;
         let now = self.engine.now();
         let mut next_scan = now;
         let mut next_poll = now.after(tick);
-        let mut next_renew = now.after(ttl / 3);
         loop {
             let now = self.engine.now();
-            let wake = next_scan.min(next_poll).min(next_renew);
+            let wake = next_scan.min(next_poll);
             let sleep = tokio::time::sleep(wake.since(now));
             tokio::select! {
                 _ = sleep => {}
@@ -214,10 +250,6 @@ impl Controller {
                     Err(e) => tracing::warn!(error = %e, "reading operator commands failed"),
                 }
             }
-            if now >= next_renew {
-                next_renew = now.after(ttl / 3);
-                self.renew_leases(now, ttl).await;
-            }
             if now >= next_scan {
                 next_scan = now.after(self.options.scan_interval);
                 if let Err(e) = self.scan(&mut tasks, &drivers_stop).await {
@@ -229,7 +261,6 @@ impl Controller {
         while let Some(joined) = tasks.join_next().await {
             self.ended(joined);
         }
-        Ok(())
     }
 
     fn ended(
@@ -260,18 +291,19 @@ impl Controller {
         }
         let names: Vec<String> = ids.iter().map(|id| lease_name(id)).collect();
         let store = self.engine.store();
-        match store
-            .renew_leases(&names, self.engine.holder(), now, ttl)
-            .await
-        {
+        let renewal = store.renew_leases(&names, self.engine.holder(), now, ttl);
+        match self.engine.store_call(renewal).await {
             Ok(held) => {
                 let driven = self.lock_driven();
                 for (id, held) in ids.iter().zip(held) {
-                    if !held {
-                        if let Some(d) = driven.get(id) {
-                            tracing::warn!(rollout = %id, "lost the lease to another driver");
-                            let _ = d.lease_lost.send(true);
-                        }
+                    let Some(d) = driven.get(id) else { continue };
+                    if held {
+                        // Dated from when it was asked for: the store may
+                        // have applied it at any moment since.
+                        let _ = d.lease_renewed.send(now);
+                    } else {
+                        tracing::warn!(rollout = %id, "lost the lease to another driver");
+                        let _ = d.lease_lost.send(true);
                     }
                 }
             }
@@ -353,11 +385,13 @@ impl Controller {
                 .remove(&id);
             let (commands, commands_rx) = mpsc::unbounded_channel();
             let (lease_lost, lease_lost_rx) = watch::channel(false);
+            let (lease_renewed, lease_renewed_rx) = watch::channel(now);
             self.lock_driven().insert(
                 id.clone(),
                 Driven {
                     commands,
                     lease_lost,
+                    lease_renewed,
                 },
             );
             let engine = self.engine.clone();
@@ -366,6 +400,7 @@ impl Controller {
                 feed: Some(Feed {
                     commands: commands_rx,
                     lease_lost: lease_lost_rx,
+                    lease_renewed: lease_renewed_rx,
                 }),
             };
             taken += 1;

@@ -202,7 +202,7 @@ impl Control {
 }
 
 /// Resolves once `stop` is true (never, for `None` or a dropped sender).
-async fn stop_requested(stop: Option<watch::Receiver<bool>>) {
+pub(crate) async fn stop_requested(stop: Option<watch::Receiver<bool>>) {
     let Some(mut stop) = stop else {
         return std::future::pending().await;
     };
@@ -222,6 +222,10 @@ pub struct Feed {
     pub commands: mpsc::UnboundedReceiver<PostedCommand>,
     /// Becomes true when the controller could not renew the lease.
     pub lease_lost: watch::Receiver<bool>,
+    /// When the controller last renewed the lease (the time its renewal
+    /// was asked for). The lease runs out a TTL after the later of this and
+    /// the driver's own last renewal.
+    pub lease_renewed: watch::Receiver<Timestamp>,
 }
 
 pub struct Engine {
@@ -592,7 +596,7 @@ impl Engine {
 
     /// A store call, cut short at `[timeouts] store`-like bound: the
     /// engine's own limit, since the store is not the plan's.
-    async fn store_call<T>(
+    pub(crate) async fn store_call<T>(
         &self,
         call: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
@@ -867,7 +871,8 @@ impl Driving<'_> {
             // Perform what the machine asked; without a record, only what
             // needs none.
             if let Some(action) = self.queue.front() {
-                if !self.dirty || needs_no_record(action) {
+                let exempt = needs_no_record(action);
+                if exempt || (!self.dirty && self.lease_for_a_change().await?) {
                     let action = self.queue.pop_front().expect("front exists");
                     let performed = self.perform_leased(&action, adapters).await?;
                     for note in adapters.router.take_notes() {
@@ -1004,19 +1009,22 @@ impl Driving<'_> {
         Ok(self.rollout.last_command_seq != before)
     }
 
-    /// Renews the lease when a third of it has passed (or checks the
-    /// controller kept it). A renewal that fails is tried again at the next
-    /// tick until the lease has really run out.
+    /// Renews the lease when a third of it has passed. Under a controller,
+    /// which renews every lease it holds each third of the TTL, only a
+    /// renewal overdue by another third is made here (the controller may be
+    /// slow or its bulk renewal failing). A renewal that fails is tried
+    /// again at the next tick until the lease has really run out.
     async fn keep_lease(&mut self) -> Result<(), EngineError> {
+        let now = self.now();
+        let ttl = self.engine.options.lease_ttl;
         if let Some(feed) = &self.feed {
             if *feed.lease_lost.borrow() {
                 return Err(EngineError::LostLease(self.id.clone()));
             }
-            return Ok(());
-        }
-        let now = self.now();
-        let ttl = self.engine.options.lease_ttl;
-        if now.since(self.lease_renewed) < ttl / 3 {
+            if now.since(self.lease_renewed()) < ttl * 2 / 3 {
+                return Ok(());
+            }
+        } else if now.since(self.lease_renewed) < ttl / 3 {
             return Ok(());
         }
         // While the store fails, try again with the other store calls.
@@ -1053,9 +1061,40 @@ impl Driving<'_> {
         }
     }
 
+    /// When the lease was last renewed: by this driver or its controller.
+    fn lease_renewed(&self) -> Timestamp {
+        match &self.feed {
+            Some(feed) => self.lease_renewed.max(*feed.lease_renewed.borrow()),
+            None => self.lease_renewed,
+        }
+    }
+
     /// When the lease runs out unless renewed.
     fn lease_expires(&self) -> Timestamp {
-        self.lease_renewed.after(self.engine.options.lease_ttl)
+        self.lease_renewed().after(self.engine.options.lease_ttl)
+    }
+
+    /// Before an action that changes the router or the platform (all but
+    /// reads and sending all traffic to the live target): true if the lease
+    /// has at least a third of its TTL left, renewing it first if not. A
+    /// driver whose lease has run out may already have a successor; one
+    /// that acts then fights it over the router. False: the renewal could
+    /// not be made now (the store fails); the action waits.
+    async fn lease_for_a_change(&mut self) -> Result<bool, EngineError> {
+        let ttl = self.engine.options.lease_ttl;
+        let fresh = |d: &Self| d.now().since(d.lease_renewed()) < ttl * 2 / 3;
+        if fresh(self) {
+            return Ok(true);
+        }
+        if self
+            .store_failure
+            .as_ref()
+            .is_some_and(|f| self.now() < f.retry_at)
+        {
+            return Ok(false);
+        }
+        self.renew().await?;
+        Ok(fresh(self))
     }
 
     /// Notes a failed store call and when to try again.
@@ -1093,22 +1132,48 @@ impl Driving<'_> {
         tokio::pin!(work);
         let preemptible = !matches!(action, Action::Finalize);
         let tick = self.engine.options.tick;
+        let ttl = self.engine.options.lease_ttl;
         loop {
+            // The lease must outlast the action: renewed here when due (under
+            // a controller, only when its renewal is overdue), never sooner
+            // than a failed store allows.
+            let due = match &self.feed {
+                Some(_) => self.lease_renewed().after(ttl * 2 / 3),
+                None => self.lease_renewed.after(ttl / 3),
+            };
+            let renew_at = self
+                .store_failure
+                .as_ref()
+                .map_or(due, |f| due.max(f.retry_at));
+            let renew = tokio::time::sleep_until(self.engine.clock.instant_of(renew_at));
             let arrived: Vec<PostedCommand> = match &mut self.feed {
                 Some(feed) => {
                     let lost = stop_requested(Some(feed.lease_lost.clone()));
-                    tokio::select! {
+                    let renewed = feed.lease_renewed.changed();
+                    let c = tokio::select! {
                         input = &mut work => return Ok(Performed::Done(input)),
                         _ = lost => return Err(EngineError::LostLease(self.id.clone())),
+                        // The controller renewed it: the renewal is due later.
+                        r = renewed => match r {
+                            Ok(()) => continue,
+                            // The controller is gone: nobody keeps the lease.
+                            Err(_) => return Err(EngineError::LostLease(self.id.clone())),
+                        },
+                        _ = renew => None,
                         c = feed.commands.recv() => match c {
-                            Some(c) => vec![c],
+                            Some(c) => Some(c),
                             None => return Err(EngineError::LostLease(self.id.clone())),
                         },
+                    };
+                    match c {
+                        Some(c) => vec![c],
+                        None => {
+                            self.renew().await?;
+                            continue;
+                        }
                     }
                 }
                 None => {
-                    let renew_at = self.lease_renewed.after(self.engine.options.lease_ttl / 3);
-                    let renew = tokio::time::sleep_until(self.engine.clock.instant_of(renew_at));
                     tokio::select! {
                         input = &mut work => return Ok(Performed::Done(input)),
                         _ = renew => {

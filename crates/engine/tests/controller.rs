@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cutover_core::{plan, Command, Phase, Rollout, Split, Timestamp};
 use cutover_engine::ports::{AdapterError, Router};
+use cutover_engine::store::faults::FaultyStore;
 use cutover_engine::store::{SqliteStore, Store};
 use cutover_engine::{
     AdapterFactory, Adapters, Clock, Controller, ControllerOptions, Engine, Options,
@@ -21,6 +22,9 @@ const T0: Timestamp = Timestamp(1_700_000_000_000);
 struct World {
     splits: Mutex<HashMap<String, Split>>,
     writes: Mutex<Vec<(String, String, u64, Split)>>,
+    /// Writes made by a driver that did not hold a live lease on its
+    /// rollout at that moment, as the store had it.
+    unleased: Mutex<Vec<String>>,
 }
 
 struct WorldRouter {
@@ -28,6 +32,8 @@ struct WorldRouter {
     service: String,
     writer: String,
     clock: Clock,
+    /// The store, read at every write for who holds the rollout's lease.
+    leases: Option<(Arc<SqliteStore>, String)>,
 }
 
 #[async_trait]
@@ -36,6 +42,18 @@ impl Router for WorldRouter {
         format!("world router for {}", self.service)
     }
     async fn apply(&self, split: Split) -> Result<Split, AdapterError> {
+        if let Some((store, lease)) = &self.leases {
+            let now = self.clock.now();
+            let held = store.lease(lease).await.unwrap();
+            if !held.is_some_and(|l| l.holder == self.writer && l.expires_at > now) {
+                self.world.unleased.lock().unwrap().push(format!(
+                    "{} wrote {split} on {} at {:?} without a lease",
+                    self.writer,
+                    self.service,
+                    now.since(T0)
+                ));
+            }
+        }
         self.world
             .splits
             .lock()
@@ -65,20 +83,33 @@ struct Factory {
     world: Arc<World>,
     writer: String,
     clock: Clock,
+    /// Where the leases are, to check each write against them.
+    db: Option<std::path::PathBuf>,
 }
 
 #[async_trait]
 impl AdapterFactory for Factory {
     async fn adapters(&self, rollout: &Rollout) -> Result<Adapters, String> {
-        if rollout.plan.service.starts_with("broken") {
+        let service = &rollout.plan.service;
+        if service.starts_with("broken") {
             return Err("no such router (test)".into());
         }
+        if service.starts_with("slow") {
+            // Building these adapters takes long (an SDK loading its
+            // configuration, say): a scan that takes several on is slow.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let leases = self.db.as_ref().map(|db| {
+            let store = Arc::new(SqliteStore::open(db).unwrap());
+            (store, format!("rollout:{service}-1"))
+        });
         Ok(Adapters {
             router: Arc::new(WorldRouter {
                 world: self.world.clone(),
-                service: rollout.plan.service.clone(),
+                service: service.clone(),
                 writer: self.writer.clone(),
                 clock: self.clock,
+                leases,
             }),
             checks: vec![],
             platform: None,
@@ -124,11 +155,28 @@ impl Fixture {
     }
 
     fn controller_with(&self, holder: &str, lease_ttl: Duration) -> Arc<Controller> {
-        let engine = self.engine_with(holder, lease_ttl);
+        self.controller_on(holder, self.engine_with(holder, lease_ttl))
+    }
+
+    /// A controller on a store that injects faults, whose router checks
+    /// every write against the leases.
+    fn faulty_controller(&self, holder: &str) -> (Arc<Controller>, Arc<FaultyStore<SqliteStore>>) {
+        let store = Arc::new(FaultyStore::new(SqliteStore::open(&self.path).unwrap()));
+        let options = Options {
+            tick: Duration::from_millis(200),
+            lease_ttl: Duration::from_secs(3),
+            ..Options::default()
+        };
+        let engine = Arc::new(Engine::new(store.clone(), self.clock, holder, options));
+        (self.controller_on(holder, engine), store)
+    }
+
+    fn controller_on(&self, holder: &str, engine: Arc<Engine>) -> Arc<Controller> {
         let factory = Arc::new(Factory {
             world: self.world.clone(),
             writer: holder.into(),
             clock: self.clock,
+            db: Some(self.path.clone()),
         });
         let options = ControllerOptions {
             scan_interval: Duration::from_millis(500),
@@ -233,6 +281,7 @@ async fn an_orphan_is_taken_over_once_its_dead_drivers_lease_runs_out() {
         world: f.world.clone(),
         writer: "dead".into(),
         clock: f.clock,
+        db: None,
     }
     .adapters(&dead.load(&id).await.unwrap().1)
     .await
@@ -342,6 +391,93 @@ async fn commands_reach_their_rollouts_within_a_tick_and_a_broken_one_leaves_the
     // The broken plan never got a driver; it is still there, active, untouched.
     assert!(!c.driven().contains(&broken));
     assert_eq!(phase(&f, &broken).await, Phase::Pending);
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
+
+/// Every write to the router was made under a live lease of its writer.
+fn assert_every_write_leased(f: &Fixture) {
+    let unleased = f.world.unleased.lock().unwrap();
+    assert!(unleased.is_empty(), "{unleased:#?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_scan_never_lets_the_leases_of_driven_rollouts_lapse() {
+    let f = Fixture::new();
+    let web = f
+        .create("web", "preset = \"linear\"\nincrement = 10\nhold = \"1s\"")
+        .await;
+    let c = f.controller("c1");
+    let (stop, task) = spawn(&c);
+    until("web moving", &f, || f.writes("web").len() == 1).await;
+    // Four rollouts whose adapters take 2 s each: the scan that takes them
+    // on lasts 8 s, well past the 3 s lease of `web`, which moves a step a
+    // second meanwhile.
+    for i in 0..4 {
+        f.create(&format!("slow{i}"), "preset = \"canary\"\nhold = \"1s\"")
+            .await;
+    }
+    c.wake();
+    until("web done", &f, || f.writes("web").len() == 10).await;
+    until("all done", &f, || c.driven().is_empty()).await;
+    assert_every_write_leased(&f);
+    assert_eq!(phase(&f, &web).await, Phase::Succeeded);
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_driver_whose_controller_cannot_renew_renews_before_it_acts_and_keeps_its_rollout() {
+    let f = Fixture::new();
+    let web = f
+        .create("web", "preset = \"linear\"\nincrement = 10\nhold = \"1s\"")
+        .await;
+    let (a, store) = f.faulty_controller("a");
+    // Every bulk renewal of `a` fails; a lease at a time still works.
+    store
+        .fail_renewals
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (stop_a, task_a) = spawn(&a);
+    until("web moving", &f, || f.writes("web").len() == 1).await;
+    // A second replica, ready to take over any lease that lapses.
+    let b = f.controller("b");
+    let (stop_b, task_b) = spawn(&b);
+    until("web done", &f, || f.writes("web").len() == 10).await;
+    until("ended", &f, || a.driven().is_empty()).await;
+    assert_every_write_leased(&f);
+    let w = f.writes("web");
+    assert!(w.iter().all(|x| x.0 == "a"), "one driver throughout: {w:?}");
+    assert_eq!(phase(&f, &web).await, Phase::Succeeded);
+    for (stop, task) in [(stop_a, task_a), (stop_b, task_b)] {
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_brief_store_failure_after_the_first_lease_ttl_is_retried_not_failed_safe() {
+    let f = Fixture::new();
+    let web = f
+        .create("web", "preset = \"linear\"\nincrement = 10\nhold = \"1s\"")
+        .await;
+    let (c, store) = f.faulty_controller("c1");
+    let (stop, task) = spawn(&c);
+    until("web moving", &f, || f.writes("web").len() == 1).await;
+    // 5 s in, past the first 3 s lease (renewed by the controller since),
+    // every store write fails for 1.2 s: at least one step's commit fails.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let writes = std::sync::atomic::Ordering::SeqCst;
+    store.fail_writes.store(true, writes);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    store.fail_writes.store(false, writes);
+    until("ended", &f, || c.driven().is_empty()).await;
+    let w = f.writes("web");
+    assert_eq!(phase(&f, &web).await, Phase::Succeeded, "{w:?}");
+    assert!(
+        w.iter().all(|x| x.2 != Split::ZERO),
+        "never sent back to blue: {w:?}"
+    );
+    assert_every_write_leased(&f);
     stop.send(true).unwrap();
     task.await.unwrap();
 }

@@ -638,6 +638,61 @@ async fn a_store_down_longer_than_the_lease_ends_in_the_safe_state_when_the_leas
     assert_eq!((t, split), (12, 0.0));
 }
 
+#[tokio::test(start_paused = true)]
+async fn after_a_fail_safe_the_next_driver_says_so_rather_than_blame_someone_else() {
+    let f = Fixture::new();
+    let store = Arc::new(FaultyStore::new(SqliteStore::open(&f.path).unwrap()));
+    let options = Options {
+        tick: Duration::from_millis(200),
+        lease_ttl: Duration::from_secs(6),
+        store_deadline: Duration::from_secs(30),
+        ..Options::default()
+    };
+    let engine = Engine::new(store.clone(), f.clock, "first", options);
+    engine
+        .create("r1", plan("preset = \"canary\"\nhold = \"5m\""), false)
+        .await
+        .unwrap();
+    let (adapters, router) = f.adapters("r1", 101.0);
+    at(Duration::from_secs(7), store.clone(), |s| {
+        s.fail_writes
+            .store(true, std::sync::atomic::Ordering::SeqCst)
+    });
+    let err = engine.drive("r1", &adapters).await.unwrap_err();
+    assert!(
+        matches!(err, EngineError::StoreUnavailable { .. }),
+        "{err:?}"
+    );
+    assert_eq!(log(&router).last().unwrap().1, 0.0, "failed safe");
+    // The store is back; the next driver finds all traffic on blue where
+    // the record says 10 %.
+    store
+        .fail_writes
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let next = f.engine("second");
+    let driving = {
+        let adapters = adapters.clone();
+        tokio::spawn(async move { next.drive("r1", &adapters).await })
+    };
+    let paused = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (_, r) = f.engine("reader").load("r1").await.unwrap();
+        if r.phase.name() == "paused" {
+            break r;
+        }
+        assert!(
+            f.clock.now().since(T0) < Duration::from_secs(120),
+            "{:?}",
+            r.phase
+        );
+    };
+    driving.abort();
+    let reason = paused.phase.reason().unwrap();
+    assert!(!reason.contains("did not cause"), "{reason}");
+    assert!(reason.contains("fail-safe"), "{reason}");
+    assert_eq!(paused.split, Split::ZERO, "what the router really does");
+}
+
 /// A router that keeps its split, and a check that always passes.
 #[derive(Default)]
 struct Steady(Mutex<Split>);

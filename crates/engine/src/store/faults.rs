@@ -21,6 +21,9 @@ pub struct FaultyStore<S> {
     pub fail_claims: AtomicBool,
     /// The next commit lands, then reports a failure (its reply lost).
     pub lose_next_reply: AtomicBool,
+    /// Bulk lease renewals fail (one lease at a time still works): a
+    /// controller's renewal is broken or too slow for its many leases.
+    pub fail_renewals: AtomicBool,
 }
 
 impl<S: Store> FaultyStore<S> {
@@ -30,6 +33,7 @@ impl<S: Store> FaultyStore<S> {
             fail_writes: AtomicBool::new(false),
             fail_claims: AtomicBool::new(false),
             lose_next_reply: AtomicBool::new(false),
+            fail_renewals: AtomicBool::new(false),
         }
     }
 
@@ -174,6 +178,9 @@ impl<S: Store> Store for FaultyStore<S> {
         ttl: Duration,
     ) -> Result<Vec<bool>, StoreError> {
         self.write()?;
+        if self.fail_renewals.load(SeqCst) {
+            return Err(StoreError::Backend("bulk renewal failed (injected)".into()));
+        }
         self.inner.renew_leases(names, holder, now, ttl).await
     }
 }

@@ -119,6 +119,10 @@ pub enum StoreError {
     Backend(String),
 }
 
+/// How many lease renewals [`Store::renew_leases`] keeps in flight at once
+/// when a store has no bulk renewal of its own.
+pub const RENEWALS_IN_FLIGHT: usize = 32;
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Creates a rollout at version 1 with its first events. An active one
@@ -231,6 +235,10 @@ pub trait Store: Send + Sync {
 
     /// Renews many leases `holder` holds (as [`Store::acquire_lease`]
     /// would); returns, in order, whether each is held after the call.
+    ///
+    /// By default, [`RENEWALS_IN_FLIGHT`] calls of `acquire_lease` at a
+    /// time: one after another, a thousand leases on a store with 10 ms
+    /// writes would take 10 s, longer than a lease lasts.
     async fn renew_leases(
         &self,
         names: &[String],
@@ -238,11 +246,16 @@ pub trait Store: Send + Sync {
         now: Timestamp,
         ttl: Duration,
     ) -> Result<Vec<bool>, StoreError> {
-        let mut held = Vec::with_capacity(names.len());
-        for name in names {
-            held.push(self.acquire_lease(name, holder, now, ttl).await?);
-        }
-        Ok(held)
+        use futures_util::stream::{self, StreamExt, TryStreamExt};
+
+        let calls: Vec<_> = names
+            .iter()
+            .map(|name| self.acquire_lease(name, holder, now, ttl))
+            .collect();
+        stream::iter(calls)
+            .buffered(RENEWALS_IN_FLIGHT)
+            .try_collect()
+            .await
     }
 
     /// Queues an operator command for a rollout; returns its sequence number
