@@ -160,6 +160,15 @@
 //! not look for smaller regressions, so it could never gather enough data
 //! to rule them out.
 //!
+//! With [`Settings::detect_points`] = q, the regression to catch is also at
+//! least q percentage points: d = max(detect_ratio, 1 + q / (100·r)), so
+//! against a blue failing 0.1 % of the time with q = 1 the rule asks to
+//! catch an 11-fold regression (+1 point), not a 2-fold one (+0.1 point),
+//! which would take about 30 times the requests to rule out. The grid
+//! point k* then depends on r, so the sums behind the rule are kept for
+//! every grid point. Any rule for when to pass leaves the bound on false
+//! rollbacks as it is: passing rejects nothing.
+//!
 //! # A bake with all traffic on green
 //!
 //! At 100 % green blue serves nothing, so there is nothing to compare
@@ -201,9 +210,14 @@
 //! anything there is no bound, and a green-only batch is counted but is no
 //! evidence.
 //!
-//! The power rule counts a green-only batch as contributing
-//! n_g·(d·r·ln r_k* − (r_k* − 1)·m·b⁺) in expectation, which is what a
-//! d-fold green (rate d·r) would bring against b⁺.
+//! The power rule leaves green-only batches out. Against b⁺ a d-fold green
+//! would bring n_g·(d·r·ln r_k* − (r_k* − 1)·m·b⁺) in expectation, which is
+//! negative whenever b⁺ is well above r (always, for a blue that rarely
+//! fails: b⁺ is then about ln(1/α) over blue's requests): counted, it would
+//! keep a healthy green from ever passing a step at 100 %. At 100 % there is
+//! no comparison to gain power from; the steps before, where blue served,
+//! must have shown it, and the bake only watches for a regression against
+//! b⁺ (a plan whose first step is 100 % cannot use the test).
 //!
 //! # The rate ratio reported
 //!
@@ -275,6 +289,12 @@ pub struct Settings {
     /// The regression (green's rate over blue's) the data must be able to
     /// catch before a step passes. At least 1.25 × margin; default 2.
     pub detect_ratio: f64,
+    /// With it, the regression to catch is at least this many percentage
+    /// points above blue's rate too: green at max(d·r, r + points/100).
+    /// Against a blue that rarely fails, a 2-fold regression is a tiny
+    /// one, and waiting to rule it out costs many requests. From 0 (off)
+    /// to 100; default 1.
+    pub detect_points: f64,
     /// The lowest blue failure rate the power rule assumes. In (0, 1];
     /// default 0.001 (0.1 %).
     pub min_rate: f64,
@@ -289,6 +309,7 @@ impl Default for Settings {
             alpha: 0.01,
             margin: 1.0,
             detect_ratio: 2.0,
+            detect_points: 1.0,
             min_rate: 0.001,
             grid_points: 31,
         }
@@ -346,6 +367,9 @@ pub struct Figures {
     /// The Mantel-Haenszel estimate of green's rate over blue's, stratified
     /// by batch; `None` while it is 0/0 or x/0.
     pub rate_ratio: Option<f64>,
+    /// The regression the power rule asks to be able to catch, green's rate
+    /// over blue's: [`Settings::detect_ratio`], or more where
+    /// [`Settings::detect_points`] above blue's rate is more.
     pub detect_ratio: f64,
     /// exp of the power rule's left side: the evidence a green
     /// `detect_ratio` times worse than blue would typically have reached.
@@ -402,14 +426,14 @@ pub struct SequentialErrorRate {
     log_lr: Vec<f64>,
     log_evidence: f64,
     peak_log_evidence: f64,
-    /// Index of the grid point nearest detect_ratio.
-    detect_point: usize,
-    /// Σ (d·n_g·ln r_k* − (d·n_g + n_b)·ln(1 + (r_k* − 1)·p0)): the power
-    /// rule's expected log-LR per unit of blue rate.
-    power_per_rate: f64,
-    /// Σ −n_g·(r_k* − 1)·m·b⁺ over green-only batches: the part of the
-    /// power rule that does not scale with blue's rate.
-    power_fixed: f64,
+    /// What the power rule needs, over the comparison batches, for every
+    /// grid point (the one it uses depends on blue's rate when
+    /// `detect_points` is set): Σ n_g, Σ n_g·L_k and Σ n_b·L_k with
+    /// L_k = ln(1 + (r_k − 1)·p0).
+    power_green: f64,
+    power_green_loss: Vec<f64>,
+    power_blue_loss: Vec<f64>,
+
     green: (u64, u64),
     blue: (u64, u64),
     baseline_bound: Option<f64>,
@@ -426,6 +450,7 @@ impl SequentialErrorRate {
             detect_ratio,
             min_rate,
             grid_points,
+            detect_points,
         } = settings;
         if !(alpha > 0.0 && alpha <= 0.5) {
             return Err(JudgeError::new(
@@ -467,12 +492,12 @@ impl SequentialErrorRate {
         let step = GRID_STEP.ln();
         let ln_ratio: Vec<f64> = (1..=k).map(|i| i as f64 * step).collect();
         let ratio_minus_one = (1..=k).map(|i| GRID_STEP.powi(i as i32) - 1.0).collect();
-        let target = (detect_ratio / margin).ln();
-        let detect_point = ln_ratio
-            .iter()
-            .enumerate()
-            .min_by(|a, b| (a.1 - target).abs().total_cmp(&(b.1 - target).abs()))
-            .map_or(0, |(i, _)| i);
+        if !(0.0..=100.0).contains(&detect_points) {
+            return Err(JudgeError::new(
+                "detect_points",
+                format!("must be from 0 (off) to 100 percentage points, got {detect_points}"),
+            ));
+        }
         Ok(SequentialErrorRate {
             settings,
             ln_ratio,
@@ -480,9 +505,10 @@ impl SequentialErrorRate {
             log_lr: vec![0.0; k],
             log_evidence: 0.0,
             peak_log_evidence: 0.0,
-            detect_point,
-            power_per_rate: 0.0,
-            power_fixed: 0.0,
+            power_green: 0.0,
+            power_green_loss: vec![0.0; k],
+            power_blue_loss: vec![0.0; k],
+
             green: (0, 0),
             blue: (0, 0),
             baseline_bound: None,
@@ -547,11 +573,6 @@ impl SequentialErrorRate {
             self.log_evidence = log_mean_exp(&self.log_lr);
             self.peak_log_evidence = self.peak_log_evidence.max(self.log_evidence);
         }
-        let k = self.detect_point;
-        if let (Some(ln_r), Some(r1)) = (self.ln_ratio.get(k), self.ratio_minus_one.get(k)) {
-            self.power_per_rate += self.settings.detect_ratio * n * ln_r;
-            self.power_fixed -= r1 * allowed;
-        }
         self.batches = self.batches.saturating_add(1);
     }
 
@@ -578,11 +599,16 @@ impl SequentialErrorRate {
             self.log_evidence = log_mean_exp(&self.log_lr);
             self.peak_log_evidence = self.peak_log_evidence.max(self.log_evidence);
         }
-        let d = self.settings.detect_ratio;
-        let k = self.detect_point;
-        if let (Some(ln_r), Some(r1)) = (self.ln_ratio.get(k), self.ratio_minus_one.get(k)) {
-            self.power_per_rate += d * green_requests * ln_r
-                - (d * green_requests + blue_requests) * (r1 * p0).ln_1p();
+        self.power_green += green_requests;
+        for ((g, b), r1) in self
+            .power_green_loss
+            .iter_mut()
+            .zip(self.power_blue_loss.iter_mut())
+            .zip(&self.ratio_minus_one)
+        {
+            let loss = (r1 * p0).ln_1p();
+            *g += green_requests * loss;
+            *b += blue_requests * loss;
         }
         let total = green_requests + blue_requests;
         self.mh_green += green_failures * (blue_requests / total);
@@ -616,12 +642,36 @@ impl SequentialErrorRate {
         pooled.max(self.settings.min_rate)
     }
 
+    /// The regression the power rule asks to be able to catch, as green's
+    /// rate over blue's: `detect_ratio`, or more where `detect_points`
+    /// above blue's rate is more.
+    pub fn power_ratio(&self) -> f64 {
+        let r = self.power_rate();
+        self.settings
+            .detect_ratio
+            .max(1.0 + self.settings.detect_points / 100.0 / r)
+    }
+
     /// The power rule's left side: ln w_k* plus the expected log-LR a green
-    /// `detect_ratio` times worse would have gathered over these batches.
+    /// [`SequentialErrorRate::power_ratio`] times worse would have gathered
+    /// over these batches (k* the grid point nearest that ratio).
     pub fn power_log_evidence(&self) -> f64 {
+        let (r, d) = (self.power_rate(), self.power_ratio());
+        let target = (d / self.settings.margin).ln();
+        let Some(k) = self
+            .ln_ratio
+            .iter()
+            .enumerate()
+            .min_by(|a, b| (a.1 - target).abs().total_cmp(&(b.1 - target).abs()))
+            .map(|(i, _)| i)
+        else {
+            return f64::NEG_INFINITY;
+        };
+        let ln_r = self.ln_ratio[k];
         -(self.log_lr.len() as f64).ln()
-            + self.power_rate() * self.power_per_rate
-            + self.power_fixed
+            + r * (d * self.power_green * ln_r
+                - d * self.power_green_loss[k]
+                - self.power_blue_loss[k])
     }
 
     /// Fail once the evidence has reached 1/α at any look; Pass only when
@@ -649,7 +699,7 @@ impl SequentialErrorRate {
             alpha: self.settings.alpha,
             margin: self.settings.margin,
             rate_ratio: (self.mh_blue > 0.0).then(|| self.mh_green / self.mh_blue),
-            detect_ratio: self.settings.detect_ratio,
+            detect_ratio: self.power_ratio(),
             power_evidence: capped_exp(self.power_log_evidence()),
             batches: self.batches,
             baseline_bound: self.baseline_bound,

@@ -83,9 +83,12 @@ impl Rng {
     }
 }
 
+/// The ratio-only power rule (`detect_points` off), as the tables below
+/// were measured with.
 fn settings() -> Settings {
     Settings {
         alpha: ALPHA,
+        detect_points: 0.0,
         ..Settings::default()
     }
 }
@@ -828,6 +831,7 @@ fn settings_have_defaults_and_round_trip() {
     );
     assert_eq!(Settings::default().detect_ratio, 2.0);
     assert_eq!(Settings::default().min_rate, 0.001);
+    assert_eq!(Settings::default().detect_points, 1.0);
     assert!(toml::from_str::<Settings>("alpah = 0.05").is_err());
     let json = serde_json::to_string(&parsed).unwrap_or_default();
     assert_eq!(serde_json::from_str::<Settings>(&json).ok(), Some(parsed));
@@ -1055,11 +1059,9 @@ fn green_alone_is_compared_with_the_bound_of_blue_s_rate() {
         test.evidence()
     );
     // Power rule: blue never failed, so r = min_rate; detect 1.5 is nearest
-    // ρ = 25/16. The green-only batch brings n_g·(d·r·ln ρ − (ρ − 1)·b⁺).
+    // ρ = 25/16. The green-only batch brings nothing to it.
     let (r, d, rho) = (0.001, 1.5, 1.5625f64);
-    let by_hand = 0.5f64.ln()
-        + expected_log_lr(100.0, 10_000.0, rho, d, r)
-        + 2000.0 * (d * r * rho.ln() - (rho - 1.0) * b);
+    let by_hand = 0.5f64.ln() + expected_log_lr(100.0, 10_000.0, rho, d, r);
     assert!(
         (test.power_log_evidence() - by_hand).abs() < 1e-12,
         "{} vs {by_hand}",
@@ -1170,5 +1172,61 @@ fn a_bake_against_blue_s_earlier_rate() {
             );
             assert!(caught >= 0.99, "{blue_requests}, {green_rate}: {caught}");
         }
+    }
+}
+
+/// Against a blue that rarely fails, `detect_points` lets a healthy green
+/// pass after the requests it takes to rule out a regression of that many
+/// points, not a 2-fold one of almost nothing; a regression that large is
+/// still rolled back.
+#[test]
+fn detect_points_lets_a_rarely_failing_service_pass_without_giving_up_large_regressions() {
+    // Blue fails 0.1 %; green takes 10 % of 200 req/s, one batch a second.
+    let passes_after = |detect_points: f64, green_rate: f64, seed: u64| {
+        let mut rng = Rng::new(seed);
+        let mut test = new_test(Settings {
+            detect_points,
+            ..settings()
+        });
+        for second in 1..=3600u64 {
+            let (g, b) = (20, 180);
+            test.observe(Batch {
+                green_requests: g,
+                green_failures: rng.binomial(g, green_rate),
+                blue_requests: b,
+                blue_failures: rng.binomial(b, 0.001),
+            });
+            match test.judge(true) {
+                Judgement::Pass(_) => return Some(second),
+                Judgement::Fail(_) => return None,
+                Judgement::Inconclusive(_) => {}
+            }
+        }
+        panic!("neither passed nor failed in an hour");
+    };
+    let mut with = Vec::new();
+    let mut without = Vec::new();
+    for seed in 0..20 {
+        with.push(passes_after(1.0, 0.001, seed).expect("healthy: passed"));
+        without.push(passes_after(0.0, 0.001, seed).expect("healthy: passed"));
+    }
+    let (with, without) = (median(&mut with).unwrap(), median(&mut without).unwrap());
+    eprintln!("FIGURE detect-points healthy green passes after: 1 point {with} s, off {without} s");
+    assert!(with * 5 <= without, "{with} s vs {without} s");
+    // Green 2 points above blue's 0.1 %: rolled back in every run.
+    for seed in 0..20 {
+        assert_eq!(passes_after(1.0, 0.021, 100 + seed), None, "seed {seed}");
+    }
+}
+
+#[test]
+fn detect_points_out_of_range_is_refused() {
+    for bad in [-0.5, 100.5, f64::NAN] {
+        let e = SequentialErrorRate::new(Settings {
+            detect_points: bad,
+            ..settings()
+        })
+        .expect_err("refused");
+        assert_eq!(e.field, "detect_points", "{e}");
     }
 }
