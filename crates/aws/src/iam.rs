@@ -213,6 +213,7 @@ pub fn policy(plan: &Plan) -> Value {
     for check in &plan.analysis.checks {
         match &check.config {
             CheckConfig::ErrorRate { .. }
+            | CheckConfig::SequentialErrorRate { .. }
             | CheckConfig::Latency { .. }
             | CheckConfig::Health
             | CheckConfig::Http { .. } => {}
@@ -349,15 +350,7 @@ pub fn notes(plan: &Plan) -> Vec<String> {
         || matches!(plan.store, StoreConfig::Dynamodb { .. })
         || plan.platform.is_some()
         || plan.trigger.is_some()
-        || plan.analysis.checks.iter().any(|c| {
-            !matches!(
-                c.config,
-                CheckConfig::ErrorRate { .. }
-                    | CheckConfig::Latency { .. }
-                    | CheckConfig::Health
-                    | CheckConfig::Http { .. }
-            )
-        });
+        || plan.analysis.checks.iter().any(|c| c.config.reads_aws());
     if !uses_aws {
         notes.push("this plan calls no AWS API; it needs no IAM permissions".into());
         return notes;

@@ -27,7 +27,7 @@ use common::sdk;
 use cutover_aws::checks::{self, Clock};
 use cutover_core::plan::{CheckConfig, CheckSpec, CompareToBlue};
 use cutover_core::{Observation, Verdict};
-use cutover_engine::ports::Check;
+use cutover_engine::ports::{Check, CheckContext};
 
 /// The SDK config without retries: for calls expected to fail.
 async fn sdk_no_retry() -> aws_config::SdkConfig {
@@ -105,7 +105,7 @@ impl Alb {
             }),
         };
         build(config, &sdk().await, fixed(self.now))
-            .evaluate()
+            .evaluate(&look())
             .await
     }
 }
@@ -251,7 +251,7 @@ async fn cloudwatch_judges_any_metric_against_max_min_and_blue() {
     };
 
     // No data: inconclusive, saying what was asked.
-    let o = check("Sum", Some(10.0), None, None).evaluate().await;
+    let o = check("Sum", Some(10.0), None, None).evaluate(&look()).await;
     assert_verdict(
         &o,
         Verdict::Inconclusive,
@@ -273,18 +273,24 @@ async fn cloudwatch_judges_any_metric_against_max_min_and_blue() {
     )
     .await;
     put(&cw, &ns, "Latency", &green, &[(ago(900), 1000.0)]).await; // outside the window
-    let o = check("Sum", Some(100.0), None, None).evaluate().await;
+    let o = check("Sum", Some(100.0), None, None)
+        .evaluate(&look())
+        .await;
     assert_verdict(
         &o,
         Verdict::Fail,
         &["Latency Sum 120 > max 100 in the last 5m"],
     );
-    let o = check("Maximum", Some(100.0), None, None).evaluate().await;
+    let o = check("Maximum", Some(100.0), None, None)
+        .evaluate(&look())
+        .await;
     assert_verdict(&o, Verdict::Pass, &["Latency Maximum 90 <= max 100"]);
-    let o = check("Minimum", None, Some(20.0), None).evaluate().await;
+    let o = check("Minimum", None, Some(20.0), None)
+        .evaluate(&look())
+        .await;
     assert_verdict(&o, Verdict::Fail, &["Latency Minimum 10 < min 20"]);
     let o = check("SampleCount", Some(4.0), Some(1.0), None)
-        .evaluate()
+        .evaluate(&look())
         .await;
     assert_verdict(
         &o,
@@ -293,7 +299,9 @@ async fn cloudwatch_judges_any_metric_against_max_min_and_blue() {
     );
     // Average over the window is weighted by samples: 120 / 4 = 30
     // (the mean of the two minute averages would be 50).
-    let o = check("Average", Some(40.0), None, None).evaluate().await;
+    let o = check("Average", Some(40.0), None, None)
+        .evaluate(&look())
+        .await;
     assert_verdict(&o, Verdict::Pass, &["Latency Average 30 <= max 40"]);
 
     // Against blue: no blue data is not judged; with blue, green 30 > 1.5 x 15.
@@ -303,14 +311,16 @@ async fn cloudwatch_judges_any_metric_against_max_min_and_blue() {
             max_ratio: 1.5,
         })
     };
-    let o = check("Average", None, None, compare()).evaluate().await;
+    let o = check("Average", None, None, compare())
+        .evaluate(&look())
+        .await;
     assert_verdict(
         &o,
         Verdict::Inconclusive,
         &["blue has no data to compare with (green Latency Average 30)"],
     );
     let o = check("Average", Some(40.0), None, compare())
-        .evaluate()
+        .evaluate(&look())
         .await;
     assert_verdict(
         &o,
@@ -322,7 +332,7 @@ async fn cloudwatch_judges_any_metric_against_max_min_and_blue() {
     );
     put(&cw, &ns, "Latency", &blue, &[(ago(40), 15.0)]).await;
     let o = check("Average", Some(40.0), None, compare())
-        .evaluate()
+        .evaluate(&look())
         .await;
     assert_verdict(&o, Verdict::Fail, &["Latency Average 30 > 1.5 x blue's 15"]);
 }
@@ -347,7 +357,7 @@ async fn percentiles_moto_cannot_compute_are_an_error_never_a_pass() {
         &sdk,
         fixed(now),
     )
-    .evaluate()
+    .evaluate(&look())
     .await;
     assert_verdict(
         &o,
@@ -375,7 +385,7 @@ async fn percentiles_moto_cannot_compute_are_an_error_never_a_pass() {
         window: Duration::from_secs(300),
         compare: None,
     };
-    let o = build(latency, &sdk, fixed(now)).evaluate().await;
+    let o = build(latency, &sdk, fixed(now)).evaluate(&look()).await;
     assert_verdict(
         &o,
         Verdict::Error,
@@ -519,7 +529,7 @@ async fn alarms_in_alarm_fail_and_refuse_the_rollout() {
         &sdk,
         checks::system_clock(),
     );
-    let o = check.evaluate().await;
+    let o = check.evaluate(&look()).await;
     assert_verdict(
         &o,
         Verdict::Fail,
@@ -542,7 +552,7 @@ async fn alarms_in_alarm_fail_and_refuse_the_rollout() {
         .send()
         .await
         .unwrap();
-    let o = check.evaluate().await;
+    let o = check.evaluate(&look()).await;
     assert_verdict(&o, Verdict::Pass, &["2 alarm(s) OK"]);
     check.preflight().await.unwrap();
 }
@@ -563,7 +573,7 @@ async fn alarms_without_data_are_inconclusive_and_missing_alarms_an_error() {
         &sdk,
         checks::system_clock(),
     );
-    let o = check.evaluate().await;
+    let o = check.evaluate(&look()).await;
     assert_verdict(
         &o,
         Verdict::Inconclusive,
@@ -581,7 +591,7 @@ async fn alarms_without_data_are_inconclusive_and_missing_alarms_an_error() {
         &sdk,
         checks::system_clock(),
     );
-    let o = check.evaluate().await;
+    let o = check.evaluate(&look()).await;
     assert_verdict(
         &o,
         Verdict::Error,
@@ -638,7 +648,7 @@ async fn target_health_reads_every_target_of_the_group() {
     };
 
     // Nothing registered yet: fewer than required.
-    let o = check(1).evaluate().await;
+    let o = check(1).evaluate(&look()).await;
     assert_verdict(
         &o,
         Verdict::Fail,
@@ -649,13 +659,13 @@ async fn target_health_reads_every_target_of_the_group() {
     let (a, b) = (run_instance(), run_instance());
     register(a.clone()).await;
     register(b.clone()).await;
-    let o = check(2).evaluate().await;
+    let o = check(2).evaluate(&look()).await;
     assert_verdict(
         &o,
         Verdict::Pass,
         &["all 2 target(s) healthy (at least 2 required)"],
     );
-    let o = check(3).evaluate().await;
+    let o = check(3).evaluate(&look()).await;
     assert_verdict(
         &o,
         Verdict::Fail,
@@ -665,7 +675,7 @@ async fn target_health_reads_every_target_of_the_group() {
     // The second target goes bad: the reference, reading only the first
     // target, would have passed.
     ec2(&[("Action", "StopInstances"), ("InstanceId.1", &b)]);
-    let o = check(1).evaluate().await;
+    let o = check(1).evaluate(&look()).await;
     assert_verdict(&o, Verdict::Fail, &[&format!("1 of 2 target(s) not healthy: target {b}:8080 unused (Target.InvalidState: Target is in the stopped state)")]);
     assert!(!o.detail.contains(&a), "{o}");
 }
@@ -683,7 +693,7 @@ async fn target_health_of_a_missing_group_is_an_error_and_refused() {
         &sdk,
         checks::system_clock(),
     );
-    let o = check.evaluate().await;
+    let o = check.evaluate(&look()).await;
     assert_verdict(
         &o,
         Verdict::Error,
@@ -857,7 +867,7 @@ async fn ecs_service_waits_for_its_deployment_then_passes() {
     let ecs = Ecs::new(2).await;
     let check = ecs.check(&sdk);
     check.preflight().await.unwrap();
-    let o = check.evaluate().await;
+    let o = check.evaluate(&look()).await;
     assert_verdict(
         &o,
         Verdict::Inconclusive,
@@ -872,7 +882,7 @@ async fn ecs_service_waits_for_its_deployment_then_passes() {
         .send()
         .await
         .unwrap();
-    let o = check.evaluate().await;
+    let o = check.evaluate(&look()).await;
     assert_verdict(
         &o,
         Verdict::Pass,
@@ -890,7 +900,7 @@ async fn ecs_service_waits_for_its_deployment_then_passes() {
         "Task failed ELB health checks in (target-group x)",
     )
     .await;
-    let o = check.evaluate().await;
+    let o = check.evaluate(&look()).await;
     assert_eq!(o.verdict, Verdict::Pass, "{o}");
 
     // Scaled to zero: green runs nothing.
@@ -902,7 +912,7 @@ async fn ecs_service_waits_for_its_deployment_then_passes() {
         .send()
         .await
         .unwrap();
-    let o = check.evaluate().await;
+    let o = check.evaluate(&look()).await;
     assert_verdict(&o, Verdict::Fail, &["has a desired count of 0"]);
 }
 
@@ -924,7 +934,7 @@ async fn ecs_service_fails_on_a_green_task_that_failed_its_health_checks() {
             "Task failed ELB health checks in (target-group arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/green/1)",
         )
         .await;
-    let o = ecs.check(&sdk).evaluate().await;
+    let o = ecs.check(&sdk).evaluate(&look()).await;
     assert_verdict(
         &o,
         Verdict::Fail,
@@ -947,7 +957,7 @@ async fn ecs_service_missing_is_an_error_and_refused() {
         &sdk,
         checks::system_clock(),
     );
-    let o = check.evaluate().await;
+    let o = check.evaluate(&look()).await;
     assert_verdict(&o, Verdict::Error, &["not found in cluster"]);
     assert!(check.preflight().await.is_err());
 }
@@ -1107,7 +1117,7 @@ async fn an_unreachable_endpoint_is_an_error_with_the_reason() {
     ];
     for config in configs {
         let check = build(config, &sdk, checks::system_clock());
-        let o = check.evaluate().await;
+        let o = check.evaluate(&look()).await;
         assert_verdict(&o, Verdict::Error, &["cannot", "dispatch failure"]);
         if let Err(e) = check.preflight().await {
             assert!(e.transient, "{e}");
@@ -1132,4 +1142,10 @@ fn only_the_aws_kinds_are_built_here() {
         },
     };
     assert_eq!(checks::build_check(&spec, &sdk).unwrap().name(), "a");
+}
+
+/// A look with nothing known about a rollout: these checks judge over
+/// their own window.
+fn look() -> CheckContext {
+    CheckContext::at(cutover_core::Timestamp(0))
 }

@@ -203,7 +203,7 @@ fn status_line(r: &Rollout, now: Timestamp) -> String {
         .as_ref()
         .map(|e| {
             let first = &e.observations[0];
-            format!(" · last: {} ({})", first.verdict, first.detail)
+            format!(" · last: {} ({})", first.shown_verdict(), first.detail)
         })
         .unwrap_or_default();
     let left = if r.phase.is_terminal() {

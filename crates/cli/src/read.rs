@@ -240,7 +240,7 @@ pub async fn history(args: ReadArgs, all: bool, limit: usize) -> Exit {
                         e.message
                     );
                     for o in &e.observations {
-                        outln!("{:>43}{}: {} ({})", "", o.check, o.verdict, o.detail);
+                        outln!("{:>43}{o}", "");
                     }
                 }
             }

@@ -896,6 +896,84 @@ async fn a_one_second_interval_plan_is_never_inconclusive_for_want_of_requests()
     assert!(sent >= 700, "the load ran: {sent} requests");
 }
 
+/// A plan judged by `sequential-error-rate` alone, under 200 req/s.
+fn sequential_plan(stage: &Stage, name: &str, steps: &str) -> PathBuf {
+    let path = stage.dir.path().join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "[service]\nname = \"web\"\n[router]\nkind = \"local\"\nadmin_url = \"http://{}\"\n\
+             [strategy]\nsteps = {steps}\n[analysis]\ninterval = \"500ms\"\nwait_for_data = \"1m\"\n\
+             [[analysis.checks]]\nkind = \"sequential-error-rate\"\ndetect_points = 5\n\
+             [store]\nkind = \"sqlite\"\npath = \"{}\"\n",
+            stage.proxy.admin_addr(),
+            stage.store().display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The sequential judge as a user runs it: a green failing 30 % of its
+/// requests is rolled back after a handful of failed requests, and a
+/// healthy one is promoted once enough requests were seen, its short holds
+/// going on meanwhile rather than counting as inconclusive.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sequential_judge_rolls_a_bad_green_back_in_a_few_failures_and_promotes_a_good_one() {
+    let stage = Stage::new().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = steady_load(stage.proxy.data_addr(), 200, stop.clone());
+
+    let healthy = sequential_plan(
+        &stage,
+        "healthy.toml",
+        "[{ split = 50, hold = \"1s\" }, { split = 100, hold = \"1s\" }]",
+    );
+    let o = tokio::task::spawn_blocking({
+        let path = healthy.clone();
+        move || cutover(&["run", path.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let h = text(&cutover(&["history", healthy.to_str().unwrap()]));
+    assert!(h.contains("holding on for more data"), "{h}");
+    assert!(
+        h.contains("no evidence green fails more often than blue"),
+        "{h}"
+    );
+    assert!(
+        !h.contains("inconclusive"),
+        "never counted as inconclusive: {h}"
+    );
+    assert_eq!(stage.proxy.split().percent(), 100.0);
+
+    // The next release: blue back in front, green fails 30 % of requests.
+    stage.proxy.set_split(cutover_core::Split::ZERO);
+    let before = stage.green.served().1;
+    stage.green.set_fail_ratio(0.3);
+    let bad = sequential_plan(
+        &stage,
+        "bad.toml",
+        "[{ split = 10, hold = \"1m\" }, { split = 100, hold = \"1s\" }]",
+    );
+    let o = tokio::task::spawn_blocking({
+        let path = bad.clone();
+        move || cutover(&["run", path.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().unwrap();
+    assert_eq!(code(&o), 3, "{}", text(&o));
+    assert_eq!(stage.proxy.split().percent(), 0.0);
+    let h = text(&cutover(&["history", bad.to_str().unwrap()]));
+    assert!(h.contains("green fails more often than blue"), "{h}");
+    let failed = stage.green.served().1 - before;
+    eprintln!("FIGURE sequential judge: green failed {failed} requests before 0 %");
+    assert!(failed <= 30, "{failed} failed requests: {h}");
+}
+
 /// A tmux server of its own (so tests running at once do not meet),
 /// killed when dropped.
 struct Tmux(String);

@@ -1469,6 +1469,22 @@ impl Rollout {
                     observations,
                 );
             }
+            Verdict::Inconclusive
+                if observations
+                    .iter()
+                    .all(|o| o.verdict == Verdict::Pass || o.waiting)
+                    && self
+                        .hold_ends_at()
+                        .is_some_and(|end| now < end.after(a.wait_for_data)) =>
+            {
+                // Nothing against green, only too little data to let the
+                // step pass: the hold goes on.
+                self.record(
+                    now,
+                    format!("holding on for more data: {summary}"),
+                    observations,
+                );
+            }
             Verdict::Inconclusive | Verdict::Error => {
                 self.inconclusive_streak += 1;
                 if self.inconclusive_streak > a.inconclusive_limit {
@@ -1965,7 +1981,7 @@ fn summarize(observations: &[Observation]) -> String {
     });
     sorted
         .iter()
-        .map(|o| format!("{} {}: {}", o.check, o.verdict, o.detail))
+        .map(|o| format!("{} {}: {}", o.check, o.shown_verdict(), o.detail))
         .collect::<Vec<_>>()
         .join("; ")
 }

@@ -36,6 +36,12 @@ pub struct Observation {
     pub check: String,
     pub verdict: Verdict,
     pub detail: String,
+    /// An inconclusive verdict that only asks for more data: a check that
+    /// has seen too few requests to let a step pass, and nothing against
+    /// green. The hold goes on (up to `analysis.wait_for_data` past its
+    /// end) without counting it towards `inconclusive_limit`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub waiting: bool,
 }
 
 impl Observation {
@@ -44,13 +50,39 @@ impl Observation {
             check: check.into(),
             verdict,
             detail: detail.into(),
+            waiting: false,
+        }
+    }
+
+    /// The verdict as shown: `waiting` for a waiting inconclusive one.
+    pub fn shown_verdict(&self) -> &'static str {
+        match self.verdict {
+            Verdict::Inconclusive if self.waiting => "waiting",
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Inconclusive => "inconclusive",
+            Verdict::Error => "error",
+        }
+    }
+
+    /// Inconclusive for want of data only; see [`Observation::waiting`].
+    pub fn waiting(check: impl Into<String>, detail: impl Into<String>) -> Self {
+        Observation {
+            waiting: true,
+            ..Observation::new(check, Verdict::Inconclusive, detail)
         }
     }
 }
 
 impl fmt::Display for Observation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {} ({})", self.check, self.verdict, self.detail)
+        write!(
+            f,
+            "{}: {} ({})",
+            self.check,
+            self.shown_verdict(),
+            self.detail
+        )
     }
 }
 

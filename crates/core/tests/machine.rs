@@ -709,3 +709,56 @@ fn snapshots_of_every_schema_are_read_and_newer_ones_refused() {
     );
     assert!(cutover_core::Rollout::from_snapshot("[1]").is_err());
 }
+
+#[test]
+fn a_check_waiting_for_data_extends_the_hold_up_to_wait_for_data_then_counts() {
+    // Too few requests until 50 s, then a pass: the 20 s hold goes on.
+    let text = "[strategy]\npreset = \"canary\"\nhold = \"20s\"\n\
+                [analysis]\ninterval = \"10s\"\ninconclusive_limit = 1\nwait_for_data = \"1m\"\n";
+    let world = World {
+        verdict: Box::new(|step, t| {
+            if step == 0 && t < 50_000 {
+                Verdict::Inconclusive
+            } else {
+                Verdict::Pass
+            }
+        }),
+        waiting: true,
+        ..World::healthy()
+    };
+    let mut run = Run::start(plan(text), &world);
+    run.finish(&world);
+    assert_eq!(run.rollout.phase, Phase::Succeeded);
+    assert_eq!(applied(&run), [(0, 10.0), (50, 100.0)]);
+    let held = run
+        .messages()
+        .iter()
+        .filter(|m| m.starts_with("holding on for more data"))
+        .count();
+    assert_eq!(held, 4, "at 10, 20, 30 and 40 s: {:?}", run.messages());
+
+    // Never enough: past 20 s + 1 m the looks count as inconclusive, and
+    // the second in a row (limit 1) rolls back.
+    let world = World {
+        verdict: Box::new(|_, _| Verdict::Inconclusive),
+        waiting: true,
+        ..World::healthy()
+    };
+    let mut run = Run::start(plan(text), &world);
+    run.finish(&world);
+    assert!(
+        matches!(run.rollout.phase, Phase::RolledBack { .. }),
+        "{:?}",
+        run.rollout.phase
+    );
+    assert_eq!(applied(&run), [(0, 10.0), (90, 0.0)]);
+
+    // The same verdicts without `waiting` count at once: rolled back at 30 s.
+    let world = World {
+        verdict: Box::new(|_, _| Verdict::Inconclusive),
+        ..World::healthy()
+    };
+    let mut run = Run::start(plan(text), &world);
+    run.finish(&world);
+    assert_eq!(applied(&run), [(0, 10.0), (20, 0.0)]);
+}

@@ -545,3 +545,66 @@ fn swapping_colours_exchanges_every_side() {
         "swapping twice is the identity"
     );
 }
+
+#[test]
+fn the_sequential_error_rate_check_takes_the_judges_settings_and_refuses_bad_ones() {
+    let p = ok(
+        "[strategy]\npreset = \"canary\"\n[[analysis.checks]]\nkind = \"sequential-error-rate\"\n",
+    );
+    let c = &p.analysis.checks[0];
+    assert_eq!(c.name, "sequential-error-rate");
+    assert_eq!(
+        c.config.judge_settings(),
+        Some(cutover_core::judge::Settings::default())
+    );
+    assert!(!c.config.reads_aws());
+    assert_eq!(p.analysis.wait_for_data, Duration::from_secs(600));
+
+    let p = ok("[strategy]\npreset = \"canary\"\n[analysis]\nwait_for_data = \"2m\"\n\
+                [[analysis.checks]]\nkind = \"sequential-error-rate\"\nname = \"errors\"\n\
+                alpha = 0.05\nmargin = 1.5\ndetect_ratio = 3\ndetect_points = 0.5\nmin_rate = 0.01\n");
+    let s = p.analysis.checks[0].config.judge_settings().unwrap();
+    assert_eq!(
+        (
+            s.alpha,
+            s.margin,
+            s.detect_ratio,
+            s.detect_points,
+            s.min_rate
+        ),
+        (0.05, 1.5, 3.0, 0.5, 0.01)
+    );
+    assert_eq!(p.analysis.wait_for_data, Duration::from_secs(120));
+
+    let check =
+        "[strategy]\npreset = \"canary\"\n[[analysis.checks]]\nkind = \"sequential-error-rate\"\n";
+    for (key, want) in [
+        ("alpha = 0", "`alpha` must be in (0, 0.5], got 0"),
+        ("alpha = 0.7", "`alpha` must be in (0, 0.5]"),
+        ("margin = 0.5", "`margin` must be at least 1"),
+        ("detect_ratio = 1.1", "`detect_ratio` must be between 1.25"),
+        (
+            "detect_points = 101",
+            "`detect_points` must be from 0 (off) to 100",
+        ),
+        ("min_rate = 0", "`min_rate` must be in (0, 1]"),
+        ("max_percent = 1", "unknown field `max_percent`"),
+    ] {
+        err(&format!("{check}{key}\n"), 0, want);
+    }
+    err(
+        "[strategy]\npreset = \"canary\"\n[analysis]\njudge = \"end-of-hold\"\n[[analysis.checks]]\nkind = \"sequential-error-rate\"\n",
+        5,
+        "needs `analysis.judge = \"continuous\"`",
+    );
+    err(
+        "[strategy]\npreset = \"all-at-once\"\n[[analysis.checks]]\nkind = \"sequential-error-rate\"\n",
+        3,
+        "needs a first step below 100 %",
+    );
+    err(
+        "[strategy]\npreset = \"canary\"\n[analysis]\nwait_for_data = \"31d\"\n",
+        4,
+        "longer than 30d",
+    );
+}

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::clock::Clock;
-use crate::ports::{AdapterError, Check, Platform, Router};
+use crate::ports::{AdapterError, Check, CheckContext, Platform, Router};
 use crate::store::{Change, EventRecord, PostedCommand, RolloutRecord, Store, StoreError};
 
 /// The adapters a rollout acts through.
@@ -508,6 +508,7 @@ impl Engine {
         &self,
         id: &str,
         checks: &[Arc<dyn Check>],
+        ctx: &CheckContext,
         limit: Duration,
     ) -> Vec<Observation> {
         let mut set = JoinSet::new();
@@ -515,11 +516,12 @@ impl Engine {
             let check = Arc::clone(check);
             let retries = self.options.check_retries;
             let instruments = self.instruments.clone();
+            let ctx = ctx.clone();
             set.spawn(async move {
                 let label = format!("check:{}", check.name());
                 let evaluate = || async {
                     let started = tokio::time::Instant::now();
-                    let o = match tokio::time::timeout(limit, check.evaluate()).await {
+                    let o = match tokio::time::timeout(limit, check.evaluate(&ctx)).await {
                         Ok(o) => o,
                         Err(_) => Observation::new(
                             check.name(),
@@ -733,10 +735,11 @@ impl Engine {
                     }
                 }
             },
-            Action::RunAnalysis => Input::Analysis(
-                self.analyse(id, &adapters.checks, rollout.plan.timeouts.check)
-                    .await,
-            ),
+            Action::RunAnalysis => {
+                let ctx = CheckContext::of(rollout, self.clock.now());
+                let limit = rollout.plan.timeouts.check;
+                Input::Analysis(self.analyse(id, &adapters.checks, &ctx, limit).await)
+            }
         }
     }
 }

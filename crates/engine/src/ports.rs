@@ -71,14 +71,63 @@ pub trait Router: Send + Sync {
     }
 }
 
+/// What a check is told at every look: when it is, and which split has
+/// been in force since when, so that a check judging "since the split took
+/// effect" never counts traffic from before a shift.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckContext {
+    pub now: cutover_core::Timestamp,
+    /// When the rollout started (None before it has).
+    pub started_at: Option<cutover_core::Timestamp>,
+    /// The split in force, as last applied or read from the router.
+    pub split: cutover_core::Split,
+    /// When the current hold or bake began: the split has been in force
+    /// since (at most the time its write took after that).
+    pub split_since: cutover_core::Timestamp,
+    /// When the current hold or bake ends; None outside them (a pause).
+    pub hold_ends_at: Option<cutover_core::Timestamp>,
+}
+
+impl CheckContext {
+    /// A look at `now` with nothing known about the rollout: for checks
+    /// that judge over a window of their own, and for tests.
+    pub fn at(now: cutover_core::Timestamp) -> CheckContext {
+        CheckContext {
+            now,
+            started_at: None,
+            split: cutover_core::Split::ZERO,
+            split_since: now,
+            hold_ends_at: None,
+        }
+    }
+
+    /// The look for `rollout` at `now`.
+    pub fn of(rollout: &cutover_core::Rollout, now: cutover_core::Timestamp) -> CheckContext {
+        CheckContext {
+            now,
+            started_at: rollout.started_at,
+            split: rollout.split,
+            split_since: rollout.phase_started,
+            hold_ends_at: rollout.hold_ends_at(),
+        }
+    }
+
+    /// The hold (or bake) is over: a check that needs enough data before
+    /// it lets a step pass decides now.
+    pub fn hold_is_over(&self) -> bool {
+        self.hold_ends_at.is_some_and(|end| self.now >= end)
+    }
+}
+
 /// One health signal. Never fails: a check that cannot measure answers
 /// with [`cutover_core::Verdict::Error`] and says why.
 #[async_trait]
 pub trait Check: Send + Sync {
     fn name(&self) -> &str;
 
-    /// Judges green now, over the check's own window.
-    async fn evaluate(&self) -> Observation;
+    /// Judges green now: over the check's own window, or since the split
+    /// in `ctx` took effect.
+    async fn evaluate(&self, ctx: &CheckContext) -> Observation;
 
     /// Called once before traffic moves: a check may refuse to start (e.g.
     /// an alarm already firing). Default: fine.

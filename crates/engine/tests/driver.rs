@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cutover_core::plan;
 use cutover_core::{Command, Observation, Phase, Rollout, Split, Timestamp, Verdict};
-use cutover_engine::ports::{AdapterError, Check, Router};
+use cutover_engine::ports::{AdapterError, Check, CheckContext, Router};
 use cutover_engine::store::{SqliteStore, Store};
 use cutover_engine::{Adapters, Clock, Engine, EngineError, Options};
 
@@ -69,7 +69,7 @@ impl Check for GreenFailsAbove {
     fn name(&self) -> &str {
         "scripted"
     }
-    async fn evaluate(&self) -> Observation {
+    async fn evaluate(&self, _ctx: &CheckContext) -> Observation {
         let split = self.router.current().await.unwrap();
         if split.percent() >= self.fail_from {
             Observation::new(
@@ -718,7 +718,7 @@ impl Check for Passes {
     fn name(&self) -> &str {
         "errors"
     }
-    async fn evaluate(&self) -> Observation {
+    async fn evaluate(&self, _ctx: &CheckContext) -> Observation {
         Observation::new(
             "errors",
             Verdict::Pass,
@@ -1043,7 +1043,7 @@ impl Check for Hangs {
     fn name(&self) -> &str {
         "hangs"
     }
-    async fn evaluate(&self) -> Observation {
+    async fn evaluate(&self, _ctx: &CheckContext) -> Observation {
         std::future::pending().await
     }
 }

@@ -5,15 +5,16 @@
 //! numbers behind the verdict. When the proxy cannot be asked (down, wrong
 //! token, timeout) the verdict is `error` with the reason, never `pass`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use cutover_core::judge::{Batch, Judgement, SequentialErrorRate, Settings};
 use cutover_core::plan::{CheckConfig, CheckSpec, LocalRouter};
 use cutover_core::time::Human;
-use cutover_core::{Observation, Verdict};
-use cutover_engine::ports::{AdapterError, Check};
+use cutover_core::{Observation, Timestamp, Verdict};
+use cutover_engine::ports::{AdapterError, Check, CheckContext};
 use http_body_util::{BodyExt, Empty};
 use hyper::header::{HeaderValue, USER_AGENT};
 use hyper::{Request, Uri};
@@ -81,6 +82,13 @@ pub fn build_check(spec: &CheckSpec, router: Option<&LocalRouter>) -> Option<Arc
             ratio_floor: *ratio_floor,
             min_requests: *min_requests,
             window: *window,
+        }),
+        CheckConfig::SequentialErrorRate { .. } => Arc::new(SequentialErrorRateCheck {
+            name,
+            admin: admin(),
+            candidate,
+            settings: spec.config.judge_settings().expect("a sequential check"),
+            state: Mutex::new(None),
         }),
         CheckConfig::Health => Arc::new(HealthCheck {
             name,
@@ -150,7 +158,7 @@ impl Check for ErrorRateCheck {
         &self.name
     }
 
-    async fn evaluate(&self) -> Observation {
+    async fn evaluate(&self, _ctx: &CheckContext) -> Observation {
         let obs = |v, d: String| Observation::new(&self.name, v, d);
         let admin = match admin_or_error(&self.name, &self.admin) {
             Ok(a) => a,
@@ -208,6 +216,148 @@ impl Check for ErrorRateCheck {
     }
 }
 
+/// `sequential-error-rate`: green's 5xx against blue's, look by look, from
+/// the proxy's counts since it started (`totals`). Each look's batch is
+/// what each colour served since the previous look; the test
+/// ([`SequentialErrorRate`]) keeps its evidence across looks and steps.
+///
+/// A batch is dropped, and counting starts again from the look, when the
+/// split changed since the previous look (its requests straddle the shift)
+/// or the proxy restarted (its counts went back). Where blue served nothing
+/// (100 % green), green is judged against a bound on blue's rate from
+/// before. The evidence lives in this process: a driver that takes a
+/// rollout over starts a new test, which keeps each test's error bound but
+/// adds them up over takeovers.
+struct SequentialErrorRateCheck {
+    name: String,
+    admin: Result<AdminClient, AdapterError>,
+    candidate: Colour,
+    settings: Settings,
+    state: Mutex<Option<JudgeState>>,
+}
+
+struct JudgeState {
+    test: SequentialErrorRate,
+    /// The proxy's counts at the previous look: green's and blue's
+    /// requests and 5xx, and its uptime then.
+    counts: [u64; 4],
+    uptime_ms: u64,
+    /// When the split the previous look saw took effect.
+    split_since: Timestamp,
+}
+
+impl SequentialErrorRateCheck {
+    /// Takes this look's counts in; what was dropped, if anything, and why.
+    fn take(
+        &self,
+        state: &mut Option<JudgeState>,
+        counts: [u64; 4],
+        uptime_ms: u64,
+        ctx: &CheckContext,
+    ) -> Result<Option<&'static str>, String> {
+        let Some(st) = state.as_mut() else {
+            let test = SequentialErrorRate::new(self.settings).map_err(|e| e.to_string())?;
+            *state = Some(JudgeState {
+                test,
+                counts,
+                uptime_ms,
+                split_since: ctx.split_since,
+            });
+            return Ok(Some("first look: counting from now"));
+        };
+        let restarted =
+            uptime_ms < st.uptime_ms || counts.iter().zip(st.counts).any(|(now, then)| *now < then);
+        let shifted = ctx.split_since != st.split_since;
+        let [g, ge, b, be] = std::array::from_fn(|i| counts[i].saturating_sub(st.counts[i]));
+        st.counts = counts;
+        st.uptime_ms = uptime_ms;
+        st.split_since = ctx.split_since;
+        if restarted {
+            return Ok(Some(
+                "the proxy restarted since the last look: counting from now",
+            ));
+        }
+        if shifted {
+            return Ok(Some(
+                "the split changed since the last look: counting from now",
+            ));
+        }
+        if b == 0 && g > 0 {
+            st.test.observe_green_only(g, ge);
+        } else {
+            st.test.observe(Batch {
+                green_requests: g,
+                green_failures: ge,
+                blue_requests: b,
+                blue_failures: be,
+            });
+        }
+        Ok(None)
+    }
+}
+
+#[async_trait]
+impl Check for SequentialErrorRateCheck {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn evaluate(&self, ctx: &CheckContext) -> Observation {
+        let obs = |v, d: String| Observation::new(&self.name, v, d);
+        let admin = match admin_or_error(&self.name, &self.admin) {
+            Ok(a) => a,
+            Err(o) => return o,
+        };
+        // Only the totals are used; the window is the shortest there is.
+        let report = match admin.metrics(Duration::from_secs(1), &[]).await {
+            Ok(r) => r,
+            Err(e) => {
+                return obs(
+                    Verdict::Error,
+                    format!("cannot read the proxy's metrics: {e}"),
+                )
+            }
+        };
+        let (g, b) = (
+            report.totals.colour(self.candidate),
+            report.totals.colour(self.candidate.other()),
+        );
+        let counts = [g.requests, g.errors_5xx, b.requests, b.errors_5xx];
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let dropped = match self.take(&mut state, counts, report.uptime_ms, ctx) {
+            Ok(d) => d,
+            Err(e) => return obs(Verdict::Error, format!("unusable judge settings: {e}")),
+        };
+        let test = &state.as_ref().expect("set by take").test;
+        let judgement = test.judge(ctx.hold_is_over());
+        let note = dropped.map_or_else(String::new, |d| format!(" ({d})"));
+        match &judgement {
+            Judgement::Fail(_) => obs(
+                Verdict::Fail,
+                format!("green fails more often than blue: {judgement}{note}"),
+            ),
+            Judgement::Pass(_) => obs(
+                Verdict::Pass,
+                format!("no evidence green fails more often than blue: {judgement}{note}"),
+            ),
+            // Before the end of a hold, no evidence is all a look can say;
+            // the step passes only on a verdict taken after the hold.
+            Judgement::Inconclusive(_) if !ctx.hold_is_over() => obs(
+                Verdict::Pass,
+                format!("no evidence against green so far: {judgement}{note}"),
+            ),
+            Judgement::Inconclusive(_) => Observation::waiting(
+                &self.name,
+                format!("not enough requests to pass green yet: {judgement}{note}"),
+            ),
+        }
+    }
+
+    async fn preflight(&self) -> Result<(), AdapterError> {
+        preflight_admin(&self.admin)
+    }
+}
+
 struct LatencyCheck {
     name: String,
     admin: Result<AdminClient, AdapterError>,
@@ -226,7 +376,7 @@ impl Check for LatencyCheck {
         &self.name
     }
 
-    async fn evaluate(&self) -> Observation {
+    async fn evaluate(&self, _ctx: &CheckContext) -> Observation {
         let obs = |v, d: String| Observation::new(&self.name, v, d);
         if self.max.is_none() && self.max_ratio_to_blue.is_none() {
             return obs(
@@ -365,7 +515,7 @@ impl Check for HealthCheck {
         &self.name
     }
 
-    async fn evaluate(&self) -> Observation {
+    async fn evaluate(&self, _ctx: &CheckContext) -> Observation {
         let obs = |v, d: String| Observation::new(&self.name, v, d);
         let admin = match admin_or_error(&self.name, &self.admin) {
             Ok(a) => a,
@@ -514,7 +664,7 @@ impl Check for HttpCheck {
         &self.name
     }
 
-    async fn evaluate(&self) -> Observation {
+    async fn evaluate(&self, _ctx: &CheckContext) -> Observation {
         let obs = |v, d: String| Observation::new(&self.name, v, d);
         let uri = match &self.url {
             Ok(u) => u.clone(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use cutover_core::plan::{CheckConfig, CheckSpec, LocalRouter as RouterSettings};
 use cutover_core::{Split, Verdict};
-use cutover_engine::ports::{Check, Router};
+use cutover_engine::ports::{Check, CheckContext, Router};
 use cutover_local::{build_check, DemoAppHandle, LocalRouter, ProxyHandle};
 
 fn settings(p: &ProxyHandle) -> RouterSettings {
@@ -132,31 +132,31 @@ async fn error_rate_check() {
     assert_eq!(c.name(), "error-rate");
     c.preflight().await.unwrap();
     assert_obs(
-        &c.evaluate().await,
+        &c.evaluate(&look()).await,
         Verdict::Inconclusive,
         "green served 0 of 50 requests needed in the last 1m",
     );
     send(&p, 60).await;
     assert_obs(
-        &c.evaluate().await,
+        &c.evaluate(&look()).await,
         Verdict::Inconclusive,
         "green served 30 of 50",
     );
     send(&p, 40).await;
     assert_obs(
-        &c.evaluate().await,
+        &c.evaluate(&look()).await,
         Verdict::Pass,
         "green error rate 0 % <= 1 % over 50 requests",
     );
     green.set_fail_ratio(0.5);
     send(&p, 100).await;
     assert_obs(
-        &c.evaluate().await,
+        &c.evaluate(&look()).await,
         Verdict::Fail,
         "green error rate 25 % > 1 % over 100 requests (25 5xx)",
     );
     assert_obs(
-        &check(&p, rate(30.0)).evaluate().await,
+        &check(&p, rate(30.0)).evaluate(&look()).await,
         Verdict::Pass,
         "25 % <= 30 %",
     );
@@ -170,7 +170,7 @@ async fn error_rate_check() {
     )
     .expect("a local check");
     assert_obs(
-        &down.evaluate().await,
+        &down.evaluate(&look()).await,
         Verdict::Error,
         "cannot read the proxy's metrics",
     );
@@ -191,18 +191,24 @@ async fn latency_check() {
         window: Duration::from_secs(60),
     };
     assert_obs(
-        &check(&p, latency(Some(10), None, 5)).evaluate().await,
+        &check(&p, latency(Some(10), None, 5))
+            .evaluate(&look())
+            .await,
         Verdict::Inconclusive,
         "green served 0 of 5",
     );
     send(&p, 20).await; // 10 each
     assert_obs(
-        &check(&p, latency(Some(10), None, 5)).evaluate().await,
+        &check(&p, latency(Some(10), None, 5))
+            .evaluate(&look())
+            .await,
         Verdict::Fail,
         "> max 10 ms over 10 green requests",
     );
     assert_obs(
-        &check(&p, latency(Some(5000), None, 5)).evaluate().await,
+        &check(&p, latency(Some(5000), None, 5))
+            .evaluate(&look())
+            .await,
         Verdict::Pass,
         "green p50 ",
     );
@@ -215,12 +221,14 @@ async fn latency_check() {
         window: Duration::from_secs(60),
     };
     assert_obs(
-        &check(&p, p995).evaluate().await,
+        &check(&p, p995).evaluate(&look()).await,
         Verdict::Pass,
         "<= max 5000 ms",
     );
     assert_obs(
-        &check(&p, latency(None, Some(2.0), 5)).evaluate().await,
+        &check(&p, latency(None, Some(2.0), 5))
+            .evaluate(&look())
+            .await,
         Verdict::Fail,
         "x blue's",
     );
@@ -235,30 +243,30 @@ async fn latency_check() {
         window: Duration::from_secs(60),
     };
     assert_obs(
-        &check(&p, floored(500)).evaluate().await,
+        &check(&p, floored(500)).evaluate(&look()).await,
         Verdict::Pass,
         "x blue's",
     );
     assert_obs(
-        &check(&p, floored(500)).evaluate().await,
+        &check(&p, floored(500)).evaluate(&look()).await,
         Verdict::Pass,
         "(limit raised to the floor 500 ms)",
     );
     assert_obs(
-        &check(&p, floored(5)).evaluate().await,
+        &check(&p, floored(5)).evaluate(&look()).await,
         Verdict::Fail,
         "(limit raised to the floor 5 ms)",
     );
     // Blue too quiet for the ratio: judged on max alone, or not at all.
     let o = check(&p, latency(Some(5000), Some(2.0), 50))
-        .evaluate()
+        .evaluate(&look())
         .await;
     assert_obs(&o, Verdict::Inconclusive, "green served 10 of 50");
     // At 90 %, 50 more requests: exactly 45 to green, 5 to blue (15 in all).
     p.set_split(Split::from_percent(90.0).unwrap());
     send(&p, 50).await;
     let o = check(&p, latency(Some(5000), Some(2.0), 50))
-        .evaluate()
+        .evaluate(&look())
         .await;
     assert_obs(
         &o,
@@ -266,7 +274,9 @@ async fn latency_check() {
         "ratio to blue not judged: blue served 15 of 50",
     );
     assert_obs(
-        &check(&p, latency(None, Some(2.0), 50)).evaluate().await,
+        &check(&p, latency(None, Some(2.0), 50))
+            .evaluate(&look())
+            .await,
         Verdict::Inconclusive,
         "blue served 15 of 50",
     );
@@ -274,7 +284,9 @@ async fn latency_check() {
     // not asked for (a bake would otherwise stall on inconclusive verdicts).
     p.set_split(Split::FULL);
     assert_obs(
-        &check(&p, latency(None, Some(2.0), 50)).evaluate().await,
+        &check(&p, latency(None, Some(2.0), 50))
+            .evaluate(&look())
+            .await,
         Verdict::Pass,
         "no ratio to blue at 100 % green",
     );
@@ -284,12 +296,14 @@ async fn latency_check() {
     let fresh = proxy(&[&blue.url()], &[&green.url()], "initial_split = 50").await;
     send(&fresh, 20).await;
     assert_obs(
-        &check(&fresh, latency(None, Some(1.5), 5)).evaluate().await,
+        &check(&fresh, latency(None, Some(1.5), 5))
+            .evaluate(&look())
+            .await,
         Verdict::Pass,
         "<= 1.5 x blue's",
     );
     assert_obs(
-        &check(&p, latency(None, None, 5)).evaluate().await,
+        &check(&p, latency(None, None, 5)).evaluate(&look()).await,
         Verdict::Error,
         "needs `max`",
     );
@@ -302,7 +316,9 @@ async fn health_check() {
     let (blue, green) = (demo("blue").await, demo("green").await);
     let no_probes = proxy(&[&blue.url()], &[&green.url()], "").await;
     assert_obs(
-        &check(&no_probes, CheckConfig::Health).evaluate().await,
+        &check(&no_probes, CheckConfig::Health)
+            .evaluate(&look())
+            .await,
         Verdict::Inconclusive,
         "no [health_probe]",
     );
@@ -317,10 +333,10 @@ async fn health_check() {
     .await;
     let c = check(&probed, CheckConfig::Health);
     eventually("the dead green upstream marked unhealthy", || async {
-        c.evaluate().await.verdict == Verdict::Fail
+        c.evaluate(&look()).await.verdict == Verdict::Fail
     })
     .await;
-    let o = c.evaluate().await;
+    let o = c.evaluate(&look()).await;
     assert_obs(
         &o,
         Verdict::Fail,
@@ -340,17 +356,17 @@ async fn health_check() {
     .await;
     let c = check(&healthy, CheckConfig::Health);
     eventually("green probed", || async {
-        c.evaluate().await.verdict == Verdict::Pass
+        c.evaluate(&look()).await.verdict == Verdict::Pass
     })
     .await;
     assert_obs(
-        &c.evaluate().await,
+        &c.evaluate(&look()).await,
         Verdict::Pass,
         "all 1 green upstream(s) pass",
     );
     // The demo's point: /healthz stays 200 while real requests fail.
     green.set_fail_ratio(1.0);
-    assert_eq!(c.evaluate().await.verdict, Verdict::Pass);
+    assert_eq!(c.evaluate(&look()).await.verdict, Verdict::Pass);
 
     let down = build_check(
         &CheckSpec {
@@ -361,7 +377,7 @@ async fn health_check() {
     )
     .expect("a local check");
     assert_obs(
-        &down.evaluate().await,
+        &down.evaluate(&look()).await,
         Verdict::Error,
         "cannot read the proxy's health",
     );
@@ -390,45 +406,182 @@ async fn http_check() {
     };
     let healthz = format!("{}/healthz", app.url());
     assert_obs(
-        &http(healthz.clone(), None, 2000).evaluate().await,
+        &http(healthz.clone(), None, 2000).evaluate(&look()).await,
         Verdict::Pass,
         "answered 200",
     );
     assert_obs(
-        &http(healthz.clone(), Some("ok"), 2000).evaluate().await,
+        &http(healthz.clone(), Some("ok"), 2000)
+            .evaluate(&look())
+            .await,
         Verdict::Pass,
         "body contains \"ok\"",
     );
     assert_obs(
-        &http(healthz, Some("nope"), 2000).evaluate().await,
+        &http(healthz, Some("nope"), 2000).evaluate(&look()).await,
         Verdict::Fail,
         "body lacks \"nope\": ok",
     );
     app.set_fail_ratio(1.0);
     assert_obs(
-        &http(app.url(), None, 2000).evaluate().await,
+        &http(app.url(), None, 2000).evaluate(&look()).await,
         Verdict::Fail,
         "answered 500",
     );
     assert_obs(
         &http(format!("http://{}/", dead_addr().await), None, 2000)
-            .evaluate()
+            .evaluate(&look())
             .await,
         Verdict::Error,
         "GET http://",
     );
     app.set_latency(Duration::from_secs(5));
     assert_obs(
-        &http(app.url(), None, 100).evaluate().await,
+        &http(app.url(), None, 100).evaluate(&look()).await,
         Verdict::Error,
         "no answer within 100ms",
     );
     let bad = http("https://example.com/".into(), None, 100);
     assert!(bad.preflight().await.is_err());
     assert_obs(
-        &bad.evaluate().await,
+        &bad.evaluate(&look()).await,
         Verdict::Error,
         "https is not supported",
     );
     app.shutdown().await;
+}
+
+/// A look with nothing known about a rollout: these checks judge over
+/// their own window.
+fn look() -> CheckContext {
+    CheckContext::at(cutover_core::Timestamp(0))
+}
+
+/// A look at `now_s` seconds, in a hold of the split that took effect at
+/// `since_s` and ends at `ends_s`.
+fn in_hold(now_s: u64, since_s: u64, ends_s: u64, percent: f64) -> CheckContext {
+    let at = |s: u64| cutover_core::Timestamp(1_700_000_000_000 + s * 1000);
+    CheckContext {
+        now: at(now_s),
+        started_at: Some(at(0)),
+        split: Split::from_percent(percent).unwrap(),
+        split_since: at(since_s),
+        hold_ends_at: Some(at(ends_s)),
+    }
+}
+
+#[tokio::test]
+async fn sequential_error_rate_check_judges_green_against_blue_since_each_split() {
+    let (blue, green, p) = setup(50.0).await;
+    let c = check(
+        &p,
+        CheckConfig::SequentialErrorRate {
+            alpha: 0.01,
+            margin: 1.0,
+            detect_ratio: 2.0,
+            detect_points: 1.0,
+            min_rate: 0.001,
+        },
+    );
+    c.preflight().await.unwrap();
+    // Traffic from before the first look never counts.
+    send(&p, 200).await;
+    let first = c.evaluate(&in_hold(1, 0, 60, 50.0)).await;
+    assert_obs(&first, Verdict::Pass, "first look: counting from now");
+    assert!(first.detail.contains("green no requests"), "{first}");
+
+    // Both healthy: no evidence; mid-hold that is a pass, at the end of the
+    // hold too few requests to have ruled a regression out yet.
+    send(&p, 200).await;
+    assert_obs(
+        &c.evaluate(&in_hold(2, 0, 60, 50.0)).await,
+        Verdict::Pass,
+        "no evidence against green so far",
+    );
+    let end = c.evaluate(&in_hold(61, 0, 60, 50.0)).await;
+    assert_obs(
+        &end,
+        Verdict::Inconclusive,
+        "not enough requests to pass green yet",
+    );
+    assert!(end.waiting, "only waits for data: {end}");
+
+    // Blue fails 1 %, green 30 %: rolled back on the next look.
+    blue.set_fail_ratio(0.01);
+    green.set_fail_ratio(0.3);
+    send(&p, 200).await;
+    let o = c.evaluate(&in_hold(62, 0, 60, 50.0)).await;
+    assert_obs(&o, Verdict::Fail, "green fails more often than blue");
+    assert!(o.detail.contains("green 15 % (30/200)"), "{o}");
+    // It stays failed, also across a shift (whose batch is dropped).
+    green.set_fail_ratio(0.0);
+    send(&p, 100).await;
+    assert_obs(
+        &c.evaluate(&in_hold(70, 65, 125, 100.0)).await,
+        Verdict::Fail,
+        "the split changed since the last look: counting from now",
+    );
+
+    // A proxy that cannot be asked: an error, and nothing taken in.
+    let down = build_check(
+        &CheckSpec {
+            name: "errors".into(),
+            config: CheckConfig::SequentialErrorRate {
+                alpha: 0.01,
+                margin: 1.0,
+                detect_ratio: 2.0,
+                detect_points: 1.0,
+                min_rate: 0.001,
+            },
+        },
+        Some(&dead_router_settings(dead_addr().await)),
+    )
+    .expect("a local check");
+    assert_obs(
+        &down.evaluate(&in_hold(1, 0, 60, 50.0)).await,
+        Verdict::Error,
+        "cannot read the proxy's metrics",
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn sequential_error_rate_check_passes_a_healthy_green_once_it_has_seen_enough() {
+    let (_blue, _green, p) = setup(50.0).await;
+    let c = check(
+        &p,
+        CheckConfig::SequentialErrorRate {
+            alpha: 0.01,
+            margin: 1.0,
+            detect_ratio: 2.0,
+            detect_points: 1.0,
+            min_rate: 0.001,
+        },
+    );
+    c.evaluate(&in_hold(0, 0, 10, 50.0)).await;
+    // Neither colour fails; with blue's rate taken as 0.1 %, ruling out
+    // +1 point on green (11-fold) at a 50 % split takes about 1,600 green
+    // requests.
+    let mut looks = 0;
+    let passed = loop {
+        send(&p, 100).await;
+        looks += 1;
+        let o = c.evaluate(&in_hold(10 + looks, 0, 10, 50.0)).await;
+        if o.verdict == Verdict::Pass {
+            break o;
+        }
+        assert_obs(
+            &o,
+            Verdict::Inconclusive,
+            "not enough requests to pass green yet",
+        );
+        assert!(looks < 80, "never passed: {o}");
+    };
+    assert_obs(
+        &passed,
+        Verdict::Pass,
+        "no evidence green fails more often than blue",
+    );
+    eprintln!("passed after {} requests", looks * 100);
+    p.shutdown().await;
 }

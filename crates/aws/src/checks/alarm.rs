@@ -12,7 +12,7 @@
 use async_trait::async_trait;
 use aws_sdk_cloudwatch::types::{AlarmType, StateValue};
 use cutover_core::{Observation, Verdict};
-use cutover_engine::ports::{AdapterError, Check};
+use cutover_engine::ports::{AdapterError, Check, CheckContext};
 
 use super::{list_some, sdk_adapter_error, sdk_error_text};
 
@@ -152,7 +152,7 @@ impl Check for AlarmCheck {
         &self.name
     }
 
-    async fn evaluate(&self) -> Observation {
+    async fn evaluate(&self, _ctx: &CheckContext) -> Observation {
         match self.states().await {
             Ok(found) => {
                 let (verdict, detail) = judge_alarms(&self.alarm_names, &found);

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use aws_sdk_ecs::types::{DeploymentRolloutState, DesiredStatus, Service, Task, TaskStopCode};
 use aws_smithy_types::DateTime;
 use cutover_core::{Observation, Verdict};
-use cutover_engine::ports::{AdapterError, Check};
+use cutover_engine::ports::{AdapterError, Check, CheckContext};
 
 use super::{list_some, sdk_adapter_error, sdk_error_text};
 
@@ -289,7 +289,7 @@ impl Check for EcsServiceCheck {
         &self.name
     }
 
-    async fn evaluate(&self) -> Observation {
+    async fn evaluate(&self, _ctx: &CheckContext) -> Observation {
         let obs = |v, d: String| Observation::new(&self.name, v, d);
         let service = match self.describe().await {
             Ok(Ok(s)) => s,

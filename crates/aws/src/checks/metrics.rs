@@ -29,7 +29,7 @@ use aws_smithy_types::DateTime;
 use cutover_core::plan::CompareToBlue;
 use cutover_core::time::Human;
 use cutover_core::{Observation, Verdict};
-use cutover_engine::ports::Check;
+use cutover_engine::ports::{Check, CheckContext};
 
 use super::{ms, num, sdk_error_text, Clock, Lines};
 
@@ -307,7 +307,7 @@ impl Check for CloudwatchCheck {
         &self.name
     }
 
-    async fn evaluate(&self) -> Observation {
+    async fn evaluate(&self, _ctx: &CheckContext) -> Observation {
         let (start, end) = window_bounds((self.clock)(), self.window, self.period);
         let mut series = vec![self.series(&self.dimensions)];
         if let Some(c) = &self.compare {
@@ -440,7 +440,7 @@ impl Check for AlbErrorRateCheck {
         &self.name
     }
 
-    async fn evaluate(&self) -> Observation {
+    async fn evaluate(&self, _ctx: &CheckContext) -> Observation {
         let period = Duration::from_secs(60);
         let (start, end) = window_bounds((self.clock)(), self.window, period);
         let green = alb_dims(&self.load_balancer, &self.target_group);
@@ -567,7 +567,7 @@ impl Check for AlbLatencyCheck {
         &self.name
     }
 
-    async fn evaluate(&self) -> Observation {
+    async fn evaluate(&self, _ctx: &CheckContext) -> Observation {
         let period = Duration::from_secs(60);
         let (start, end) = window_bounds((self.clock)(), self.window, period);
         let stat = format!("p{}", self.percentile);

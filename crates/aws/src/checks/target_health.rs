@@ -16,7 +16,7 @@
 use async_trait::async_trait;
 use aws_sdk_elasticloadbalancingv2::types::{TargetHealthDescription, TargetHealthStateEnum};
 use cutover_core::{Observation, Verdict};
-use cutover_engine::ports::{AdapterError, Check};
+use cutover_engine::ports::{AdapterError, Check, CheckContext};
 
 use super::{list_some, sdk_adapter_error, sdk_error_text};
 
@@ -140,7 +140,7 @@ impl Check for TargetHealthCheck {
         &self.name
     }
 
-    async fn evaluate(&self) -> Observation {
+    async fn evaluate(&self, _ctx: &CheckContext) -> Observation {
         match self
             .client
             .describe_target_health()

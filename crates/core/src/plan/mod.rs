@@ -85,6 +85,13 @@ pub struct Step {
     pub hold: Duration,
 }
 
+/// `analysis.wait_for_data` when the plan does not say: 10 minutes.
+pub const DEFAULT_WAIT_FOR_DATA: Duration = Duration::from_secs(600);
+
+fn default_wait_for_data() -> Duration {
+    DEFAULT_WAIT_FOR_DATA
+}
+
 /// How often and how strictly green is judged.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Analysis {
@@ -96,6 +103,14 @@ pub struct Analysis {
     pub failure_limit: u32,
     /// Inconclusive verdicts in a row tolerated before `on_inconclusive`.
     pub inconclusive_limit: u32,
+    /// How long past its end a hold goes on while a check only waits for
+    /// enough data to let the step pass ([`crate::Observation::waiting`]);
+    /// after that such verdicts count as inconclusive.
+    #[serde(
+        default = "default_wait_for_data",
+        with = "crate::time::serde_duration"
+    )]
+    pub wait_for_data: Duration,
     pub on_inconclusive: OnInconclusive,
     pub checks: Vec<CheckSpec>,
 }
@@ -310,6 +325,17 @@ pub enum CheckConfig {
         #[serde(with = "crate::time::serde_duration")]
         window: Duration,
     },
+    /// Green's failure rate against blue's over the same requests, judged
+    /// by an anytime-valid sequential test ([`crate::judge`]) on the
+    /// proxy's per-colour counts, counted from the first look after each
+    /// split took effect.
+    SequentialErrorRate {
+        alpha: f64,
+        margin: f64,
+        detect_ratio: f64,
+        detect_points: f64,
+        min_rate: f64,
+    },
     /// Green's `percentile` latency over `window` is at most `max`, and/or
     /// at most blue's same percentile times `max_ratio_to_blue` (a limit
     /// never below `ratio_floor`).
@@ -391,9 +417,49 @@ pub enum CheckConfig {
 }
 
 impl CheckConfig {
+    /// The check reads AWS (and needs credentials and IAM permissions), as
+    /// opposed to the embedded proxy or plain HTTP.
+    pub fn reads_aws(&self) -> bool {
+        match self {
+            CheckConfig::ErrorRate { .. }
+            | CheckConfig::SequentialErrorRate { .. }
+            | CheckConfig::Latency { .. }
+            | CheckConfig::Health
+            | CheckConfig::Http { .. } => false,
+            CheckConfig::TargetHealth { .. }
+            | CheckConfig::Cloudwatch { .. }
+            | CheckConfig::AlbErrorRate { .. }
+            | CheckConfig::AlbLatency { .. }
+            | CheckConfig::Alarm { .. }
+            | CheckConfig::EcsService { .. } => true,
+        }
+    }
+
+    /// The sequential judge's settings, for a `sequential-error-rate` check.
+    pub fn judge_settings(&self) -> Option<crate::judge::Settings> {
+        match *self {
+            CheckConfig::SequentialErrorRate {
+                alpha,
+                margin,
+                detect_ratio,
+                detect_points,
+                min_rate,
+            } => Some(crate::judge::Settings {
+                alpha,
+                margin,
+                detect_ratio,
+                detect_points,
+                min_rate,
+                ..crate::judge::Settings::default()
+            }),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             CheckConfig::ErrorRate { .. } => "error-rate",
+            CheckConfig::SequentialErrorRate { .. } => "sequential-error-rate",
             CheckConfig::Latency { .. } => "latency",
             CheckConfig::Health => "health",
             CheckConfig::Http { .. } => "http",

@@ -56,6 +56,7 @@ pub const PRESETS: &[&str] = &["seed", "canary", "linear", "exponential", "all-a
 pub const ROUTERS: &[&str] = &["local", "route53", "alb"];
 pub const CHECKS: &[&str] = &[
     "error-rate",
+    "sequential-error-rate",
     "latency",
     "health",
     "http",
@@ -67,7 +68,13 @@ pub const CHECKS: &[&str] = &[
     "ecs-service",
 ];
 /// Checks that read the embedded proxy or plain HTTP.
-pub const LOCAL_CHECKS: &[&str] = &["error-rate", "latency", "health", "http"];
+pub const LOCAL_CHECKS: &[&str] = &[
+    "error-rate",
+    "sequential-error-rate",
+    "latency",
+    "health",
+    "http",
+];
 pub const STORES: &[&str] = &["sqlite", "dynamodb"];
 pub const PLATFORMS: &[&str] = &["ecs"];
 pub const TRIGGERS: &[&str] = &["ecs-events"];
@@ -245,6 +252,7 @@ struct RawAnalysis {
     failure_limit: Option<u32>,
     inconclusive_limit: Option<u32>,
     on_inconclusive: Option<Spanned<String>>,
+    wait_for_data: Option<Spanned<String>>,
     /// Not `Spanned`: toml cannot span the tables of an array of tables;
     /// see [`Cx::check_span`].
     #[serde(default)]
@@ -282,6 +290,17 @@ struct RawErrorRate {
     max_percent: f64,
     min_requests: Option<u64>,
     window: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSequentialErrorRate {
+    name: Option<String>,
+    alpha: Option<f64>,
+    margin: Option<f64>,
+    detect_ratio: Option<f64>,
+    detect_points: Option<f64>,
+    min_rate: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -378,7 +397,8 @@ pub fn parse(text: &str, file: &str) -> Result<Plan, PlanError> {
     let platform = cx.platform(raw.platform.as_ref())?;
     let checks = cx.checks(
         raw.analysis.as_ref(),
-        analysis.interval,
+        &analysis,
+        &strategy,
         &router,
         platform.as_ref(),
     )?;
@@ -513,6 +533,7 @@ impl Cx<'_> {
             },
             failure_limit: 0,
             inconclusive_limit: 3,
+            wait_for_data: super::DEFAULT_WAIT_FOR_DATA,
             on_inconclusive: OnInconclusive::Rollback,
             checks: vec![],
         };
@@ -534,6 +555,9 @@ impl Cx<'_> {
         }
         a.failure_limit = raw.failure_limit.unwrap_or(a.failure_limit);
         a.inconclusive_limit = raw.inconclusive_limit.unwrap_or(a.inconclusive_limit);
+        if let Some(w) = &raw.wait_for_data {
+            a.wait_for_data = self.duration(w, "analysis.wait_for_data")?;
+        }
         if let Some(o) = &raw.on_inconclusive {
             a.on_inconclusive = match o.get_ref().as_str() {
                 "pause" => OnInconclusive::Pause,
@@ -891,10 +915,12 @@ impl Cx<'_> {
     fn checks(
         &self,
         raw: Option<&RawAnalysis>,
-        interval: Duration,
+        analysis: &Analysis,
+        strategy: &Strategy,
         router: &RouterConfig,
         platform: Option<&PlatformConfig>,
     ) -> Result<Vec<CheckSpec>, PlanError> {
+        let interval = analysis.interval;
         let alb = match router {
             RouterConfig::Alb(a) => Some(a),
             _ => None,
@@ -975,6 +1001,50 @@ impl Cx<'_> {
                             ratio_floor,
                             min_requests: min_requests(r.min_requests, 10, &bad)?,
                             window,
+                        },
+                    )
+                }
+                "sequential-error-rate" => {
+                    let r: RawSequentialErrorRate = self.table(table, &what)?;
+                    if strategy
+                        .steps
+                        .first()
+                        .is_some_and(|s| s.split == Split::FULL)
+                    {
+                        return Err(bad(
+                            "needs a first step below 100 %: it compares green with blue \
+                             while both serve, and at 100 % blue serves nothing"
+                                .into(),
+                        ));
+                    }
+                    if analysis.judge == Judge::EndOfHold {
+                        return Err(bad(
+                            "needs `analysis.judge = \"continuous\"`: it judges what each colour \
+                             served between two looks at one split, and with `end-of-hold` every \
+                             look comes after a shift"
+                                .into(),
+                        ));
+                    }
+                    let d = crate::judge::Settings::default();
+                    let settings = crate::judge::Settings {
+                        alpha: r.alpha.unwrap_or(d.alpha),
+                        margin: r.margin.unwrap_or(d.margin),
+                        detect_ratio: r.detect_ratio.unwrap_or(d.detect_ratio),
+                        detect_points: r.detect_points.unwrap_or(d.detect_points),
+                        min_rate: r.min_rate.unwrap_or(d.min_rate),
+                        ..d
+                    };
+                    if let Err(e) = crate::judge::SequentialErrorRate::new(settings) {
+                        return Err(bad(format!("`{}` {}", e.field, e.reason)));
+                    }
+                    (
+                        r.name,
+                        CheckConfig::SequentialErrorRate {
+                            alpha: settings.alpha,
+                            margin: settings.margin,
+                            detect_ratio: settings.detect_ratio,
+                            detect_points: settings.detect_points,
+                            min_rate: settings.min_rate,
                         },
                     )
                 }

@@ -97,14 +97,20 @@ impl Plan {
     /// See [`Timeline::worst_case`]. Each hold (and the bake) can run over by
     /// as many analysis intervals as there can be non-passing verdicts before
     /// the rollout must either advance or roll back, plus one for a hold that
-    /// is not a multiple of the interval; each shift (and the rollback) can
-    /// take the router's retry deadline.
+    /// is not a multiple of the interval, plus `wait_for_data` with a check
+    /// that waits for data; each shift (and the rollback) can take the
+    /// router's retry deadline.
     pub fn worst_case(&self) -> Option<Duration> {
         let a = &self.analysis;
         if a.on_inconclusive == super::OnInconclusive::Pause {
             return None;
         }
-        let extra = a.interval * (a.failure_limit + a.inconclusive_limit + 2);
+        let mut extra = a.interval * (a.failure_limit + a.inconclusive_limit + 2);
+        // A check that waits for data holds each step up to `wait_for_data`
+        // longer before its verdicts count.
+        if a.checks.iter().any(|c| c.config.judge_settings().is_some()) {
+            extra += a.wait_for_data;
+        }
         // Every shift and the read of the router's split before the first
         // shift get the adapter deadline; the rollback its own.
         let calls = self.strategy.steps.len() as u32 + 1;

@@ -27,6 +27,8 @@ pub struct World {
     /// Operator commands, each delivered at the first input at or after its time.
     pub commands: Vec<(u64, Command)>,
     pub has_platform: bool,
+    /// An inconclusive verdict only waits for data (`Observation::waiting`).
+    pub waiting: bool,
 }
 
 impl World {
@@ -39,6 +41,7 @@ impl World {
             drift: vec![],
             commands: vec![],
             has_platform: false,
+            waiting: false,
         }
     }
 }
@@ -156,7 +159,11 @@ impl Run {
                 },
                 Action::RunAnalysis => {
                     let v = (world.verdict)(self.rollout.step, self.t());
-                    Input::Analysis(vec![Observation::new("sim", v, format!("simulated {v}"))])
+                    Input::Analysis(vec![if v == Verdict::Inconclusive && world.waiting {
+                        Observation::waiting("sim", "simulated: too few requests yet")
+                    } else {
+                        Observation::new("sim", v, format!("simulated {v}"))
+                    }])
                 }
             };
             self.feed(input);
