@@ -969,6 +969,14 @@ async fn the_sequential_judge_rolls_a_bad_green_back_in_a_few_failures_and_promo
     assert_eq!(stage.proxy.split().percent(), 0.0);
     let h = text(&cutover(&["history", bad.to_str().unwrap()]));
     assert!(h.contains("green fails more often than blue"), "{h}");
+    // The numbers behind the decision, for scripts.
+    let s = status(&bad).unwrap();
+    let numbers = &s["last_analysis"]["observations"][0]["numbers"];
+    assert!(
+        numbers["green.failures"].as_f64().unwrap() >= 1.0
+            && numbers["evidence"].as_f64() >= numbers["threshold"].as_f64(),
+        "{s}"
+    );
     let failed = stage.green.served().1 - before;
     eprintln!("FIGURE sequential judge: green failed {failed} requests before 0 %");
     assert!(failed <= 30, "{failed} failed requests: {h}");

@@ -1,5 +1,6 @@
 //! What a check says about green.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,10 @@ pub struct Observation {
     /// end) without counting it towards `inconclusive_limit`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub waiting: bool,
+    /// The numbers behind the verdict, by name (`green.requests`,
+    /// `evidence`, `threshold`, ...), for scripts and reports; finite only.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub numbers: BTreeMap<String, f64>,
 }
 
 impl Observation {
@@ -51,7 +56,19 @@ impl Observation {
             verdict,
             detail: detail.into(),
             waiting: false,
+            numbers: BTreeMap::new(),
         }
+    }
+
+    /// The same with these numbers added (non-finite ones are left out:
+    /// JSON has no NaN or infinity).
+    pub fn with_numbers<'a>(mut self, numbers: impl IntoIterator<Item = (&'a str, f64)>) -> Self {
+        for (name, value) in numbers {
+            if value.is_finite() {
+                self.numbers.insert(name.to_string(), value);
+            }
+        }
+        self
     }
 
     /// The verdict as shown: `waiting` for a waiting inconclusive one.

@@ -186,7 +186,14 @@ impl Check for ErrorRateCheck {
             );
         }
         let rate = g.errors_5xx as f64 * 100.0 / g.requests as f64;
-        if rate > self.max_percent {
+        let numbers = [
+            ("green.requests", g.requests as f64),
+            ("green.failures", g.errors_5xx as f64),
+            ("green.error_percent", rate),
+            ("max_percent", self.max_percent),
+            ("window_ms", report.window_ms as f64),
+        ];
+        let o = if rate > self.max_percent {
             obs(
                 Verdict::Fail,
                 format!(
@@ -208,7 +215,8 @@ impl Check for ErrorRateCheck {
                     g.errors_5xx
                 ),
             )
-        }
+        };
+        o.with_numbers(numbers)
     }
 
     async fn preflight(&self) -> Result<(), AdapterError> {
@@ -331,7 +339,24 @@ impl Check for SequentialErrorRateCheck {
         let test = &state.as_ref().expect("set by take").test;
         let judgement = test.judge(ctx.hold_is_over());
         let note = dropped.map_or_else(String::new, |d| format!(" ({d})"));
-        match &judgement {
+        let f = judgement.figures();
+        let numbers = [
+            ("green.requests", f.green.requests as f64),
+            ("green.failures", f.green.failures as f64),
+            ("blue.requests", f.blue.requests as f64),
+            ("blue.failures", f.blue.failures as f64),
+            ("evidence", f.evidence),
+            ("peak_evidence", f.peak_evidence),
+            ("threshold", f.threshold),
+            ("alpha", f.alpha),
+            ("margin", f.margin),
+            ("rate_ratio", f.rate_ratio.unwrap_or(f64::NAN)),
+            ("detect_ratio", f.detect_ratio),
+            ("power_evidence", f.power_evidence),
+            ("batches", f.batches as f64),
+            ("baseline_bound", f.baseline_bound.unwrap_or(f64::NAN)),
+        ];
+        let observation = match &judgement {
             Judgement::Fail(_) => obs(
                 Verdict::Fail,
                 format!("green fails more often than blue: {judgement}{note}"),
@@ -350,7 +375,8 @@ impl Check for SequentialErrorRateCheck {
                 &self.name,
                 format!("not enough requests to pass green yet: {judgement}{note}"),
             ),
-        }
+        };
+        observation.with_numbers(numbers)
     }
 
     async fn preflight(&self) -> Result<(), AdapterError> {

@@ -143,10 +143,19 @@ async fn error_rate_check() {
         "green served 30 of 50",
     );
     send(&p, 40).await;
+    let o = c.evaluate(&look()).await;
     assert_obs(
-        &c.evaluate(&look()).await,
+        &o,
         Verdict::Pass,
         "green error rate 0 % <= 1 % over 50 requests",
+    );
+    assert_eq!(
+        (
+            o.numbers["green.requests"],
+            o.numbers["green.failures"],
+            o.numbers["max_percent"]
+        ),
+        (50.0, 0.0, 1.0)
     );
     green.set_fail_ratio(0.5);
     send(&p, 100).await;
@@ -513,6 +522,23 @@ async fn sequential_error_rate_check_judges_green_against_blue_since_each_split(
     let o = c.evaluate(&in_hold(62, 0, 60, 50.0)).await;
     assert_obs(&o, Verdict::Fail, "green fails more often than blue");
     assert!(o.detail.contains("green 15 % (30/200)"), "{o}");
+    // The numbers behind it, for scripts.
+    let n = &o.numbers;
+    assert_eq!(
+        (n["green.requests"], n["green.failures"]),
+        (200.0, 30.0),
+        "{n:?}"
+    );
+    assert_eq!(
+        (n["blue.requests"], n["blue.failures"]),
+        (200.0, 1.0),
+        "{n:?}"
+    );
+    assert!(
+        n["evidence"] >= n["threshold"] && n["threshold"] == 100.0,
+        "{n:?}"
+    );
+    assert!(!n.contains_key("baseline_bound"), "no bake yet: {n:?}");
     // It stays failed, also across a shift (whose batch is dropped).
     green.set_fail_ratio(0.0);
     send(&p, 100).await;
