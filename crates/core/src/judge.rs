@@ -415,12 +415,14 @@ impl Judgement {
 
 /// The sequential test. One per rollout: it accumulates every batch from
 /// the first step to the end of the bake.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SequentialErrorRate {
     settings: Settings,
-    /// ln r_k = k·ln 1.25, k = 1..K.
+    /// ln r_k = k·ln 1.25, k = 1..K (given by the settings: not stored).
+    #[serde(skip)]
     ln_ratio: Vec<f64>,
-    /// r_k − 1.
+    /// r_k − 1 (not stored either).
+    #[serde(skip)]
     ratio_minus_one: Vec<f64>,
     /// S_k: the sum of ln LR_k over the batches.
     log_lr: Vec<f64>,
@@ -520,6 +522,46 @@ impl SequentialErrorRate {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// A test read back from storage, if it is one this code could have
+    /// written: valid settings, one value per grid point, finite numbers.
+    pub fn restored(mut saved: SequentialErrorRate) -> Result<SequentialErrorRate, String> {
+        let fresh = SequentialErrorRate::new(saved.settings).map_err(|e| e.to_string())?;
+        let k = fresh.log_lr.len();
+        let lengths = [
+            saved.log_lr.len(),
+            saved.power_green_loss.len(),
+            saved.power_blue_loss.len(),
+        ];
+        if lengths.iter().any(|&n| n != k) {
+            return Err(format!(
+                "expected {k} values per grid point, found {lengths:?}"
+            ));
+        }
+        saved.ln_ratio = fresh.ln_ratio;
+        saved.ratio_minus_one = fresh.ratio_minus_one;
+        let finite = saved
+            .log_lr
+            .iter()
+            .chain(&saved.power_green_loss)
+            .chain(&saved.power_blue_loss)
+            .chain([
+                &saved.log_evidence,
+                &saved.peak_log_evidence,
+                &saved.power_green,
+                &saved.mh_green,
+                &saved.mh_blue,
+            ])
+            .all(|x| x.is_finite());
+        if !finite
+            || saved
+                .baseline_bound
+                .is_some_and(|b| !b.is_finite() || b < 0.0)
+        {
+            return Err("it holds numbers that are not finite".into());
+        }
+        Ok(saved)
     }
 
     /// Adds one look's counts (what happened since the previous look).

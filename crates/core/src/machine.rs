@@ -28,6 +28,7 @@
 //! names (set identifiers, target groups, pools) come from the plan's router
 //! ([`crate::plan::RouterConfig::targets`]) and are what messages show.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -446,6 +447,12 @@ pub struct Rollout {
     /// its numbers), kept for status displays.
     #[serde(default)]
     pub last_analysis: Option<Event>,
+    /// What checks that judge across looks have gathered (the sequential
+    /// judge's evidence), by check name, opaque to the machine: stored with
+    /// the rollout so that a driver taking it over goes on with the same
+    /// test rather than starting a new one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub check_states: BTreeMap<String, serde_json::Value>,
     /// Events recorded and not yet taken by the engine.
     #[serde(skip)]
     outbox: Vec<Event>,
@@ -493,6 +500,7 @@ impl Rollout {
             last_command_seq: 0,
             events: 0,
             last_analysis: None,
+            check_states: BTreeMap::new(),
             outbox: Vec::new(),
         };
         let t = r.targets();
@@ -1729,6 +1737,8 @@ impl Rollout {
                 self.failures = 0;
                 self.inconclusive_streak = 0;
                 self.last_verdict = None;
+                // A new attempt is judged afresh.
+                self.check_states.clear();
                 self.ended_at = None;
                 self.observing = None;
                 self.split_unverified = None;

@@ -1230,3 +1230,40 @@ fn detect_points_out_of_range_is_refused() {
         assert_eq!(e.field, "detect_points", "{e}");
     }
 }
+
+#[test]
+fn a_stored_test_goes_on_where_it_was_and_a_damaged_one_is_refused() {
+    let mut test = new_test(settings());
+    for _ in 0..5 {
+        test.observe(Batch {
+            green_requests: 100,
+            green_failures: 3,
+            blue_requests: 900,
+            blue_failures: 9,
+        });
+    }
+    let json = serde_json::to_value(&test).unwrap();
+    let text = json.to_string();
+    eprintln!("FIGURE stored judge state: {} bytes", text.len());
+    let back: SequentialErrorRate = serde_json::from_value(json.clone()).unwrap();
+    let mut back = SequentialErrorRate::restored(back).unwrap();
+    assert_eq!(back, test);
+    let next = Batch {
+        green_requests: 100,
+        green_failures: 20,
+        blue_requests: 900,
+        blue_failures: 9,
+    };
+    back.observe(next);
+    test.observe(next);
+    assert_eq!(back, test);
+
+    let mut damaged = json.clone();
+    damaged["log_lr"] = serde_json::json!([0.0]);
+    let e = SequentialErrorRate::restored(serde_json::from_value(damaged).unwrap()).unwrap_err();
+    assert!(e.contains("values per grid point"), "{e}");
+    let mut damaged = json;
+    damaged["settings"]["alpha"] = serde_json::json!(2.0);
+    let e = SequentialErrorRate::restored(serde_json::from_value(damaged).unwrap()).unwrap_err();
+    assert!(e.contains("alpha"), "{e}");
+}

@@ -469,6 +469,14 @@ impl Engine {
         control: Control,
     ) -> Result<Rollout, EngineError> {
         let (record, rollout) = self.load(id).await?;
+        // Checks that judge across looks go on with what was gathered.
+        for check in &adapters.checks {
+            if let Some(state) = rollout.check_states.get(check.name()) {
+                if let Err(e) = check.restore(state) {
+                    tracing::warn!(rollout = %id, check = check.name(), error = %e, "a check's stored state is unusable; it starts afresh");
+                }
+            }
+        }
         let now = self.clock.now();
         let mut d = Driving {
             engine: self,
@@ -880,6 +888,16 @@ impl Driving<'_> {
                     let performed = self.perform_leased(&action, adapters).await?;
                     for note in adapters.router.take_notes() {
                         self.feed_input(Input::Note(note));
+                    }
+                    if action == Action::RunAnalysis {
+                        // Stored with the verdict the state led to.
+                        for check in &adapters.checks {
+                            if let Some(state) = check.state() {
+                                self.rollout
+                                    .check_states
+                                    .insert(check.name().to_string(), state);
+                            }
+                        }
                     }
                     match performed {
                         Performed::Done(input) => {

@@ -134,6 +134,21 @@ pub trait Check: Send + Sync {
     async fn preflight(&self) -> Result<(), AdapterError> {
         Ok(())
     }
+
+    /// What the check has gathered across looks, to store with the rollout
+    /// after each analysis (a check that judges each look on its own keeps
+    /// nothing: the default).
+    fn state(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Takes up what [`Check::state`] returned, when a driver resumes the
+    /// rollout. A state it cannot read is refused, and the check starts
+    /// afresh.
+    fn restore(&self, state: &serde_json::Value) -> Result<(), String> {
+        let _ = state;
+        Ok(())
+    }
 }
 
 /// Optionally readies green before traffic moves and retires blue after.

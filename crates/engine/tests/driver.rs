@@ -1078,3 +1078,79 @@ async fn a_hung_check_is_an_error_at_its_limit_and_the_inconclusive_limit_fires(
     let back = router.writes().iter().find(|w| w.1 == 0.0).unwrap().0;
     assert!(back <= 50_000, "back on blue at {back} ms");
 }
+
+/// A check that remembers how many looks it took, across drivers.
+#[derive(Default)]
+struct Counting {
+    looks: Mutex<u64>,
+    restored: Mutex<Option<u64>>,
+}
+
+#[async_trait]
+impl Check for Counting {
+    fn name(&self) -> &str {
+        "counting"
+    }
+    async fn evaluate(&self, _ctx: &CheckContext) -> Observation {
+        *self.looks.lock().unwrap() += 1;
+        Observation::new("counting", Verdict::Pass, "fine")
+    }
+    fn state(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({ "looks": *self.looks.lock().unwrap() }))
+    }
+    fn restore(&self, state: &serde_json::Value) -> Result<(), String> {
+        let looks = state["looks"].as_u64().ok_or("no `looks`")?;
+        *self.looks.lock().unwrap() = looks;
+        *self.restored.lock().unwrap() = Some(looks);
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_checks_state_is_stored_with_each_verdict_and_given_to_the_next_driver() {
+    let f = Fixture::new();
+    let engine = f.engine("a");
+    engine
+        .create("r1", plan("preset = \"canary\"\nhold = \"1m\""), false)
+        .await
+        .unwrap();
+    let (router_adapters, _router) = f.adapters("r1", 101.0);
+    let first = Arc::new(Counting::default());
+    let adapters = Adapters {
+        checks: vec![first.clone()],
+        ..router_adapters.clone()
+    };
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(17)).await;
+        stop.send(true).unwrap();
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    });
+    engine
+        .drive_with(
+            "r1",
+            &adapters,
+            cutover_engine::driver::Control::stoppable(rx),
+        )
+        .await
+        .unwrap();
+    // Looks at 5, 10 and 15 s, each stored with its verdict.
+    let looks = *first.looks.lock().unwrap();
+    assert_eq!(looks, 3);
+    let (_, stored) = engine.load("r1").await.unwrap();
+    assert_eq!(stored.check_states["counting"]["looks"], looks);
+
+    let second = Arc::new(Counting::default());
+    let adapters = Adapters {
+        checks: vec![second.clone()],
+        ..router_adapters
+    };
+    let end = f.engine("b").drive("r1", &adapters).await.unwrap();
+    assert_eq!(end.phase, Phase::Succeeded);
+    assert_eq!(
+        *second.restored.lock().unwrap(),
+        Some(3),
+        "went on from the first"
+    );
+    assert!(*second.looks.lock().unwrap() > 3);
+}

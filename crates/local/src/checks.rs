@@ -233,9 +233,10 @@ impl Check for ErrorRateCheck {
 /// split changed since the previous look (its requests straddle the shift)
 /// or the proxy restarted (its counts went back). Where blue served nothing
 /// (100 % green), green is judged against a bound on blue's rate from
-/// before. The evidence lives in this process: a driver that takes a
-/// rollout over starts a new test, which keeps each test's error bound but
-/// adds them up over takeovers.
+/// before. The test and the counts of the last look are stored with the
+/// rollout after every look ([`Check::state`]), so a driver that takes the
+/// rollout over goes on with the same test, and its first batch runs from
+/// the previous driver's last look.
 struct SequentialErrorRateCheck {
     name: String,
     admin: Result<AdminClient, AdapterError>,
@@ -244,6 +245,7 @@ struct SequentialErrorRateCheck {
     state: Mutex<Option<JudgeState>>,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct JudgeState {
     test: SequentialErrorRate,
     /// The proxy's counts at the previous look: green's and blue's
@@ -381,6 +383,22 @@ impl Check for SequentialErrorRateCheck {
 
     async fn preflight(&self) -> Result<(), AdapterError> {
         preflight_admin(&self.admin)
+    }
+
+    fn state(&self) -> Option<serde_json::Value> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        serde_json::to_value(state.as_ref()?).ok()
+    }
+
+    fn restore(&self, saved: &serde_json::Value) -> Result<(), String> {
+        let mut st: JudgeState =
+            serde_json::from_value(saved.clone()).map_err(|e| format!("unreadable: {e}"))?;
+        if st.test.settings() != &self.settings {
+            return Err("it was gathered under other settings".into());
+        }
+        st.test = SequentialErrorRate::restored(st.test)?;
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(st);
+        Ok(())
     }
 }
 

@@ -611,3 +611,61 @@ async fn sequential_error_rate_check_passes_a_healthy_green_once_it_has_seen_eno
     eprintln!("passed after {} requests", looks * 100);
     p.shutdown().await;
 }
+
+#[tokio::test]
+async fn sequential_error_rate_check_goes_on_from_a_stored_state_and_refuses_a_bad_one() {
+    let (blue, green, p) = setup(50.0).await;
+    let config = CheckConfig::SequentialErrorRate {
+        alpha: 0.01,
+        margin: 1.0,
+        detect_ratio: 2.0,
+        detect_points: 1.0,
+        min_rate: 0.001,
+    };
+    blue.set_fail_ratio(0.02);
+    green.set_fail_ratio(0.04);
+    let first = check(&p, config.clone());
+    first.evaluate(&in_hold(1, 0, 600, 50.0)).await;
+    // Green fails twice as often as blue: evidence grows slowly.
+    let mut evidence = 0.0;
+    for look in 0..4 {
+        send(&p, 400).await;
+        let o = first.evaluate(&in_hold(2 + look, 0, 600, 50.0)).await;
+        assert_eq!(o.verdict, Verdict::Pass, "{o}");
+        evidence = o.numbers["evidence"];
+    }
+    let saved = first.state().expect("a state after looks");
+
+    // Another driver's check, given the stored state, goes on from the
+    // first one's last look: the requests in between form its first batch.
+    let next = check(&p, config.clone());
+    next.restore(&saved).unwrap();
+    send(&p, 400).await;
+    let o = next.evaluate(&in_hold(10, 0, 600, 50.0)).await;
+    assert!(!o.detail.contains("counting from now"), "{o}");
+    assert_eq!(o.numbers["green.requests"], 1000.0, "{o}");
+    assert_ne!(o.numbers["evidence"], evidence, "went on: {o}");
+
+    // A state from other settings, or one that is not a test, is refused.
+    let other = check(
+        &p,
+        CheckConfig::SequentialErrorRate {
+            alpha: 0.05,
+            margin: 1.0,
+            detect_ratio: 2.0,
+            detect_points: 1.0,
+            min_rate: 0.001,
+        },
+    );
+    let e = other.restore(&saved).unwrap_err();
+    assert!(e.contains("other settings"), "{e}");
+    let mut broken = saved.clone();
+    broken["test"]["log_lr"] = serde_json::json!([1.0, 2.0]);
+    let e = check(&p, config.clone()).restore(&broken).unwrap_err();
+    assert!(e.contains("values per grid point"), "{e}");
+    let e = check(&p, config)
+        .restore(&serde_json::json!({"x": 1}))
+        .unwrap_err();
+    assert!(e.contains("unreadable"), "{e}");
+    p.shutdown().await;
+}
