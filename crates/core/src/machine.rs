@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{Judge, OnAdapterFailure, OnDrift, OnInconclusive, Plan, Targets};
+use crate::plan::{Judge, OnAdapterFailure, OnDrift, OnInconclusive, OnWaitExpired, Plan, Targets};
 use crate::time::Human;
 use crate::verdict::{combine, Observation, Verdict};
 use crate::{Split, Timestamp};
@@ -1481,17 +1481,49 @@ impl Rollout {
                 if observations
                     .iter()
                     .all(|o| o.verdict == Verdict::Pass || o.waiting)
-                    && self
+                    && (self
                         .hold_ends_at()
-                        .is_some_and(|end| now < end.after(a.wait_for_data)) =>
+                        .is_some_and(|end| now < end.after(a.wait_for_data))
+                        || a.on_wait_expired != OnWaitExpired::Inconclusive) =>
             {
-                // Nothing against green, only too little data to let the
-                // step pass: the hold goes on.
-                self.record(
-                    now,
-                    format!("holding on for more data: {summary}"),
-                    observations,
-                );
+                let waited_out = self
+                    .hold_ends_at()
+                    .is_none_or(|end| now >= end.after(a.wait_for_data));
+                let paused = matches!(self.phase, Phase::Paused { .. });
+                let waited = crate::time::Human(a.wait_for_data);
+                match a.on_wait_expired {
+                    // Nothing against green, only too little data to let
+                    // the step pass: the hold goes on.
+                    _ if !waited_out => self.record(
+                        now,
+                        format!("holding on for more data: {summary}"),
+                        observations,
+                    ),
+                    OnWaitExpired::Pass => {
+                        self.inconclusive_streak = 0;
+                        self.record(
+                            now,
+                            format!("passed without the data asked for (waited {waited} past the hold): {summary}"),
+                            observations,
+                        );
+                        if hold_over && !paused {
+                            return self.advance(now, resume_to, out);
+                        }
+                    }
+                    _ if paused => self.record(
+                        now,
+                        format!("still waiting for data: {summary}"),
+                        observations,
+                    ),
+                    _ => {
+                        let reason =
+                            format!("waited {waited} past the hold for enough data: {summary}");
+                        self.record(now, format!("pausing: {reason}"), observations);
+                        if !paused {
+                            self.pause(now, reason);
+                        }
+                    }
+                }
             }
             Verdict::Inconclusive | Verdict::Error => {
                 self.inconclusive_streak += 1;

@@ -40,7 +40,8 @@ pub struct Observation {
     /// An inconclusive verdict that only asks for more data: a check that
     /// has seen too few requests to let a step pass, and nothing against
     /// green. The hold goes on (up to `analysis.wait_for_data` past its
-    /// end) without counting it towards `inconclusive_limit`.
+    /// end, then `analysis.on_wait_expired`) without counting it towards
+    /// `inconclusive_limit`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub waiting: bool,
     /// The numbers behind the verdict, by name (`green.requests`,

@@ -711,7 +711,8 @@ fn snapshots_of_every_schema_are_read_and_newer_ones_refused() {
 }
 
 #[test]
-fn a_check_waiting_for_data_extends_the_hold_up_to_wait_for_data_then_counts() {
+fn a_check_waiting_for_data_extends_the_hold_up_to_wait_for_data_then_does_what_on_wait_expired_says(
+) {
     // Too few requests until 50 s, then a pass: the 20 s hold goes on.
     let text = "[strategy]\npreset = \"canary\"\nhold = \"20s\"\n\
                 [analysis]\ninterval = \"10s\"\ninconclusive_limit = 1\nwait_for_data = \"1m\"\n";
@@ -737,21 +738,50 @@ fn a_check_waiting_for_data_extends_the_hold_up_to_wait_for_data_then_counts() {
         .count();
     assert_eq!(held, 4, "at 10, 20, 30 and 40 s: {:?}", run.messages());
 
-    // Never enough: past 20 s + 1 m the looks count as inconclusive, and
-    // the second in a row (limit 1) rolls back.
-    let world = World {
+    // Never enough: past 20 s + 1 m the step passes by default, saying so.
+    let never = || World {
         verdict: Box::new(|_, _| Verdict::Inconclusive),
         waiting: true,
         ..World::healthy()
     };
-    let mut run = Run::start(plan(text), &world);
-    run.finish(&world);
+    let mut run = Run::start(plan(text), &never());
+    run.finish(&never());
+    assert_eq!(run.rollout.phase, Phase::Succeeded);
+    assert_eq!(applied(&run)[..2], [(0, 10.0), (80, 100.0)]);
+    assert!(
+        run.messages()
+            .iter()
+            .any(|m| m.starts_with("passed without the data asked for (waited 1m past the hold)")),
+        "{:?}",
+        run.messages()
+    );
+
+    // `on_wait_expired = "inconclusive"`: the looks then count, and the
+    // second in a row (limit 1) rolls back.
+    let counted = format!("{text}on_wait_expired = \"inconclusive\"\n");
+    let mut run = Run::start(plan(&counted), &never());
+    run.finish(&never());
     assert!(
         matches!(run.rollout.phase, Phase::RolledBack { .. }),
         "{:?}",
         run.rollout.phase
     );
     assert_eq!(applied(&run), [(0, 10.0), (90, 0.0)]);
+
+    // `pause`: it waits for an operator at 10 %.
+    let paused = format!("{text}on_wait_expired = \"pause\"\n");
+    let mut run = Run::start(plan(&paused), &never());
+    for _ in 0..10_000 {
+        if matches!(run.rollout.phase, Phase::Paused { .. }) || !run.step(&never()) {
+            break;
+        }
+    }
+    assert!(
+        matches!(&run.rollout.phase, Phase::Paused { reason, .. } if reason.starts_with("waited 1m past the hold for enough data")),
+        "{:?}",
+        run.rollout.phase
+    );
+    assert_eq!(applied(&run), [(0, 10.0)]);
 
     // The same verdicts without `waiting` count at once: rolled back at 30 s.
     let world = World {

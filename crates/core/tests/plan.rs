@@ -603,6 +603,17 @@ fn the_sequential_error_rate_check_takes_the_judges_settings_and_refuses_bad_one
         "needs a first step below 100 %",
     );
     err(
+        "[strategy]\npreset = \"canary\"\n[analysis]\non_wait_expired = \"maybe\"\n",
+        4,
+        "unknown `analysis.on_wait_expired` `maybe`; expected `pass`, `pause` or `inconclusive`",
+    );
+    let p = ok(
+        "[strategy]\npreset = \"canary\"\n[analysis]\non_wait_expired = \"pause\"\n\
+                [[analysis.checks]]\nkind = \"sequential-error-rate\"\n",
+    );
+    assert_eq!(p.analysis.on_wait_expired, plan::OnWaitExpired::Pause);
+    assert_eq!(p.timeline().worst_case, None, "may wait for an operator");
+    err(
         "[strategy]\npreset = \"canary\"\n[analysis]\nwait_for_data = \"31d\"\n",
         4,
         "longer than 30d",

@@ -105,12 +105,16 @@ pub struct Analysis {
     pub inconclusive_limit: u32,
     /// How long past its end a hold goes on while a check only waits for
     /// enough data to let the step pass ([`crate::Observation::waiting`]);
-    /// after that such verdicts count as inconclusive.
+    /// after that, `on_wait_expired` says what they do.
     #[serde(
         default = "default_wait_for_data",
         with = "crate::time::serde_duration"
     )]
     pub wait_for_data: Duration,
+    /// What a verdict still waiting for data does once `wait_for_data` has
+    /// passed.
+    #[serde(default)]
+    pub on_wait_expired: OnWaitExpired,
     pub on_inconclusive: OnInconclusive,
     pub checks: Vec<CheckSpec>,
 }
@@ -130,6 +134,22 @@ pub enum Judge {
 pub enum OnInconclusive {
     Pause,
     Rollback,
+}
+
+/// When a check has waited `wait_for_data` for enough requests to let a
+/// step pass and still has nothing against green.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnWaitExpired {
+    /// The step passes, recorded as passed without the data asked for: a
+    /// healthy green is not rolled back for low traffic.
+    #[default]
+    Pass,
+    /// The rollout pauses for an operator.
+    Pause,
+    /// The verdict counts as inconclusive (`inconclusive_limit`,
+    /// `on_inconclusive`).
+    Inconclusive,
 }
 
 /// How long one call may take before it is cut short and counted as the

@@ -253,6 +253,7 @@ struct RawAnalysis {
     inconclusive_limit: Option<u32>,
     on_inconclusive: Option<Spanned<String>>,
     wait_for_data: Option<Spanned<String>>,
+    on_wait_expired: Option<Spanned<String>>,
     /// Not `Spanned`: toml cannot span the tables of an array of tables;
     /// see [`Cx::check_span`].
     #[serde(default)]
@@ -534,6 +535,7 @@ impl Cx<'_> {
             failure_limit: 0,
             inconclusive_limit: 3,
             wait_for_data: super::DEFAULT_WAIT_FOR_DATA,
+            on_wait_expired: super::OnWaitExpired::Pass,
             on_inconclusive: OnInconclusive::Rollback,
             checks: vec![],
         };
@@ -557,6 +559,16 @@ impl Cx<'_> {
         a.inconclusive_limit = raw.inconclusive_limit.unwrap_or(a.inconclusive_limit);
         if let Some(w) = &raw.wait_for_data {
             a.wait_for_data = self.duration(w, "analysis.wait_for_data")?;
+        }
+        if let Some(o) = &raw.on_wait_expired {
+            a.on_wait_expired = match o.get_ref().as_str() {
+                "pass" => super::OnWaitExpired::Pass,
+                "pause" => super::OnWaitExpired::Pause,
+                "inconclusive" => super::OnWaitExpired::Inconclusive,
+                other => {
+                    return Err(self.at(o, format!("unknown `analysis.on_wait_expired` `{other}`; expected `pass`, `pause` or `inconclusive`")))
+                }
+            };
         }
         if let Some(o) = &raw.on_inconclusive {
             a.on_inconclusive = match o.get_ref().as_str() {

@@ -102,13 +102,16 @@ impl Plan {
     /// router's retry deadline.
     pub fn worst_case(&self) -> Option<Duration> {
         let a = &self.analysis;
-        if a.on_inconclusive == super::OnInconclusive::Pause {
+        let waits = a.checks.iter().any(|c| c.config.judge_settings().is_some());
+        if a.on_inconclusive == super::OnInconclusive::Pause
+            || (waits && a.on_wait_expired == super::OnWaitExpired::Pause)
+        {
             return None;
         }
         let mut extra = a.interval * (a.failure_limit + a.inconclusive_limit + 2);
         // A check that waits for data holds each step up to `wait_for_data`
         // longer before its verdicts count.
-        if a.checks.iter().any(|c| c.config.judge_settings().is_some()) {
+        if waits {
             extra += a.wait_for_data;
         }
         // Every shift and the read of the router's split before the first
