@@ -40,17 +40,13 @@ struct Second {
     blue: (u64, u64),
 }
 
-/// What a check does at a look: the seconds since the previous look (in
-/// order), the whole per-second history (newest last), whether the split
-/// changed since the previous look, and whether the hold is over.
+/// What a check does at a look: the whole per-second history (newest
+/// last), how many of its last seconds are new to it (since the previous
+/// look, or after a shift since the split took effect, as the
+/// `sequential-error-rate` check reads from the proxy's window), and
+/// whether the hold is over.
 trait Judge {
-    fn look(
-        &mut self,
-        history: &VecDeque<Second>,
-        since_last: usize,
-        shifted: bool,
-        hold_over: bool,
-    ) -> Observation;
+    fn look(&mut self, history: &VecDeque<Second>, new: usize, hold_over: bool) -> Observation;
 }
 
 /// `error-rate`: green's 5xx share over a sliding window against a
@@ -63,7 +59,7 @@ struct Threshold {
 }
 
 impl Judge for Threshold {
-    fn look(&mut self, history: &VecDeque<Second>, _: usize, _: bool, _: bool) -> Observation {
+    fn look(&mut self, history: &VecDeque<Second>, _: usize, _: bool) -> Observation {
         let (mut n, mut f) = (0, 0);
         for s in history.iter().rev().take(self.window_s) {
             n += s.green.0;
@@ -88,16 +84,10 @@ struct Sequential {
 }
 
 impl Judge for Sequential {
-    fn look(
-        &mut self,
-        history: &VecDeque<Second>,
-        since_last: usize,
-        shifted: bool,
-        hold_over: bool,
-    ) -> Observation {
-        if !shifted {
+    fn look(&mut self, history: &VecDeque<Second>, new: usize, hold_over: bool) -> Observation {
+        {
             let mut b = Batch::default();
-            for s in history.iter().rev().take(since_last) {
+            for s in history.iter().rev().take(new) {
                 b.green_requests += s.green.0;
                 b.green_failures += s.green.1;
                 b.blue_requests += s.blue.0;
@@ -225,7 +215,12 @@ fn canary(
                         || split_at_last_look.is_none();
                     split_at_last_look = Some((router, r.phase_started));
                     let hold_over = r.hold_ends_at().is_some_and(|end| now >= end);
-                    Input::Analysis(vec![judge.look(&history, since, shifted, hold_over)])
+                    let new = if shifted {
+                        (now.since(r.phase_started).as_secs() as usize).min(history.len())
+                    } else {
+                        since
+                    };
+                    Input::Analysis(vec![judge.look(&history, new, hold_over)])
                 }
             };
             queue.extend(r.handle(now, input));

@@ -229,9 +229,11 @@ impl Check for ErrorRateCheck {
 /// what each colour served since the previous look; the test
 /// ([`SequentialErrorRate`]) keeps its evidence across looks and steps.
 ///
-/// A batch is dropped, and counting starts again from the look, when the
-/// split changed since the previous look (its requests straddle the shift)
-/// or the proxy restarted (its counts went back). Where blue served nothing
+/// When the split changed since the previous look, its requests straddle
+/// the shift: the batch is then what the proxy's window since the split
+/// took effect holds (or, past the proxy's longest window, nothing, and
+/// counting starts again from this look). After a proxy restart (its counts
+/// went back) counting starts again from the look. Where blue served nothing
 /// (100 % green), green is judged against a bound on blue's rate from
 /// before. The test and the counts of the last look are stored with the
 /// rollout after every look ([`Check::state`]), so a driver that takes the
@@ -258,22 +260,34 @@ struct JudgeState {
 
 impl SequentialErrorRateCheck {
     /// Takes this look's counts in; what was dropped, if anything, and why.
+    /// Takes this look's counts in; says where counting started when it
+    /// did not start at the previous look. `since_split`: what each colour
+    /// served since the split in `ctx` took effect, when the proxy's window
+    /// covered all of that time.
     fn take(
         &self,
         state: &mut Option<JudgeState>,
         counts: [u64; 4],
         uptime_ms: u64,
         ctx: &CheckContext,
+        since_split: Option<Batch>,
     ) -> Result<Option<&'static str>, String> {
         let Some(st) = state.as_mut() else {
-            let test = SequentialErrorRate::new(self.settings).map_err(|e| e.to_string())?;
+            let mut test = SequentialErrorRate::new(self.settings).map_err(|e| e.to_string())?;
+            let note = match since_split {
+                Some(batch) => {
+                    observe(&mut test, batch);
+                    "first look: counting from when the split took effect"
+                }
+                None => "first look: counting from now",
+            };
             *state = Some(JudgeState {
                 test,
                 counts,
                 uptime_ms,
                 split_since: ctx.split_since,
             });
-            return Ok(Some("first look: counting from now"));
+            return Ok(Some(note));
         };
         let restarted =
             uptime_ms < st.uptime_ms || counts.iter().zip(st.counts).any(|(now, then)| *now < then);
@@ -288,21 +302,36 @@ impl SequentialErrorRateCheck {
             ));
         }
         if shifted {
-            return Ok(Some(
-                "the split changed since the last look: counting from now",
-            ));
+            // The requests since the previous look straddle the shift: only
+            // those since it took effect count.
+            return Ok(Some(match since_split {
+                Some(batch) => {
+                    observe(&mut st.test, batch);
+                    "the split changed since the last look: counting from when it took effect"
+                }
+                None => "the split changed since the last look: counting from now",
+            }));
         }
-        if b == 0 && g > 0 {
-            st.test.observe_green_only(g, ge);
-        } else {
-            st.test.observe(Batch {
+        observe(
+            &mut st.test,
+            Batch {
                 green_requests: g,
                 green_failures: ge,
                 blue_requests: b,
                 blue_failures: be,
-            });
-        }
+            },
+        );
         Ok(None)
+    }
+}
+
+/// One batch into the test: against blue within it, or, where blue served
+/// nothing (100 % green), against the bound on blue's rate from before.
+fn observe(test: &mut SequentialErrorRate, b: Batch) {
+    if b.blue_requests == 0 && b.green_requests > 0 {
+        test.observe_green_only(b.green_requests, b.green_failures);
+    } else {
+        test.observe(b);
     }
 }
 
@@ -318,23 +347,67 @@ impl Check for SequentialErrorRateCheck {
             Ok(a) => a,
             Err(o) => return o,
         };
-        // Only the totals are used; the window is the shortest there is.
-        let report = match admin.metrics(Duration::from_secs(1), &[]).await {
-            Ok(r) => r,
-            Err(e) => {
-                return obs(
-                    Verdict::Error,
-                    format!("cannot read the proxy's metrics: {e}"),
-                )
+        // The totals give what was served between two looks. After a shift
+        // (or at the first look) the window since the split took effect
+        // gives what counts of the requests before this look.
+        let since = ctx.now.since(ctx.split_since);
+        let new_split = self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_none_or(|st| st.split_since != ctx.split_since);
+        // A window covers what was asked to within the proxy's resolution
+        // (10 ms slots with its default `metrics_window`), rounded up to
+        // whole slots: asking for two slots less than the time since the
+        // shift keeps traffic from before it out, at the cost of up to 20 ms
+        // after it; under three slots since, the two cannot be told apart.
+        let mut resolution = Duration::from_millis(10);
+        let report = loop {
+            let window = if new_split {
+                since
+                    .saturating_sub(resolution * 2)
+                    .max(Duration::from_millis(10))
+            } else {
+                Duration::from_secs(1)
+            };
+            let report = match admin.metrics(window, &[]).await {
+                Ok(r) => r,
+                Err(e) => {
+                    return obs(
+                        Verdict::Error,
+                        format!("cannot read the proxy's metrics: {e}"),
+                    )
+                }
+            };
+            let actual = Duration::from_millis(report.resolution_ms);
+            if new_split && actual > resolution {
+                resolution = actual;
+                continue;
             }
+            break report;
         };
         let (g, b) = (
             report.totals.colour(self.candidate),
             report.totals.colour(self.candidate.other()),
         );
         let counts = [g.requests, g.errors_5xx, b.requests, b.errors_5xx];
+        let covered = since >= resolution * 3
+            && report.window_ms as u128 + 2 * resolution.as_millis() >= since.as_millis();
+        let since_split = (new_split && covered).then(|| {
+            let (g, b) = (
+                report.colour(self.candidate),
+                report.colour(self.candidate.other()),
+            );
+            Batch {
+                green_requests: g.requests,
+                green_failures: g.errors_5xx,
+                blue_requests: b.requests,
+                blue_failures: b.errors_5xx,
+            }
+        });
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let dropped = match self.take(&mut state, counts, report.uptime_ms, ctx) {
+        let dropped = match self.take(&mut state, counts, report.uptime_ms, ctx, since_split) {
             Ok(d) => d,
             Err(e) => return obs(Verdict::Error, format!("unusable judge settings: {e}")),
         };

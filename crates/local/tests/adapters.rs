@@ -479,6 +479,49 @@ fn in_hold(now_s: u64, since_s: u64, ends_s: u64, percent: f64) -> CheckContext 
     }
 }
 
+/// Sends `n` requests and waits until the proxy has counted them all (it
+/// counts a request once its response is written, which may come a moment
+/// after the client has read it).
+async fn send_settled(p: &ProxyHandle, n: usize) {
+    let total = |p: &ProxyHandle| {
+        let t = p.metrics(Duration::from_secs(1)).totals;
+        t.blue.requests + t.green.requests
+    };
+    let before = total(p);
+    send(p, n).await;
+    for _ in 0..5_000 {
+        if total(p) >= before + n as u64 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("the proxy never counted {n} requests");
+}
+
+/// Lets wall time reach `ms` milliseconds after `t`.
+async fn at_least_since(t: cutover_core::Timestamp, ms: u64) {
+    let now = cutover_engine::Clock::system().now();
+    tokio::time::sleep(t.after(Duration::from_millis(ms)).since(now)).await;
+}
+
+/// A look now (wall time, as the proxy's windows are), in a hold of the
+/// split that took effect at `since`; `over`: its hold has ended.
+fn look_now(since: cutover_core::Timestamp, over: bool, percent: f64) -> CheckContext {
+    let now = cutover_engine::Clock::system().now();
+    let end = if over {
+        since
+    } else {
+        now.after(Duration::from_secs(600))
+    };
+    CheckContext {
+        now,
+        started_at: Some(since),
+        split: Split::from_percent(percent).unwrap(),
+        split_since: since,
+        hold_ends_at: Some(end),
+    }
+}
+
 #[tokio::test]
 async fn sequential_error_rate_check_judges_green_against_blue_since_each_split() {
     let (blue, green, p) = setup(50.0).await;
@@ -493,21 +536,34 @@ async fn sequential_error_rate_check_judges_green_against_blue_since_each_split(
         },
     );
     c.preflight().await.unwrap();
-    // Traffic from before the first look never counts.
-    send(&p, 200).await;
-    let first = c.evaluate(&in_hold(1, 0, 60, 50.0)).await;
-    assert_obs(&first, Verdict::Pass, "first look: counting from now");
-    assert!(first.detail.contains("green no requests"), "{first}");
+    // Traffic from before the split took effect never counts; what came
+    // after it, before the first look, does.
+    send_settled(&p, 200).await;
+    let since = cutover_engine::Clock::system().now();
+    // The window leaves out the first 20 ms after a shift (two of the
+    // proxy's 10 ms slots): the traffic after it comes later, as it does
+    // under a steady load.
+    at_least_since(since, 30).await;
+    send_settled(&p, 100).await;
+    let first = c.evaluate(&look_now(since, false, 50.0)).await;
+    assert_obs(
+        &first,
+        Verdict::Pass,
+        "first look: counting from when the split took effect",
+    );
+    // 50 of them went to green; nothing from before the shift.
+    let base = first.numbers["green.requests"];
+    assert_eq!(base, 50.0, "{first}");
 
     // Both healthy: no evidence; mid-hold that is a pass, at the end of the
     // hold too few requests to have ruled a regression out yet.
-    send(&p, 200).await;
+    send_settled(&p, 200).await;
     assert_obs(
-        &c.evaluate(&in_hold(2, 0, 60, 50.0)).await,
+        &c.evaluate(&look_now(since, false, 50.0)).await,
         Verdict::Pass,
         "no evidence against green so far",
     );
-    let end = c.evaluate(&in_hold(61, 0, 60, 50.0)).await;
+    let end = c.evaluate(&look_now(since, true, 50.0)).await;
     assert_obs(
         &end,
         Verdict::Inconclusive,
@@ -518,35 +574,37 @@ async fn sequential_error_rate_check_judges_green_against_blue_since_each_split(
     // Blue fails 1 %, green 30 %: rolled back on the next look.
     blue.set_fail_ratio(0.01);
     green.set_fail_ratio(0.3);
-    send(&p, 200).await;
-    let o = c.evaluate(&in_hold(62, 0, 60, 50.0)).await;
+    send_settled(&p, 200).await;
+    let o = c.evaluate(&look_now(since, true, 50.0)).await;
     assert_obs(&o, Verdict::Fail, "green fails more often than blue");
-    assert!(o.detail.contains("green 15 % (30/200)"), "{o}");
     // The numbers behind it, for scripts.
     let n = &o.numbers;
     assert_eq!(
         (n["green.requests"], n["green.failures"]),
-        (200.0, 30.0),
+        (base + 200.0, 30.0),
         "{n:?}"
     );
-    assert_eq!(
-        (n["blue.requests"], n["blue.failures"]),
-        (200.0, 1.0),
-        "{n:?}"
-    );
+    assert_eq!(n["blue.failures"], 1.0, "{n:?}");
     assert!(
         n["evidence"] >= n["threshold"] && n["threshold"] == 100.0,
         "{n:?}"
     );
     assert!(!n.contains_key("baseline_bound"), "no bake yet: {n:?}");
-    // It stays failed, also across a shift (whose batch is dropped).
+    // It stays failed across a shift, whose batch holds only what came
+    // after the new split took effect.
     green.set_fail_ratio(0.0);
-    send(&p, 100).await;
+    send_settled(&p, 100).await;
+    let shifted = cutover_engine::Clock::system().now();
+    at_least_since(shifted, 30).await;
+    send_settled(&p, 100).await;
+    let o = c.evaluate(&look_now(shifted, false, 50.0)).await;
     assert_obs(
-        &c.evaluate(&in_hold(70, 65, 125, 100.0)).await,
+        &o,
         Verdict::Fail,
-        "the split changed since the last look: counting from now",
+        "the split changed since the last look: counting from when it took effect",
     );
+    let after = o.numbers["green.requests"] - (base + 200.0);
+    assert_eq!(after, 50.0, "only what came after the shift: {o}");
 
     // A proxy that cannot be asked: an error, and nothing taken in.
     let down = build_check(
@@ -564,7 +622,7 @@ async fn sequential_error_rate_check_judges_green_against_blue_since_each_split(
     )
     .expect("a local check");
     assert_obs(
-        &down.evaluate(&in_hold(1, 0, 60, 50.0)).await,
+        &down.evaluate(&look_now(since, false, 50.0)).await,
         Verdict::Error,
         "cannot read the proxy's metrics",
     );
