@@ -937,7 +937,12 @@ impl Driving<'_> {
                 wake = wake.min(w);
             }
             if let Some(f) = &self.store_failure {
-                wake = wake.min(f.retry_at).min(self.lease_expires());
+                // A retry already due is made by whatever needs the store
+                // next; waking for it again would spin.
+                if f.retry_at > now {
+                    wake = wake.min(f.retry_at);
+                }
+                wake = wake.min(self.lease_expires());
             }
             if wake > now {
                 let sleep = tokio::time::sleep_until(self.engine.clock.instant_of(wake));
@@ -1070,6 +1075,14 @@ impl Driving<'_> {
         {
             Ok(true) => {
                 self.lease_renewed = now;
+                // With nothing left to write, a store that renews the lease
+                // works again: a failure noted before no longer counts
+                // towards the fail-safe.
+                if !self.dirty && self.in_doubt.is_none() {
+                    if let Some(f) = self.store_failure.take() {
+                        tracing::warn!(rollout = %self.id, attempts = f.attempts, "the store works again");
+                    }
+                }
                 Ok(())
             }
             Ok(false) => Err(EngineError::LostLease(self.id.clone())),

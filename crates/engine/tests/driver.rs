@@ -1154,3 +1154,47 @@ async fn a_checks_state_is_stored_with_each_verdict_and_given_to_the_next_driver
     );
     assert!(*second.looks.lock().unwrap() > 3);
 }
+
+/// One lease renewal failed in a hold that writes nothing for a while; the
+/// next renewals work. That failure must not ripen into the fail-safe once
+/// `store_deadline` has passed: the store is fine.
+#[tokio::test(start_paused = true)]
+async fn a_failed_renewal_followed_by_good_ones_never_sets_off_the_fail_safe() {
+    let f = Fixture::new();
+    let store = Arc::new(FaultyStore::new(SqliteStore::open(&f.path).unwrap()));
+    let options = Options {
+        tick: Duration::from_millis(200),
+        lease_ttl: Duration::from_secs(3),
+        store_deadline: Duration::from_secs(5),
+        ..Options::default()
+    };
+    let engine = Engine::new(store.clone(), f.clock, "a", options);
+    // No checks: nothing is written during the 1 m hold.
+    let text = "[service]\nname = \"web\"\n[router]\nkind = \"local\"\nadmin_url = \"http://127.0.0.1:1\"\n\
+                [strategy]\npreset = \"canary\"\nhold = \"1m\"\n[analysis]\njudge = \"end-of-hold\"\ninterval = \"1m\"\n";
+    engine
+        .create("r1", plan::parse(text, "t.toml").unwrap(), false)
+        .await
+        .unwrap();
+    let (with_checks, router) = f.adapters("r1", 101.0);
+    let adapters = Adapters {
+        checks: vec![],
+        ..with_checks
+    };
+    // Writes fail for 400 ms around the renewal due at 5 s.
+    at(Duration::from_millis(4_900), store.clone(), |s| {
+        s.fail_writes
+            .store(true, std::sync::atomic::Ordering::SeqCst)
+    });
+    at(Duration::from_millis(5_300), store.clone(), |s| {
+        s.fail_writes
+            .store(false, std::sync::atomic::Ordering::SeqCst)
+    });
+    let end = engine.drive("r1", &adapters).await.unwrap();
+    assert_eq!(end.phase, Phase::Succeeded);
+    assert_eq!(
+        log(&router),
+        [(0, 10.0), (60, 100.0)],
+        "never sent back to blue"
+    );
+}
