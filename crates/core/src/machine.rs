@@ -1478,13 +1478,12 @@ impl Rollout {
                 );
             }
             Verdict::Inconclusive
-                if observations
-                    .iter()
-                    .all(|o| o.verdict == Verdict::Pass || o.waiting)
-                    && (self
-                        .hold_ends_at()
-                        .is_some_and(|end| now < end.after(a.wait_for_data))
-                        || a.on_wait_expired != OnWaitExpired::Inconclusive) =>
+                if observations.iter().all(|o| {
+                    o.verdict == Verdict::Pass || (o.verdict == Verdict::Inconclusive && o.waiting)
+                }) && (self
+                    .hold_ends_at()
+                    .is_some_and(|end| now < end.after(a.wait_for_data))
+                    || a.on_wait_expired != OnWaitExpired::Inconclusive) =>
             {
                 let waited_out = self
                     .hold_ends_at()

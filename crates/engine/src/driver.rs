@@ -524,11 +524,19 @@ impl Engine {
             let check = Arc::clone(check);
             let retries = self.options.check_retries;
             let instruments = self.instruments.clone();
-            let ctx = ctx.clone();
+            let (base, clock) = (ctx.clone(), self.clock);
             set.spawn(async move {
                 let label = format!("check:{}", check.name());
                 let evaluate = || async {
                     let started = tokio::time::Instant::now();
+                    // Each try is told when it runs and by when its answer
+                    // is in: the machine judges the end of the hold by that.
+                    let now = clock.now();
+                    let ctx = CheckContext {
+                        now,
+                        answer_by: now.after(limit),
+                        ..base.clone()
+                    };
                     let o = match tokio::time::timeout(limit, check.evaluate(&ctx)).await {
                         Ok(o) => o,
                         Err(_) => Observation::new(
@@ -744,9 +752,9 @@ impl Engine {
                 }
             },
             Action::RunAnalysis => {
-                let ctx = CheckContext::of(rollout, self.clock.now());
-                let limit = rollout.plan.timeouts.check;
-                Input::Analysis(self.analyse(id, &adapters.checks, &ctx, limit).await)
+                let per_try = rollout.plan.timeouts.check;
+                let ctx = CheckContext::of(rollout, self.clock.now(), per_try);
+                Input::Analysis(self.analyse(id, &adapters.checks, &ctx, per_try).await)
             }
         }
     }

@@ -86,6 +86,10 @@ pub struct CheckContext {
     pub split_since: cutover_core::Timestamp,
     /// When the current hold or bake ends; None outside them (a pause).
     pub hold_ends_at: Option<cutover_core::Timestamp>,
+    /// The latest the answer may reach the machine (`now` plus the check's
+    /// time limit): the machine judges the end of the hold from when the
+    /// answer arrives, so a check must too.
+    pub answer_by: cutover_core::Timestamp,
 }
 
 impl CheckContext {
@@ -98,24 +102,32 @@ impl CheckContext {
             split: cutover_core::Split::ZERO,
             split_since: now,
             hold_ends_at: None,
+            answer_by: now,
         }
     }
 
-    /// The look for `rollout` at `now`.
-    pub fn of(rollout: &cutover_core::Rollout, now: cutover_core::Timestamp) -> CheckContext {
+    /// The look for `rollout` at `now`, answered within `limit`.
+    pub fn of(
+        rollout: &cutover_core::Rollout,
+        now: cutover_core::Timestamp,
+        limit: std::time::Duration,
+    ) -> CheckContext {
         CheckContext {
             now,
             started_at: rollout.started_at,
             split: rollout.split,
             split_since: rollout.phase_started,
             hold_ends_at: rollout.hold_ends_at(),
+            answer_by: now.after(limit),
         }
     }
 
-    /// The hold (or bake) is over: a check that needs enough data before
-    /// it lets a step pass decides now.
+    /// The hold (or bake) may be over by the time the answer arrives: a
+    /// check that needs enough data before it lets a step pass decides as
+    /// at the end of the hold. (Deciding early costs nothing: the machine
+    /// lets a waiting verdict hold on.)
     pub fn hold_is_over(&self) -> bool {
-        self.hold_ends_at.is_some_and(|end| self.now >= end)
+        self.hold_ends_at.is_some_and(|end| self.answer_by >= end)
     }
 }
 

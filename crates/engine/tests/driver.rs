@@ -1198,3 +1198,59 @@ async fn a_failed_renewal_followed_by_good_ones_never_sets_off_the_fail_safe() {
         "never sent back to blue"
     );
 }
+
+/// Passes while its hold is not over, waits for data once it is, and takes
+/// 2 s to answer.
+struct SlowPatient(Mutex<Vec<(u64, bool)>>);
+
+#[async_trait]
+impl Check for SlowPatient {
+    fn name(&self) -> &str {
+        "patient"
+    }
+    async fn evaluate(&self, ctx: &CheckContext) -> Observation {
+        let over = ctx.hold_is_over();
+        self.0
+            .lock()
+            .unwrap()
+            .push((ctx.now.since(T0).as_secs(), over));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if over {
+            Observation::waiting("patient", "more data")
+        } else {
+            Observation::new("patient", Verdict::Pass, "nothing against green so far")
+        }
+    }
+}
+
+/// A look taken 1 s before its hold ends whose answer comes 1 s after it:
+/// the machine judges it as the end of the hold, so the check must too. It
+/// once answered "pass so far", and the step advanced on a look that never
+/// applied the rule for ending a hold.
+#[tokio::test(start_paused = true)]
+async fn a_look_answered_after_the_hold_ends_is_judged_as_its_end() {
+    let f = Fixture::new();
+    let engine = f.engine("a");
+    let text = "[service]\nname = \"web\"\n[router]\nkind = \"local\"\nadmin_url = \"http://127.0.0.1:1\"\n\
+                [strategy]\npreset = \"canary\"\nhold = \"10s\"\n[analysis]\ninterval = \"3s\"\nwait_for_data = \"1m\"\n\
+                [timeouts]\ncheck = \"5s\"\n";
+    engine
+        .create("r1", plan::parse(text, "t.toml").unwrap(), false)
+        .await
+        .unwrap();
+    let (with_checks, router) = f.adapters("r1", 101.0);
+    let check = Arc::new(SlowPatient(Mutex::default()));
+    let adapters = Adapters {
+        checks: vec![check.clone()],
+        ..with_checks
+    };
+    engine.drive("r1", &adapters).await.unwrap();
+    let looks = check.0.lock().unwrap().clone();
+    // Asked at 3 s and 8 s (the interval runs from each answer), each try
+    // cut at 5 s: the second can answer after the hold's end at 10 s.
+    assert_eq!(looks[..2], [(3, false), (8, true)], "{looks:?}");
+    // It advanced only once the wait for data ran out: 10 s + 1 m.
+    let to_full = log(&router)[1];
+    assert_eq!(to_full.1, 100.0);
+    assert!(to_full.0 >= 70, "advanced at {} s: {looks:?}", to_full.0);
+}

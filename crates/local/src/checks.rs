@@ -13,7 +13,7 @@ use bytes::Bytes;
 use cutover_core::judge::{Batch, Judgement, SequentialErrorRate, Settings};
 use cutover_core::plan::{CheckConfig, CheckSpec, LocalRouter};
 use cutover_core::time::Human;
-use cutover_core::{Observation, Timestamp, Verdict};
+use cutover_core::{Observation, Split, Timestamp, Verdict};
 use cutover_engine::ports::{AdapterError, Check, CheckContext};
 use http_body_util::{BodyExt, Empty};
 use hyper::header::{HeaderValue, USER_AGENT};
@@ -251,9 +251,10 @@ struct SequentialErrorRateCheck {
 struct JudgeState {
     test: SequentialErrorRate,
     /// The proxy's counts at the previous look: green's and blue's
-    /// requests and 5xx, and its uptime then.
+    /// requests and 5xx, and when the proxy started (by cutover's clock:
+    /// the look's time less the proxy's uptime).
     counts: [u64; 4],
-    uptime_ms: u64,
+    proxy_started: Timestamp,
     /// When the split the previous look saw took effect.
     split_since: Timestamp,
 }
@@ -272,11 +273,15 @@ impl SequentialErrorRateCheck {
         ctx: &CheckContext,
         since_split: Option<Batch>,
     ) -> Result<Option<&'static str>, String> {
+        let proxy_started = Timestamp(ctx.now.as_millis().saturating_sub(uptime_ms));
+        // Against blue's bound only at 100 % green: below it, a batch
+        // without blue requests is too small to say anything.
+        let full = ctx.split == Split::FULL;
         let Some(st) = state.as_mut() else {
             let mut test = SequentialErrorRate::new(self.settings).map_err(|e| e.to_string())?;
             let note = match since_split {
                 Some(batch) => {
-                    observe(&mut test, batch);
+                    observe(&mut test, batch, full);
                     "first look: counting from when the split took effect"
                 }
                 None => "first look: counting from now",
@@ -284,17 +289,23 @@ impl SequentialErrorRateCheck {
             *state = Some(JudgeState {
                 test,
                 counts,
-                uptime_ms,
+                proxy_started,
                 split_since: ctx.split_since,
             });
             return Ok(Some(note));
         };
-        let restarted =
-            uptime_ms < st.uptime_ms || counts.iter().zip(st.counts).any(|(now, then)| *now < then);
+        // A proxy that started again since the previous look, even one whose
+        // new counts have passed the old ones (a look long after): its start
+        // moved by more than the two clocks' noise.
+        let moved = proxy_started
+            .as_millis()
+            .abs_diff(st.proxy_started.as_millis());
+        let restarted = moved > PROXY_START_NOISE_MS
+            || counts.iter().zip(st.counts).any(|(now, then)| *now < then);
         let shifted = ctx.split_since != st.split_since;
         let [g, ge, b, be] = std::array::from_fn(|i| counts[i].saturating_sub(st.counts[i]));
         st.counts = counts;
-        st.uptime_ms = uptime_ms;
+        st.proxy_started = proxy_started;
         st.split_since = ctx.split_since;
         if restarted {
             return Ok(Some(
@@ -306,7 +317,7 @@ impl SequentialErrorRateCheck {
             // those since it took effect count.
             return Ok(Some(match since_split {
                 Some(batch) => {
-                    observe(&mut st.test, batch);
+                    observe(&mut st.test, batch, full);
                     "the split changed since the last look: counting from when it took effect"
                 }
                 None => "the split changed since the last look: counting from now",
@@ -320,15 +331,22 @@ impl SequentialErrorRateCheck {
                 blue_requests: b,
                 blue_failures: be,
             },
+            full,
         );
         Ok(None)
     }
 }
 
-/// One batch into the test: against blue within it, or, where blue served
-/// nothing (100 % green), against the bound on blue's rate from before.
-fn observe(test: &mut SequentialErrorRate, b: Batch) {
-    if b.blue_requests == 0 && b.green_requests > 0 {
+/// How far apart two readings of the proxy's start (a look's time less the
+/// proxy's uptime) may be without meaning it restarted: the time an admin
+/// call takes, and the two clocks' drift and rounding. A restart within it
+/// is still seen when its counts have not caught up with the old ones.
+const PROXY_START_NOISE_MS: u64 = 5_000;
+
+/// One batch into the test: against blue within it, or, at 100 % green
+/// (blue serves nothing), against the bound on blue's rate from before.
+fn observe(test: &mut SequentialErrorRate, b: Batch, full: bool) {
+    if full && b.blue_requests == 0 && b.green_requests > 0 {
         test.observe_green_only(b.green_requests, b.green_failures);
     } else {
         test.observe(b);

@@ -476,6 +476,7 @@ fn in_hold(now_s: u64, since_s: u64, ends_s: u64, percent: f64) -> CheckContext 
         split: Split::from_percent(percent).unwrap(),
         split_since: at(since_s),
         hold_ends_at: Some(at(ends_s)),
+        answer_by: at(now_s),
     }
 }
 
@@ -519,6 +520,7 @@ fn look_now(since: cutover_core::Timestamp, over: bool, percent: f64) -> CheckCo
         split: Split::from_percent(percent).unwrap(),
         split_since: since,
         hold_ends_at: Some(end),
+        answer_by: now,
     }
 }
 
@@ -699,7 +701,7 @@ async fn sequential_error_rate_check_goes_on_from_a_stored_state_and_refuses_a_b
     let next = check(&p, config.clone());
     next.restore(&saved).unwrap();
     send(&p, 400).await;
-    let o = next.evaluate(&in_hold(10, 0, 600, 50.0)).await;
+    let o = next.evaluate(&in_hold(6, 0, 600, 50.0)).await;
     assert!(!o.detail.contains("counting from now"), "{o}");
     assert_eq!(o.numbers["green.requests"], 1000.0, "{o}");
     assert_ne!(o.numbers["evidence"], evidence, "went on: {o}");
@@ -725,5 +727,34 @@ async fn sequential_error_rate_check_goes_on_from_a_stored_state_and_refuses_a_b
         .restore(&serde_json::json!({"x": 1}))
         .unwrap_err();
     assert!(e.contains("unreadable"), "{e}");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn sequential_error_rate_check_sees_a_proxy_restart_even_after_its_counts_caught_up() {
+    let (_blue, _green, p) = setup(50.0).await;
+    let config = CheckConfig::SequentialErrorRate {
+        alpha: 0.01,
+        margin: 1.0,
+        detect_ratio: 2.0,
+        detect_points: 1.0,
+        min_rate: 0.001,
+    };
+    let first = check(&p, config.clone());
+    first.evaluate(&in_hold(1, 0, 600, 50.0)).await;
+    send(&p, 100).await;
+    first.evaluate(&in_hold(2, 0, 600, 50.0)).await;
+    let mut saved = first.state().unwrap();
+    // As if the last look had been at a proxy that started an hour earlier
+    // and had counted no more than this one has now: the counts alone look
+    // like progress, the start says it is another proxy (a restart).
+    let started = saved["proxy_started"].as_u64().unwrap();
+    saved["proxy_started"] = serde_json::json!(started - 3_600_000);
+    saved["counts"] = serde_json::json!([0, 0, 0, 0]);
+    let next = check(&p, config);
+    next.restore(&saved).unwrap();
+    send(&p, 100).await;
+    let o = next.evaluate(&in_hold(3, 0, 600, 50.0)).await;
+    assert_obs(&o, Verdict::Pass, "the proxy restarted since the last look");
     p.shutdown().await;
 }
