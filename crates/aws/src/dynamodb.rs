@@ -397,6 +397,31 @@ impl DynamoStore {
         Ok(out.item)
     }
 
+    /// The lease `name`, read strongly consistent.
+    async fn read_lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        let item = self
+            .get("read lease", key(format!("LEASE#{name}"), "LEASE"))
+            .await?;
+        item.map(|i| {
+            let r = self.reader(&i);
+            Ok(Lease {
+                holder: r.s("holder")?.to_owned(),
+                expires_at: Timestamp(r.n("expires_at")?),
+            })
+        })
+        .transpose()
+    }
+
+    /// After a lease write's condition failed: true if `holder` holds the
+    /// lease all the same (it already lasted longer than the write asked).
+    async fn holds(&self, op: &str, name: &str, holder: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .read_lease(name)
+            .await
+            .map_err(|e| StoreError::Backend(format!("{op}: {e}")))?
+            .is_some_and(|l| l.holder == holder))
+    }
+
     /// The id of the service's active rollout, from its marker.
     async fn active_id(&self, service: &str) -> Result<Option<String>, StoreError> {
         let marker = self
@@ -1076,17 +1101,7 @@ impl Store for DynamoStore {
     }
 
     async fn lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
-        let item = self
-            .get("read lease", key(format!("LEASE#{name}"), "LEASE"))
-            .await?;
-        item.map(|i| {
-            let r = self.reader(&i);
-            Ok(Lease {
-                holder: r.s("holder")?.to_owned(),
-                expires_at: Timestamp(r.n("expires_at")?),
-            })
-        })
-        .transpose()
+        self.read_lease(name).await
     }
 
     async fn latest_command_seq(&self) -> Result<u64, StoreError> {
@@ -1244,27 +1259,60 @@ impl Store for DynamoStore {
         now: Timestamp,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
+        let expires = now.after(ttl).as_millis();
         let mut item = key(format!("LEASE#{name}"), "LEASE");
         item.insert("holder".into(), s(holder));
-        item.insert("expires_at".into(), n(now.after(ttl).as_millis()));
+        item.insert("expires_at".into(), n(expires));
         match self
             .client
             .put_item()
             .table_name(self.table.as_ref())
             .set_item(Some(item))
+            // The holder's own lease only if that does not shorten it.
             .condition_expression(
-                "attribute_not_exists(pk) OR #holder = :holder OR #expires <= :now",
+                "attribute_not_exists(pk) OR (#holder = :holder AND #expires <= :expires) \
+                 OR #expires <= :now",
             )
             .expression_attribute_names("#holder", "holder")
             .expression_attribute_names("#expires", "expires_at")
             .expression_attribute_values(":holder", s(holder))
+            .expression_attribute_values(":expires", n(expires))
             .expression_attribute_values(":now", n(now.as_millis()))
             .send()
             .await
         {
             Ok(_) => Ok(true),
-            Err(e) if is_ccf(&e) => Ok(false),
+            Err(e) if is_ccf(&e) => self.holds("acquire lease", name, holder).await,
             Err(e) => Err(self.sdk_error("acquire lease", e)),
+        }
+    }
+
+    async fn renew_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        match self
+            .client
+            .update_item()
+            .table_name(self.table.as_ref())
+            .set_key(Some(key(format!("LEASE#{name}"), "LEASE")))
+            .update_expression("SET #expires = :expires")
+            // Only the holder's own lease (never re-created once released),
+            // and never shorter.
+            .condition_expression("#holder = :holder AND #expires <= :expires")
+            .expression_attribute_names("#holder", "holder")
+            .expression_attribute_names("#expires", "expires_at")
+            .expression_attribute_values(":holder", s(holder))
+            .expression_attribute_values(":expires", n(now.after(ttl).as_millis()))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_ccf(&e) => self.holds("renew lease", name, holder).await,
+            Err(e) => Err(self.sdk_error("renew lease", e)),
         }
     }
 

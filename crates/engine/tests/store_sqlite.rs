@@ -79,6 +79,11 @@ async fn lease_lifecycle() {
 }
 
 #[tokio::test]
+async fn lease_renewal() {
+    conformance::lease_renewal(&backend()()).await;
+}
+
+#[tokio::test]
 async fn concurrent_update() {
     conformance::concurrent_update(&backend()).await;
 }

@@ -59,6 +59,7 @@ where
     claim_race(&new_backend()).await;
     lease_race(&new_backend()).await;
     lease_lifecycle(&new_backend()).await;
+    lease_renewal(&new_backend()()).await;
     concurrent_update(&new_backend()).await;
     commands(&new_backend()()).await;
     event_log(&new_backend()()).await;
@@ -564,6 +565,73 @@ where
     assert!(other, "leases are independent");
 }
 
+/// Case 6c: A renewal never creates a lease, never takes another's, and no
+/// write of a holder shortens its own lease (a renewal stamped earlier may
+/// land after a later one; a released lease stays released even when a
+/// renewal that was in flight lands after the release).
+pub async fn lease_renewal<S: Store>(store: &S) {
+    let ttl = Duration::from_secs(10);
+    let t0 = 200_000;
+    let name = |n: &str| format!("renewal/{n}");
+    let expires = |l: Result<Option<super::Lease>, StoreError>, what: &str| {
+        ok(what, l).map(|l| (l.holder, l.expires_at.as_millis()))
+    };
+    assert!(ok(
+        "x takes a",
+        store.acquire_lease(&name("a"), "x", ts(t0), ttl).await
+    ));
+    assert!(ok(
+        "y takes b",
+        store.acquire_lease(&name("b"), "y", ts(t0), ttl).await
+    ));
+    let names = [name("a"), name("b"), name("never")];
+    let held = ok(
+        "x renews a, b and one never taken",
+        store.renew_leases(&names, "x", ts(t0 + 1_000), ttl).await,
+    );
+    assert_eq!(held, [true, false, false], "only x's own lease is renewed");
+    assert_eq!(
+        expires(store.lease(&name("never")).await, "read never"),
+        None,
+        "a renewal must not create a lease"
+    );
+    assert_eq!(
+        expires(store.lease(&name("b")).await, "read b"),
+        Some(("y".to_string(), t0 + 10_000)),
+        "nor touch another's"
+    );
+    // Stamped earlier, landing later: the lease keeps its later end.
+    let late = ok(
+        "an earlier renewal lands",
+        store.renew_lease(&name("a"), "x", ts(t0 + 500), ttl).await,
+    );
+    assert!(late, "still held");
+    assert!(ok(
+        "x acquires again, stamped earlier still",
+        store
+            .acquire_lease(&name("a"), "x", ts(t0 + 200), ttl)
+            .await
+    ));
+    assert_eq!(
+        expires(store.lease(&name("a")).await, "read a"),
+        Some(("x".to_string(), t0 + 11_000)),
+        "no write of its holder shortens a lease"
+    );
+    ok("x releases a", store.release_lease(&name("a"), "x").await);
+    let after = ok(
+        "a renewal in flight lands after the release",
+        store
+            .renew_leases(&[name("a")], "x", ts(t0 + 2_000), ttl)
+            .await,
+    );
+    assert_eq!(after, [false]);
+    assert_eq!(
+        expires(store.lease(&name("a")).await, "read a again"),
+        None,
+        "a released lease stays released"
+    );
+}
+
 /// Case 7: [`RACERS`] threads, each with its own handle, update one rollout from
 /// the same version at once, [`CAS_ROUNDS`] times: exactly one wins each
 /// round, and the others see `Conflict` with the winner's version.
@@ -920,8 +988,13 @@ pub async fn writer_and_lease_holder<S: Store>(store: &S) {
     );
     assert_eq!(
         held,
-        [true, true, false],
-        "renews its own and free ones, not another's"
+        [true, false, false],
+        "renews its own only: neither a free one nor another's"
+    );
+    assert_eq!(
+        ok("lease", store.lease("rollout:s").await),
+        None,
+        "a free lease stays free"
     );
     assert_eq!(
         ok("lease", store.lease("rollout:r").await)

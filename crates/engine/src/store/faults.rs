@@ -170,6 +170,17 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.list_active_ids().await
     }
 
+    async fn renew_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.write()?;
+        self.inner.renew_lease(name, holder, now, ttl).await
+    }
+
     async fn renew_leases(
         &self,
         names: &[String],

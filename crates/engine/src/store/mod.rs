@@ -216,8 +216,8 @@ pub trait Store: Send + Sync {
     ) -> Result<bool, StoreError>;
 
     /// Takes the lease `name` for `holder` until `now + ttl` if it is free,
-    /// expired, or already held by `holder` (a renewal). True if `holder`
-    /// holds it after the call.
+    /// expired, or already held by `holder` (a renewal, which never shortens
+    /// it). True if `holder` holds it after the call.
     async fn acquire_lease(
         &self,
         name: &str,
@@ -233,10 +233,23 @@ pub trait Store: Send + Sync {
     /// lease is returned too: compare `expires_at` with the time).
     async fn lease(&self, name: &str) -> Result<Option<Lease>, StoreError>;
 
-    /// Renews many leases `holder` holds (as [`Store::acquire_lease`]
+    /// Renews a lease `holder` holds: it then lasts until `now + ttl`, or
+    /// longer if it already did (a renewal never shortens a lease: one
+    /// stamped earlier may land after a later one). Never creates a lease,
+    /// nor takes one held by another: false for a lease released, never
+    /// taken, or another's.
+    async fn renew_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Renews many leases `holder` holds (as [`Store::renew_lease`]
     /// would); returns, in order, whether each is held after the call.
     ///
-    /// By default, [`RENEWALS_IN_FLIGHT`] calls of `acquire_lease` at a
+    /// By default, [`RENEWALS_IN_FLIGHT`] calls of `renew_lease` at a
     /// time: one after another, a thousand leases on a store with 10 ms
     /// writes would take 10 s, longer than a lease lasts.
     async fn renew_leases(
@@ -250,7 +263,7 @@ pub trait Store: Send + Sync {
 
         let calls: Vec<_> = names
             .iter()
-            .map(|name| self.acquire_lease(name, holder, now, ttl))
+            .map(|name| self.renew_lease(name, holder, now, ttl))
             .collect();
         stream::iter(calls)
             .buffered(RENEWALS_IN_FLIGHT)

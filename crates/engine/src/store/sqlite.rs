@@ -734,13 +734,29 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3)
                      ON CONFLICT (name) DO UPDATE
-                        SET holder = excluded.holder, expires_at = excluded.expires_at
+                        SET holder = excluded.holder,
+                            expires_at = CASE WHEN leases.holder = excluded.holder
+                                THEN MAX(leases.expires_at, excluded.expires_at)
+                                ELSE excluded.expires_at END
                         WHERE leases.holder = excluded.holder OR leases.expires_at <= ?4",
                 )?
                 .execute(params![name, holder, expires_at, now])?;
             Ok(changed == 1)
         })
         .await
+    }
+
+    async fn renew_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let held = self
+            .renew_leases(&[name.to_owned()], holder, now, ttl)
+            .await?;
+        Ok(held.first().copied().unwrap_or(false))
     }
 
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
@@ -777,23 +793,19 @@ impl Store for SqliteStore {
         ttl: Duration,
     ) -> Result<Vec<bool>, StoreError> {
         let (names, holder) = (names.to_vec(), holder.to_owned());
-        let (now, expires_at) = (
-            saturate(now.as_millis()),
-            saturate(now.after(ttl).as_millis()),
-        );
+        let expires_at = saturate(now.after(ttl).as_millis());
         self.with_conn("renew leases", move |conn| {
             // One transaction for all: one fsync instead of one per lease.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut held = Vec::with_capacity(names.len());
             {
+                // Only the holder's own leases, and never shorter.
                 let mut stmt = tx.prepare_cached(
-                    "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (name) DO UPDATE
-                        SET holder = excluded.holder, expires_at = excluded.expires_at
-                        WHERE leases.holder = excluded.holder OR leases.expires_at <= ?4",
+                    "UPDATE leases SET expires_at = MAX(expires_at, ?3)
+                     WHERE name = ?1 AND holder = ?2",
                 )?;
                 for name in &names {
-                    held.push(stmt.execute(params![name, holder, expires_at, now])? == 1);
+                    held.push(stmt.execute(params![name, holder, expires_at])? == 1);
                 }
             }
             tx.commit()?;
