@@ -499,6 +499,17 @@ async fn send_settled(p: &ProxyHandle, n: usize) {
     panic!("the proxy never counted {n} requests");
 }
 
+/// A `sequential-error-rate` check with the defaults but `alpha`.
+fn sequential(alpha: f64) -> CheckConfig {
+    CheckConfig::SequentialErrorRate {
+        alpha,
+        margin: 1.0,
+        detect_ratio: 2.0,
+        detect_points: 1.0,
+        min_rate: 0.001,
+    }
+}
+
 /// Lets wall time reach `ms` milliseconds after `t`.
 async fn at_least_since(t: cutover_core::Timestamp, ms: u64) {
     let now = cutover_engine::Clock::system().now();
@@ -527,16 +538,7 @@ fn look_now(since: cutover_core::Timestamp, over: bool, percent: f64) -> CheckCo
 #[tokio::test]
 async fn sequential_error_rate_check_judges_green_against_blue_since_each_split() {
     let (blue, green, p) = setup(50.0).await;
-    let c = check(
-        &p,
-        CheckConfig::SequentialErrorRate {
-            alpha: 0.01,
-            margin: 1.0,
-            detect_ratio: 2.0,
-            detect_points: 1.0,
-            min_rate: 0.001,
-        },
-    );
+    let c = check(&p, sequential(0.01));
     c.preflight().await.unwrap();
     // Traffic from before the split took effect never counts; what came
     // after it, before the first look, does.
@@ -612,13 +614,7 @@ async fn sequential_error_rate_check_judges_green_against_blue_since_each_split(
     let down = build_check(
         &CheckSpec {
             name: "errors".into(),
-            config: CheckConfig::SequentialErrorRate {
-                alpha: 0.01,
-                margin: 1.0,
-                detect_ratio: 2.0,
-                detect_points: 1.0,
-                min_rate: 0.001,
-            },
+            config: sequential(0.01),
         },
         Some(&dead_router_settings(dead_addr().await)),
     )
@@ -634,16 +630,7 @@ async fn sequential_error_rate_check_judges_green_against_blue_since_each_split(
 #[tokio::test]
 async fn sequential_error_rate_check_passes_a_healthy_green_once_it_has_seen_enough() {
     let (_blue, _green, p) = setup(50.0).await;
-    let c = check(
-        &p,
-        CheckConfig::SequentialErrorRate {
-            alpha: 0.01,
-            margin: 1.0,
-            detect_ratio: 2.0,
-            detect_points: 1.0,
-            min_rate: 0.001,
-        },
-    );
+    let c = check(&p, sequential(0.01));
     c.evaluate(&in_hold(0, 0, 10, 50.0)).await;
     // Neither colour fails; with blue's rate taken as 0.1 %, ruling out
     // +1 point on green (11-fold) at a 50 % split takes about 1,600 green
@@ -675,13 +662,7 @@ async fn sequential_error_rate_check_passes_a_healthy_green_once_it_has_seen_eno
 #[tokio::test]
 async fn sequential_error_rate_check_goes_on_from_a_stored_state_and_refuses_a_bad_one() {
     let (blue, green, p) = setup(50.0).await;
-    let config = CheckConfig::SequentialErrorRate {
-        alpha: 0.01,
-        margin: 1.0,
-        detect_ratio: 2.0,
-        detect_points: 1.0,
-        min_rate: 0.001,
-    };
+    let config = sequential(0.01);
     blue.set_fail_ratio(0.02);
     green.set_fail_ratio(0.04);
     let first = check(&p, config.clone());
@@ -707,16 +688,7 @@ async fn sequential_error_rate_check_goes_on_from_a_stored_state_and_refuses_a_b
     assert_ne!(o.numbers["evidence"], evidence, "went on: {o}");
 
     // A state from other settings, or one that is not a test, is refused.
-    let other = check(
-        &p,
-        CheckConfig::SequentialErrorRate {
-            alpha: 0.05,
-            margin: 1.0,
-            detect_ratio: 2.0,
-            detect_points: 1.0,
-            min_rate: 0.001,
-        },
-    );
+    let other = check(&p, sequential(0.05));
     let e = other.restore(&saved).unwrap_err();
     assert!(e.contains("other settings"), "{e}");
     let mut broken = saved.clone();
@@ -733,13 +705,7 @@ async fn sequential_error_rate_check_goes_on_from_a_stored_state_and_refuses_a_b
 #[tokio::test]
 async fn sequential_error_rate_check_sees_a_proxy_restart_even_after_its_counts_caught_up() {
     let (_blue, _green, p) = setup(50.0).await;
-    let config = CheckConfig::SequentialErrorRate {
-        alpha: 0.01,
-        margin: 1.0,
-        detect_ratio: 2.0,
-        detect_points: 1.0,
-        min_rate: 0.001,
-    };
+    let config = sequential(0.01);
     let first = check(&p, config.clone());
     first.evaluate(&in_hold(1, 0, 600, 50.0)).await;
     send(&p, 100).await;
