@@ -23,7 +23,7 @@ mod rng;
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use cutover_core::judge::{Batch, Judgement, SequentialErrorRate, Settings};
+use cutover_core::judge::{Batch, SequentialErrorRate, Settings};
 use cutover_core::plan;
 use cutover_core::{Action, Input, Observation, Phase, Rollout, Split, Timestamp, Verdict};
 use rng::Rng;
@@ -78,36 +78,27 @@ impl Judge for Threshold {
     }
 }
 
-/// `sequential-error-rate`, as the local check maps the test's judgements.
+/// `sequential-error-rate`, mapping the test's judgements as the local check does.
 struct Sequential {
     test: SequentialErrorRate,
 }
 
 impl Judge for Sequential {
     fn look(&mut self, history: &VecDeque<Second>, new: usize, hold_over: bool) -> Observation {
-        {
-            let mut b = Batch::default();
-            for s in history.iter().rev().take(new) {
-                b.green_requests += s.green.0;
-                b.green_failures += s.green.1;
-                b.blue_requests += s.blue.0;
-                b.blue_failures += s.blue.1;
-            }
-            if b.blue_requests == 0 && b.green_requests > 0 {
-                self.test
-                    .observe_green_only(b.green_requests, b.green_failures);
-            } else {
-                self.test.observe(b);
-            }
+        let mut b = Batch::default();
+        for s in history.iter().rev().take(new) {
+            b.green_requests += s.green.0;
+            b.green_failures += s.green.1;
+            b.blue_requests += s.blue.0;
+            b.blue_failures += s.blue.1;
         }
-        match self.test.judge(hold_over) {
-            Judgement::Fail(_) => Observation::new("seq", Verdict::Fail, "evidence"),
-            Judgement::Pass(_) => Observation::new("seq", Verdict::Pass, "power"),
-            Judgement::Inconclusive(_) if !hold_over => {
-                Observation::new("seq", Verdict::Pass, "so far")
-            }
-            Judgement::Inconclusive(_) => Observation::waiting("seq", "more data"),
+        if b.blue_requests == 0 && b.green_requests > 0 {
+            self.test
+                .observe_green_only(b.green_requests, b.green_failures);
+        } else {
+            self.test.observe(b);
         }
+        self.test.judge(hold_over).observation("seq", hold_over, "")
     }
 }
 

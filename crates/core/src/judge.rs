@@ -266,7 +266,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::verdict::Verdict;
+use crate::verdict::{Observation, Verdict};
 
 /// Ratio between neighbouring rate ratios of the grid.
 pub const GRID_STEP: f64 = 1.25;
@@ -382,6 +382,29 @@ pub struct Figures {
     pub baseline_bound: Option<f64>,
 }
 
+impl Figures {
+    /// By name, as observations carry them (absent ones as NaN, which
+    /// [`Observation::with_numbers`] leaves out).
+    pub fn numbers(&self) -> [(&'static str, f64); 14] {
+        [
+            ("green.requests", self.green.requests as f64),
+            ("green.failures", self.green.failures as f64),
+            ("blue.requests", self.blue.requests as f64),
+            ("blue.failures", self.blue.failures as f64),
+            ("evidence", self.evidence),
+            ("peak_evidence", self.peak_evidence),
+            ("threshold", self.threshold),
+            ("alpha", self.alpha),
+            ("margin", self.margin),
+            ("rate_ratio", self.rate_ratio.unwrap_or(f64::NAN)),
+            ("detect_ratio", self.detect_ratio),
+            ("power_evidence", self.power_evidence),
+            ("batches", self.batches as f64),
+            ("baseline_bound", self.baseline_bound.unwrap_or(f64::NAN)),
+        ]
+    }
+}
+
 /// The test's answer at one look.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "verdict", rename_all = "kebab-case")]
@@ -401,6 +424,35 @@ impl Judgement {
         match self {
             Judgement::Fail(f) | Judgement::Pass(f) | Judgement::Inconclusive(f) => f,
         }
+    }
+
+    /// The check's observation at a look, `note` added to its detail.
+    /// Before the end of a hold, no evidence is all a look can say: a pass
+    /// so far (the step passes only on a verdict taken after the hold); at
+    /// its end, too little data is a verdict `waiting` for more.
+    pub fn observation(&self, check: &str, hold_over: bool, note: &str) -> Observation {
+        let o = match self {
+            Judgement::Fail(_) => Observation::new(
+                check,
+                Verdict::Fail,
+                format!("green fails more often than blue: {self}{note}"),
+            ),
+            Judgement::Pass(_) => Observation::new(
+                check,
+                Verdict::Pass,
+                format!("no evidence green fails more often than blue: {self}{note}"),
+            ),
+            Judgement::Inconclusive(_) if !hold_over => Observation::new(
+                check,
+                Verdict::Pass,
+                format!("no evidence against green so far: {self}{note}"),
+            ),
+            Judgement::Inconclusive(_) => Observation::waiting(
+                check,
+                format!("not enough requests to pass green yet: {self}{note}"),
+            ),
+        };
+        o.with_numbers(self.figures().numbers())
     }
 
     /// The matching check verdict.
@@ -604,18 +656,24 @@ impl SequentialErrorRate {
         // m·b⁺·n_g, the failures H0 allows green at most, in expectation.
         let allowed = self.settings.margin * bound * n;
         if f > 0.0 || allowed > 0.0 {
-            for ((s, ln_r), r1) in self
-                .log_lr
-                .iter_mut()
-                .zip(&self.ln_ratio)
-                .zip(&self.ratio_minus_one)
-            {
-                *s += f * ln_r - r1 * allowed;
-            }
-            self.log_evidence = log_mean_exp(&self.log_lr);
-            self.peak_log_evidence = self.peak_log_evidence.max(self.log_evidence);
+            self.add_log_lr(|ln_r, r1| f * ln_r - r1 * allowed);
         }
         self.batches = self.batches.saturating_add(1);
+    }
+
+    /// Adds `ln LR_k` = `term(ln r_k, r_k − 1)` to every grid point's sum,
+    /// and updates the evidence.
+    fn add_log_lr(&mut self, term: impl Fn(f64, f64) -> f64) {
+        for ((s, ln_r), r1) in self
+            .log_lr
+            .iter_mut()
+            .zip(&self.ln_ratio)
+            .zip(&self.ratio_minus_one)
+        {
+            *s += term(*ln_r, *r1);
+        }
+        self.log_evidence = log_mean_exp(&self.log_lr);
+        self.peak_log_evidence = self.peak_log_evidence.max(self.log_evidence);
     }
 
     fn add_evidence(
@@ -630,16 +688,7 @@ impl SequentialErrorRate {
         let p0 = 1.0 / (1.0 + blue_requests / (margin * green_requests));
         let failures = green_failures + blue_failures;
         if failures > 0.0 {
-            for ((s, ln_r), r1) in self
-                .log_lr
-                .iter_mut()
-                .zip(&self.ln_ratio)
-                .zip(&self.ratio_minus_one)
-            {
-                *s += green_failures * ln_r - failures * (r1 * p0).ln_1p();
-            }
-            self.log_evidence = log_mean_exp(&self.log_lr);
-            self.peak_log_evidence = self.peak_log_evidence.max(self.log_evidence);
+            self.add_log_lr(|ln_r, r1| green_failures * ln_r - failures * (r1 * p0).ln_1p());
         }
         self.power_green += green_requests;
         for ((g, b), r1) in self

@@ -355,12 +355,21 @@ async fn the_lease_is_renewed_while_a_slow_action_runs() {
 type FaultyStore = cutover_engine::store::faults::FaultyStore<SqliteStore>;
 
 fn faulty(f: &Fixture) -> (Arc<FaultyStore>, Engine) {
+    // A lease longer than the store deadline, which is then what decides.
+    faulty_with(f, Duration::from_secs(60), Duration::from_secs(30))
+}
+
+/// An engine (`faulty`) on a store that injects faults into the fixture's.
+fn faulty_with(
+    f: &Fixture,
+    lease_ttl: Duration,
+    store_deadline: Duration,
+) -> (Arc<FaultyStore>, Engine) {
     let store = Arc::new(FaultyStore::new(SqliteStore::open(&f.path).unwrap()));
     let options = Options {
         tick: Duration::from_millis(200),
-        // Longer than the store deadline, which is then what decides.
-        lease_ttl: Duration::from_secs(60),
-        store_deadline: Duration::from_secs(30),
+        lease_ttl,
+        store_deadline,
         ..Options::default()
     };
     let engine = Engine::new(store.clone(), f.clock, "faulty", options);
@@ -611,14 +620,7 @@ async fn a_stopped_driver_persists_and_releases_its_lease_for_the_next_at_once()
 #[tokio::test(start_paused = true)]
 async fn a_store_down_longer_than_the_lease_ends_in_the_safe_state_and_the_next_driver_says_why() {
     let f = Fixture::new();
-    let store = Arc::new(FaultyStore::new(SqliteStore::open(&f.path).unwrap()));
-    let options = Options {
-        tick: Duration::from_millis(200),
-        lease_ttl: Duration::from_secs(6),
-        store_deadline: Duration::from_secs(30),
-        ..Options::default()
-    };
-    let engine = Engine::new(store.clone(), f.clock, "faulty", options);
+    let (store, engine) = faulty_with(&f, Duration::from_secs(6), Duration::from_secs(30));
     engine
         .create("r1", plan("preset = \"canary\"\nhold = \"5m\""), false)
         .await
@@ -1134,14 +1136,7 @@ async fn a_checks_state_is_stored_with_each_verdict_and_given_to_the_next_driver
 #[tokio::test(start_paused = true)]
 async fn a_failed_renewal_followed_by_good_ones_never_sets_off_the_fail_safe() {
     let f = Fixture::new();
-    let store = Arc::new(FaultyStore::new(SqliteStore::open(&f.path).unwrap()));
-    let options = Options {
-        tick: Duration::from_millis(200),
-        lease_ttl: Duration::from_secs(3),
-        store_deadline: Duration::from_secs(5),
-        ..Options::default()
-    };
-    let engine = Engine::new(store.clone(), f.clock, "a", options);
+    let (store, engine) = faulty_with(&f, Duration::from_secs(3), Duration::from_secs(5));
     // No checks: nothing is written during the 1 m hold.
     let text = "[service]\nname = \"web\"\n[router]\nkind = \"local\"\nadmin_url = \"http://127.0.0.1:1\"\n\
                 [strategy]\npreset = \"canary\"\nhold = \"1m\"\n[analysis]\njudge = \"end-of-hold\"\ninterval = \"1m\"\n";

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use cutover_core::judge::{Batch, Judgement, SequentialErrorRate, Settings};
+use cutover_core::judge::{Batch, SequentialErrorRate, Settings};
 use cutover_core::plan::{CheckConfig, CheckSpec, LocalRouter};
 use cutover_core::time::Human;
 use cutover_core::{Observation, Split, Timestamp, Verdict};
@@ -430,46 +430,9 @@ impl Check for SequentialErrorRateCheck {
             Err(e) => return obs(Verdict::Error, format!("unusable judge settings: {e}")),
         };
         let test = &state.as_ref().expect("set by take").test;
-        let judgement = test.judge(ctx.hold_is_over());
         let note = dropped.map_or_else(String::new, |d| format!(" ({d})"));
-        let f = judgement.figures();
-        let numbers = [
-            ("green.requests", f.green.requests as f64),
-            ("green.failures", f.green.failures as f64),
-            ("blue.requests", f.blue.requests as f64),
-            ("blue.failures", f.blue.failures as f64),
-            ("evidence", f.evidence),
-            ("peak_evidence", f.peak_evidence),
-            ("threshold", f.threshold),
-            ("alpha", f.alpha),
-            ("margin", f.margin),
-            ("rate_ratio", f.rate_ratio.unwrap_or(f64::NAN)),
-            ("detect_ratio", f.detect_ratio),
-            ("power_evidence", f.power_evidence),
-            ("batches", f.batches as f64),
-            ("baseline_bound", f.baseline_bound.unwrap_or(f64::NAN)),
-        ];
-        let observation = match &judgement {
-            Judgement::Fail(_) => obs(
-                Verdict::Fail,
-                format!("green fails more often than blue: {judgement}{note}"),
-            ),
-            Judgement::Pass(_) => obs(
-                Verdict::Pass,
-                format!("no evidence green fails more often than blue: {judgement}{note}"),
-            ),
-            // Before the end of a hold, no evidence is all a look can say;
-            // the step passes only on a verdict taken after the hold.
-            Judgement::Inconclusive(_) if !ctx.hold_is_over() => obs(
-                Verdict::Pass,
-                format!("no evidence against green so far: {judgement}{note}"),
-            ),
-            Judgement::Inconclusive(_) => Observation::waiting(
-                &self.name,
-                format!("not enough requests to pass green yet: {judgement}{note}"),
-            ),
-        };
-        observation.with_numbers(numbers)
+        test.judge(ctx.hold_is_over())
+            .observation(&self.name, ctx.hold_is_over(), &note)
     }
 
     async fn preflight(&self) -> Result<(), AdapterError> {
