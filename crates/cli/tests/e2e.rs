@@ -1091,3 +1091,112 @@ async fn the_status_line_fits_the_terminal_at_80_and_120_columns_and_follows_a_r
         "the redraw after the resize used the new width"
     );
 }
+
+/// The shipped many-service proxy file, run by the binary (ports and
+/// upstreams swapped for free ones): a plan naming one service's admin
+/// path moves that service's traffic and no other's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_moves_one_service_of_the_shipped_many_service_proxy_and_no_other() {
+    let any = "127.0.0.1:0".parse().unwrap();
+    let app = |c: &str| DemoAppConfig {
+        colour: c.into(),
+        fail_ratio: 0.0,
+        latency: Duration::ZERO,
+    };
+    let mut apps = Vec::new();
+    for c in [
+        "checkout-blue",
+        "checkout-green",
+        "search-blue",
+        "search-green",
+    ] {
+        apps.push(cutover_local::start_demo_app(any, app(c)).await.unwrap());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (data, admin) = (port(), port());
+    let mut config_text = std::fs::read_to_string(example("proxy-services.toml")).unwrap();
+    config_text = config_text
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{data}"))
+        .replace("127.0.0.1:9901", &format!("127.0.0.1:{admin}"));
+    for (i, a) in apps.iter().enumerate() {
+        config_text = config_text.replace(&format!("http://127.0.0.1:900{}", i + 1), &a.url());
+    }
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(&config, config_text).unwrap();
+    let mut proxy = Command::new(BIN)
+        .args(["proxy", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(proxy.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.contains("proxy listening"), "{first}");
+
+    let plan = dir.path().join("checkout.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            "[service]\nname = \"checkout\"\n[router]\nkind = \"local\"\n\
+             admin_url = \"http://127.0.0.1:{admin}/services/checkout\"\n\
+             [strategy]\nsteps = [{{ split = 50, hold = \"300ms\" }}, {{ split = 100, hold = \"300ms\" }}]\n\
+             [analysis]\ninterval = \"100ms\"\n[[analysis.checks]]\nkind = \"health\"\n\
+             [store]\nkind = \"sqlite\"\npath = \"{}\"\n",
+            dir.path().join("store.db").display()
+        ),
+    )
+    .unwrap();
+    let o = tokio::task::spawn_blocking({
+        let plan = plan.clone();
+        move || cutover(&["run", plan.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(text(&o).contains("succeeded"), "{}", text(&o));
+
+    let get = |path: &str, host: &str| {
+        use std::io::{Read, Write};
+        let mut s =
+            std::net::TcpStream::connect(("127.0.0.1", if host.is_empty() { admin } else { data }))
+                .unwrap();
+        let host = if host.is_empty() { "127.0.0.1" } else { host };
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let services: Value =
+        serde_json::from_str(get("/services", "").split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let split = |name: &str| {
+        services
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .map(|s| s["split_bp"].as_u64().unwrap())
+    };
+    assert_eq!(
+        (split("checkout"), split("search")),
+        (Some(10_000), Some(0))
+    );
+    assert!(get("/", "checkout.example.com").ends_with("hello from checkout-green\n"));
+    assert!(get("/", "anything.example.com").ends_with("hello from search-blue\n"));
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+}

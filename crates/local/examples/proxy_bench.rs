@@ -29,7 +29,7 @@ async fn main() {
     let mut config = ProxyConfig::for_upstreams(&[&blue.url()], &[&green.url()]).unwrap();
     config.listen = addr(base);
     config.admin_listen = addr(base + 1821);
-    config.initial_split = cutover_core::Split::from_percent(50.0).unwrap();
+    config.services[0].initial_split = cutover_core::Split::from_percent(50.0).unwrap();
     let proxy = cutover_local::start(config).await.unwrap();
     println!(
         "proxy {} admin {} blue {} green {}",

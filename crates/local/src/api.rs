@@ -58,6 +58,16 @@ pub struct SplitReport {
     pub split_percent: f64,
 }
 
+/// One entry of `GET /services`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceReport {
+    pub name: String,
+    /// Empty: every host no other service names.
+    pub hosts: Vec<String>,
+    #[serde(flatten)]
+    pub split: SplitReport,
+}
+
 /// The body of `PUT /split`: exactly one of the two fields.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -25,7 +25,7 @@ fn config_files_report_where_they_are_wrong() {
 
     std::fs::write(&path, "[blue]\nupstreams = [\"http://127.0.0.1:9001\"]\n[green]\nupstreams = [\"http://127.0.0.1:9003\"]\n").unwrap();
     let c = ProxyConfig::from_file(&path).unwrap();
-    assert_eq!(c.green[0].as_str(), "http://127.0.0.1:9003");
+    assert_eq!(c.services[0].green[0].as_str(), "http://127.0.0.1:9003");
 
     let missing = ProxyConfig::from_file(&dir.join("nope.toml")).unwrap_err();
     assert!(

@@ -593,3 +593,131 @@ async fn every_window_reads_a_steady_rate_exactly_at_20_phases() {
         println!("window {w} s: largest difference from the client's count {e} request(s) at 100 req/s ({} ms)", e * 10);
     }
 }
+
+/// A proxy fronting two services: requests go by `Host`, each service has
+/// its own split and metrics under `/services/NAME/`, and the router a
+/// plan names with such a URL moves only its own service.
+#[tokio::test]
+async fn one_proxy_fronts_several_services_by_host() {
+    let apps = [
+        demo("checkout-blue").await,
+        demo("checkout-green").await,
+        demo("search-blue").await,
+        demo("search-green").await,
+    ];
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [[service]]\nname = \"checkout\"\nhosts = [\"checkout.test\"]\n\
+         [service.blue]\nupstreams = [\"{}\"]\n[service.green]\nupstreams = [\"{}\"]\n\
+         [[service]]\nname = \"search\"\n\
+         [service.blue]\nupstreams = [\"{}\"]\n[service.green]\nupstreams = [\"{}\"]\n",
+        apps[0].url(),
+        apps[1].url(),
+        apps[2].url(),
+        apps[3].url()
+    );
+    let p =
+        cutover_local::start(cutover_local::ProxyConfig::from_toml_str(&text, "t.toml").unwrap())
+            .await
+            .unwrap();
+    let checkout = AdminClient::new(&format!("{}/services/checkout", p.admin_url()), None).unwrap();
+    let search = AdminClient::new(&format!("{}/services/search/", p.admin_url()), None).unwrap();
+    checkout.set_split(Split::FULL).await.unwrap();
+    assert_eq!(
+        search.split().await.unwrap(),
+        Split::ZERO,
+        "the other service's split did not move"
+    );
+    assert_eq!(p.service_split("checkout"), Some(Split::FULL));
+
+    let c = client();
+    let url = p.data_url();
+    for host in ["checkout.test", "CHECKOUT.Test:8080"] {
+        let a = get(&c, &url, &[("host", host)]).await;
+        assert_eq!(a.body, "hello from checkout-green\n", "Host `{host}`");
+    }
+    for host in ["search.test", "127.0.0.1"] {
+        let a = get(&c, &url, &[("host", host)]).await;
+        assert_eq!(
+            a.body, "hello from search-blue\n",
+            "Host `{host}` goes to the one without hosts"
+        );
+    }
+    let m = checkout
+        .metrics(Duration::from_secs(60), &[])
+        .await
+        .unwrap();
+    assert_eq!((m.blue.requests, m.green.requests), (0, 2));
+    let m = search.metrics(Duration::from_secs(60), &[]).await.unwrap();
+    assert_eq!((m.blue.requests, m.green.requests), (2, 0));
+
+    // The plain paths name the services rather than guess one.
+    let plain = get(&c, &format!("{}/split", p.admin_url()), &[]).await;
+    assert_eq!(plain.status, StatusCode::NOT_FOUND);
+    assert!(
+        plain.body.contains("/services/NAME/split") && plain.body.contains("`checkout`"),
+        "{}",
+        plain.body
+    );
+    let unknown = get(&c, &format!("{}/services/cart/split", p.admin_url()), &[]).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert!(
+        unknown.body.contains("no service `cart`"),
+        "{}",
+        unknown.body
+    );
+    let list = get(&c, &format!("{}/services", p.admin_url()), &[]).await;
+    let list: serde_json::Value = serde_json::from_str(&list.body).unwrap();
+    assert_eq!(list[0]["name"], "checkout");
+    assert_eq!(list[0]["split_bp"], 10_000);
+    assert_eq!(list[1]["hosts"], serde_json::json!([]));
+    let prom = get(&c, &format!("{}/metrics/prometheus", p.admin_url()), &[]).await;
+    assert!(
+        prom.body
+            .contains("cutover_split_basis_points{service=\"checkout\"} 10000"),
+        "{}",
+        prom.body
+    );
+    assert!(
+        prom.body
+            .contains("cutover_requests_total{service=\"search\",colour=\"blue\"} 2"),
+        "{}",
+        prom.body
+    );
+    p.shutdown_within(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_host_no_service_names_gets_404_when_none_takes_every_host() {
+    let (blue, green) = (demo("blue").await, demo("green").await);
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [[service]]\nname = \"checkout\"\nhosts = [\"checkout.test\"]\n\
+         [service.blue]\nupstreams = [\"{}\"]\n[service.green]\nupstreams = [\"{}\"]\n",
+        blue.url(),
+        green.url()
+    );
+    let p =
+        cutover_local::start(cutover_local::ProxyConfig::from_toml_str(&text, "t.toml").unwrap())
+            .await
+            .unwrap();
+    let c = client();
+    let a = get(&c, &p.data_url(), &[("host", "elsewhere.test")]).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert!(
+        a.body.contains("no service here for host `elsewhere.test`"),
+        "{}",
+        a.body
+    );
+    assert_eq!(
+        get(&c, &p.data_url(), &[("host", "checkout.test")])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // With one service the plain admin paths are that service's.
+    let plain = AdminClient::new(&p.admin_url(), None).unwrap();
+    assert_eq!(plain.split().await.unwrap(), Split::ZERO);
+    assert_eq!(blue.served().0, 1);
+    p.shutdown_within(Duration::from_secs(1)).await;
+}

@@ -7,6 +7,13 @@
 //! | `GET /metrics?window=30s&percentile=99.5` | per-colour requests, 5xx, error rate, latency percentiles over the window (capped at `metrics_window`), totals since start |
 //! | `GET /metrics/prometheus` | the same in Prometheus text format |
 //! | `GET /health` | per upstream: colour, url, probe state, last probe, consecutive failures |
+//! | `GET /services` | every service: name, hosts, split |
+//!
+//! A proxy with several `[[service]]`s answers each service's endpoints
+//! under `/services/NAME/` (`PUT /services/checkout/split`); the plain
+//! paths then answer 404 naming the services, except `GET
+//! /metrics/prometheus`, which reports them all with a `service` label. A
+//! proxy of one service answers both ways.
 //!
 //! With `admin_token` set, every request needs `Authorization: Bearer
 //! <token>` (else 401). Errors are `{"error": "..."}` with a 4xx status.
@@ -26,10 +33,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::Shared;
+use super::config::HealthProbeConfig;
+use super::{Service, Shared};
 use crate::api::{
-    Colour, ErrorReport, HealthReport, MetricsReport, ProbeSettings, SplitReport, SplitRequest,
-    Totals, UpstreamHealth,
+    Colour, ErrorReport, HealthReport, MetricsReport, ProbeSettings, ServiceReport, SplitReport,
+    SplitRequest, Totals, UpstreamHealth,
 };
 use crate::server::FullBody;
 use crate::util::same_secret;
@@ -64,33 +72,136 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Ful
     }
     let path = req.uri().path().trim_end_matches('/').to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    match (req.method(), path.as_str()) {
-        (&Method::GET | &Method::HEAD, "/split") => json(StatusCode::OK, &split_report(shared.split.get())),
-        (&Method::PUT, "/split") => put_split(&shared, req).await,
-        (&Method::GET | &Method::HEAD, "/metrics") => match parse_metrics_query(&shared, &query) {
-            Ok((window, percentiles)) => json(StatusCode::OK, &metrics_report(&shared, window, &percentiles)),
-            Err(e) => error(StatusCode::BAD_REQUEST, e),
-        },
-        (&Method::GET | &Method::HEAD, "/metrics/prometheus") => match parse_metrics_query(&shared, &query) {
-            Ok((window, _)) => {
-                let mut r = Response::new(Full::new(Bytes::from(prometheus(&shared, window))));
-                r.headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
-                r
-            }
-            Err(e) => error(StatusCode::BAD_REQUEST, e),
-        },
-        (&Method::GET | &Method::HEAD, "/health") => json(StatusCode::OK, &health_report(&shared)),
-        (_, "/split") => method_not_allowed("GET, PUT"),
-        (_, "/metrics" | "/metrics/prometheus" | "/health") => method_not_allowed("GET"),
-        _ => error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no admin endpoint `{}`; try GET /split, PUT /split, GET /metrics, GET /metrics/prometheus, GET /health",
-                req.uri().path()
-            ),
-        ),
+    if path == "/services" {
+        return match *req.method() {
+            Method::GET | Method::HEAD => json(StatusCode::OK, &services_report(&shared)),
+            _ => method_not_allowed("GET"),
+        };
     }
+    // `/services/NAME/split` and the like, or `/split` when there is one service.
+    let (service, endpoint) = match path.strip_prefix("/services/") {
+        Some(rest) => {
+            let (name, endpoint) = rest.split_once('/').map_or((rest, ""), |(n, e)| (n, e));
+            match shared.service(name) {
+                Some(s) => (Some(s), format!("/{endpoint}")),
+                None => return error(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no service `{name}` in this proxy; it has {} (GET /services lists them)",
+                        names(&shared)
+                    ),
+                ),
+            }
+        }
+        None => (shared.only_service(), path.clone()),
+    };
+    let endpoints = ["/split", "/metrics", "/metrics/prometheus", "/health"];
+    if endpoints.contains(&endpoint.as_str()) {
+        let Some(service) = service else {
+            if endpoint == "/metrics/prometheus"
+                && matches!(*req.method(), Method::GET | Method::HEAD)
+            {
+                // One scrape for every service, each series labelled with it.
+                return match parse_metrics_query(&shared.services[0], &query) {
+                    Ok((window, _)) => prometheus_response(&shared, &shared.services, window),
+                    Err(e) => error(StatusCode::BAD_REQUEST, e),
+                };
+            }
+            return error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "this proxy fronts {} services; use /services/NAME{endpoint} with NAME one of {}",
+                    shared.services.len(),
+                    names(&shared)
+                ),
+            );
+        };
+        return service_endpoint(&shared, service, req, &endpoint, &query).await;
+    }
+    error(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no admin endpoint `{}`; try GET /split, PUT /split, GET /metrics, GET /metrics/prometheus, GET /health, \
+             GET /services, or those under /services/NAME/",
+            req.uri().path()
+        ),
+    )
+}
+
+/// The names of the services, for error messages (the first few).
+fn names(shared: &Shared) -> String {
+    let mut out: Vec<String> = shared
+        .services
+        .iter()
+        .take(5)
+        .map(|s| format!("`{}`", s.name()))
+        .collect();
+    if shared.services.len() > 5 {
+        out.push(format!("{} more", shared.services.len() - 5));
+    }
+    out.join(", ")
+}
+
+async fn service_endpoint(
+    shared: &Shared,
+    service: &Service,
+    req: Request<Incoming>,
+    endpoint: &str,
+    query: &str,
+) -> Response<FullBody> {
+    match (req.method(), endpoint) {
+        (&Method::GET | &Method::HEAD, "/split") => {
+            json(StatusCode::OK, &split_report(service.split.get()))
+        }
+        (&Method::PUT, "/split") => put_split(service, req).await,
+        (&Method::GET | &Method::HEAD, "/metrics") => match parse_metrics_query(service, query) {
+            Ok((window, percentiles)) => json(
+                StatusCode::OK,
+                &metrics_report(service, window, &percentiles),
+            ),
+            Err(e) => error(StatusCode::BAD_REQUEST, e),
+        },
+        (&Method::GET | &Method::HEAD, "/metrics/prometheus") => {
+            match parse_metrics_query(service, query) {
+                Ok((window, _)) => {
+                    prometheus_response(shared, std::slice::from_ref(service), window)
+                }
+                Err(e) => error(StatusCode::BAD_REQUEST, e),
+            }
+        }
+        (&Method::GET | &Method::HEAD, "/health") => json(
+            StatusCode::OK,
+            &health_report(shared.config.health_probe.as_ref(), service),
+        ),
+        (_, "/split") => method_not_allowed("GET, PUT"),
+        _ => method_not_allowed("GET"),
+    }
+}
+
+fn prometheus_response(
+    shared: &Shared,
+    services: &[Service],
+    window: Duration,
+) -> Response<FullBody> {
+    let mut r = Response::new(Full::new(Bytes::from(prometheus(shared, services, window))));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+/// What `GET /services` reports.
+fn services_report(shared: &Shared) -> Vec<ServiceReport> {
+    shared
+        .services
+        .iter()
+        .map(|s| ServiceReport {
+            name: s.name().to_string(),
+            hosts: s.config.hosts.clone(),
+            split: split_report(s.split.get()),
+        })
+        .collect()
 }
 
 fn split_report(split: Split) -> SplitReport {
@@ -100,7 +211,7 @@ fn split_report(split: Split) -> SplitReport {
     }
 }
 
-async fn put_split(shared: &Shared, req: Request<Incoming>) -> Response<FullBody> {
+async fn put_split(shared: &Service, req: Request<Incoming>) -> Response<FullBody> {
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
@@ -143,7 +254,7 @@ async fn put_split(shared: &Shared, req: Request<Incoming>) -> Response<FullBody
 
 /// `window=30s` (default and cap: `metrics_window`) and `percentile=99.5`
 /// (repeatable, or comma-separated).
-fn parse_metrics_query(shared: &Shared, query: &str) -> Result<(Duration, Vec<f64>), String> {
+fn parse_metrics_query(shared: &Service, query: &str) -> Result<(Duration, Vec<f64>), String> {
     let mut window = shared.metrics.max_window();
     let mut percentiles = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -178,7 +289,7 @@ fn parse_metrics_query(shared: &Shared, query: &str) -> Result<(Duration, Vec<f6
 }
 
 /// What `GET /metrics` reports.
-pub fn metrics_report(shared: &Shared, window: Duration, percentiles: &[f64]) -> MetricsReport {
+pub fn metrics_report(shared: &Service, window: Duration, percentiles: &[f64]) -> MetricsReport {
     let now = Instant::now();
     let m = &shared.metrics;
     let window = m.clamp_window(window);
@@ -200,9 +311,9 @@ pub fn metrics_report(shared: &Shared, window: Duration, percentiles: &[f64]) ->
 }
 
 /// What `GET /health` reports.
-pub fn health_report(shared: &Shared) -> HealthReport {
+pub fn health_report(probe: Option<&HealthProbeConfig>, shared: &Service) -> HealthReport {
     let now = Instant::now();
-    let probe = shared.config.health_probe.as_ref().map(|p| ProbeSettings {
+    let probe = probe.map(|p| ProbeSettings {
         path: p.path.clone(),
         interval_ms: p.interval.as_millis() as u64,
         timeout_ms: p.timeout.as_millis() as u64,
@@ -234,57 +345,88 @@ pub fn health_report(shared: &Shared) -> HealthReport {
     }
 }
 
-fn prometheus(shared: &Shared, window: Duration) -> String {
-    let report = metrics_report(shared, window, &[]);
-    let health = health_report(shared);
+/// The Prometheus text for `services`; with several, each series has a
+/// `service` label.
+fn prometheus(shared: &Shared, services: &[Service], window: Duration) -> String {
+    let labelled = services.len() > 1;
+    let reports: Vec<(String, MetricsReport, HealthReport)> = services
+        .iter()
+        .map(|s| {
+            let label = if labelled {
+                format!("service=\"{}\",", s.name())
+            } else {
+                String::new()
+            };
+            (
+                label,
+                metrics_report(s, window, &[]),
+                health_report(shared.config.health_probe.as_ref(), s),
+            )
+        })
+        .collect();
     let mut out = String::new();
     let _ = writeln!(
         out,
         "# HELP cutover_split_basis_points Green's share of traffic, in basis points."
     );
     let _ = writeln!(out, "# TYPE cutover_split_basis_points gauge");
-    let _ = writeln!(out, "cutover_split_basis_points {}", report.split_bp);
+    for (label, report, _) in &reports {
+        match label.strip_suffix(',') {
+            Some(l) => {
+                let _ = writeln!(out, "cutover_split_basis_points{{{l}}} {}", report.split_bp);
+            }
+            None => {
+                let _ = writeln!(out, "cutover_split_basis_points {}", report.split_bp);
+            }
+        }
+    }
     let _ = writeln!(
         out,
         "# HELP cutover_requests_total Requests served per colour since start."
     );
     let _ = writeln!(out, "# TYPE cutover_requests_total counter");
-    for c in Colour::BOTH {
-        let _ = writeln!(
-            out,
-            "cutover_requests_total{{colour=\"{c}\"}} {}",
-            report.totals.colour(c).requests
-        );
+    for (label, report, _) in &reports {
+        for c in Colour::BOTH {
+            let _ = writeln!(
+                out,
+                "cutover_requests_total{{{label}colour=\"{c}\"}} {}",
+                report.totals.colour(c).requests
+            );
+        }
     }
     let _ = writeln!(out, "# HELP cutover_responses_5xx_total 5xx responses per colour since start (502/504 from the proxy included).");
     let _ = writeln!(out, "# TYPE cutover_responses_5xx_total counter");
-    for c in Colour::BOTH {
-        let _ = writeln!(
-            out,
-            "cutover_responses_5xx_total{{colour=\"{c}\"}} {}",
-            report.totals.colour(c).errors_5xx
-        );
+    for (label, report, _) in &reports {
+        for c in Colour::BOTH {
+            let _ = writeln!(
+                out,
+                "cutover_responses_5xx_total{{{label}colour=\"{c}\"}} {}",
+                report.totals.colour(c).errors_5xx
+            );
+        }
     }
     let _ = writeln!(
         out,
         "# HELP cutover_window_latency_seconds Latency to the upstream's response head over the last {}.",
-        report.window
+        Human(window)
     );
     let _ = writeln!(out, "# TYPE cutover_window_latency_seconds gauge");
-    for c in Colour::BOTH {
-        let l = &report.colour(c).latency_ms;
-        for (q, v) in [
-            ("0.5", l.p50),
-            ("0.9", l.p90),
-            ("0.99", l.p99),
-            ("0.999", l.p999),
-        ] {
-            if let Some(ms) = v {
-                let _ = writeln!(
-                    out,
-                    "cutover_window_latency_seconds{{colour=\"{c}\",quantile=\"{q}\"}} {}",
-                    ms / 1000.0
-                );
+    for (label, report, _) in &reports {
+        for c in Colour::BOTH {
+            let l = &report.colour(c).latency_ms;
+            for (q, v) in [
+                ("0.5", l.p50),
+                ("0.9", l.p90),
+                ("0.99", l.p99),
+                ("0.999", l.p999),
+            ] {
+                if let Some(ms) = v {
+                    let _ = writeln!(
+                        out,
+                        "cutover_window_latency_seconds{{{label}colour=\"{c}\",quantile=\"{q}\"}} {}",
+                        ms / 1000.0
+                    );
+                }
             }
         }
     }
@@ -293,23 +435,27 @@ fn prometheus(shared: &Shared, window: Duration) -> String {
         "# HELP cutover_window_error_ratio 5xx share per colour over the window."
     );
     let _ = writeln!(out, "# TYPE cutover_window_error_ratio gauge");
-    for c in Colour::BOTH {
-        let _ = writeln!(
-            out,
-            "cutover_window_error_ratio{{colour=\"{c}\"}} {}",
-            report.colour(c).error_rate
-        );
+    for (label, report, _) in &reports {
+        for c in Colour::BOTH {
+            let _ = writeln!(
+                out,
+                "cutover_window_error_ratio{{{label}colour=\"{c}\"}} {}",
+                report.colour(c).error_rate
+            );
+        }
     }
     let _ = writeln!(out, "# HELP cutover_upstream_healthy Whether the data plane routes to the upstream (1) or skips it (0).");
     let _ = writeln!(out, "# TYPE cutover_upstream_healthy gauge");
-    for u in &health.upstreams {
-        let _ = writeln!(
-            out,
-            "cutover_upstream_healthy{{colour=\"{}\",url=\"{}\"}} {}",
-            u.colour,
-            u.url,
-            u8::from(u.healthy)
-        );
+    for (label, _, health) in &reports {
+        for u in &health.upstreams {
+            let _ = writeln!(
+                out,
+                "cutover_upstream_healthy{{{label}colour=\"{}\",url=\"{}\"}} {}",
+                u.colour,
+                u.url,
+                u8::from(u.healthy)
+            );
+        }
     }
     out
 }

@@ -22,6 +22,21 @@
 //! healthy_after = 1                   # consecutive successes (default 1)
 //! ```
 //!
+//! One proxy can front many services instead: one `[[service]]` table
+//! each, chosen by the request's `Host`, each with its own pools, split,
+//! sticky cookie and metrics (the top-level `initial_split`,
+//! `sticky_cookie`, `[blue]` and `[green]` then move into the services):
+//!
+//! ```toml
+//! [[service]]
+//! name = "checkout"                   # admin API under /services/checkout/
+//! hosts = ["checkout.example.com"]    # no hosts: every host no other service names
+//! [service.blue]
+//! upstreams = ["http://127.0.0.1:9001"]
+//! [service.green]
+//! upstreams = ["http://127.0.0.1:9002"]
+//! ```
+//!
 //! `workers = N` runs the data plane on N threads of its own, each a
 //! single-threaded event loop with its share of the client connections
 //! (handed out round-robin) and its own keep-alive connections to the
@@ -56,10 +71,6 @@ pub struct ProxyConfig {
     pub admin_listen: SocketAddr,
     /// If set, every admin request needs `Authorization: Bearer <token>`.
     pub admin_token: Option<String>,
-    /// Green's share when the proxy starts.
-    pub initial_split: Split,
-    /// Cookie name for sticky sessions; `None` disables them.
-    pub sticky_cookie: Option<String>,
     pub connect_timeout: Duration,
     /// How long an upstream may take to send its response head (then 504).
     pub request_timeout: Duration,
@@ -67,10 +78,41 @@ pub struct ProxyConfig {
     pub metrics_window: Duration,
     /// Data-plane threads of its own; `None`: the caller's runtime.
     pub workers: Option<usize>,
+    /// Probes for every upstream of every service.
+    pub health_probe: Option<HealthProbeConfig>,
+    /// At least one; a file without `[[service]]` has one, named
+    /// [`DEFAULT_SERVICE`], serving every host.
+    pub services: Vec<ServiceConfig>,
+}
+
+/// One service the proxy fronts: its two pools and how requests reach it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceConfig {
+    /// Names it in the admin API (`/services/NAME/split`).
+    pub name: String,
+    /// Host names (lowercase, without a port) routed to it; empty: every
+    /// host no other service names.
+    pub hosts: Vec<String>,
+    /// Green's share when the proxy starts.
+    pub initial_split: Split,
+    /// Cookie name for sticky sessions; `None` disables them.
+    pub sticky_cookie: Option<String>,
     pub blue: Vec<UpstreamUrl>,
     pub green: Vec<UpstreamUrl>,
-    pub health_probe: Option<HealthProbeConfig>,
 }
+
+impl ServiceConfig {
+    /// The upstreams of one colour.
+    pub fn upstreams(&self, colour: Colour) -> &[UpstreamUrl] {
+        match colour {
+            Colour::Blue => &self.blue,
+            Colour::Green => &self.green,
+        }
+    }
+}
+
+/// The name of the one service of a file without `[[service]]`.
+pub const DEFAULT_SERVICE: &str = "default";
 
 /// An upstream's base URL: `http://host:port`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -241,9 +283,21 @@ struct RawConfig {
     request_timeout: Option<Spanned<String>>,
     metrics_window: Option<Spanned<String>>,
     workers: Option<Spanned<i64>>,
-    blue: RawPool,
-    green: RawPool,
+    blue: Option<RawPool>,
+    green: Option<RawPool>,
     health_probe: Option<RawProbe>,
+    service: Option<Spanned<Vec<RawService>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    initial_split: Option<Spanned<f64>>,
+    sticky_cookie: Option<Spanned<String>>,
+    blue: Option<RawPool>,
+    green: Option<RawPool>,
 }
 
 #[derive(Deserialize)]
@@ -337,27 +391,157 @@ impl Ctx<'_> {
         })
     }
 
-    fn pool(&self, colour: Colour, raw: RawPool) -> Result<Vec<UpstreamUrl>, ConfigError> {
+    /// `table` is where the pool is, as written: `blue` or `service.blue`.
+    fn pool(&self, table: &str, raw: RawPool) -> Result<Vec<UpstreamUrl>, ConfigError> {
         if raw.upstreams.get_ref().is_empty() {
             return Err(self.error(
                 Some(raw.upstreams.span()),
-                format!("`{colour}.upstreams` is empty; list at least one, e.g. [\"http://127.0.0.1:9001\"]"),
+                format!("`{table}.upstreams` is empty; list at least one, e.g. [\"http://127.0.0.1:9001\"]"),
             ));
         }
         let mut out = Vec::new();
         for u in raw.upstreams.into_inner() {
             let url = UpstreamUrl::parse(u.get_ref().trim())
-                .map_err(|e| self.error(Some(u.span()), format!("`{colour}.upstreams`: {e}")))?;
+                .map_err(|e| self.error(Some(u.span()), format!("`{table}.upstreams`: {e}")))?;
             if out.contains(&url) {
                 return Err(self.error(
                     Some(u.span()),
-                    format!("`{colour}.upstreams`: `{url}` is listed twice"),
+                    format!("`{table}.upstreams`: `{url}` is listed twice"),
                 ));
             }
             out.push(url);
         }
         Ok(out)
     }
+
+    fn initial_split(&self, field: &str, raw: Option<Spanned<f64>>) -> Result<Split, ConfigError> {
+        let Some(s) = raw else { return Ok(Split::ZERO) };
+        Split::from_percent(*s.get_ref()).ok_or_else(|| {
+            self.error(
+                Some(s.span()),
+                format!(
+                    "`{field}` is {}; expected a percentage from 0 to 100",
+                    s.get_ref()
+                ),
+            )
+        })
+    }
+
+    fn sticky_cookie(
+        &self,
+        field: &str,
+        raw: Option<Spanned<String>>,
+    ) -> Result<Option<String>, ConfigError> {
+        match raw {
+            None => Ok(None),
+            Some(c) if is_cookie_name(c.get_ref()) => Ok(Some(c.into_inner())),
+            Some(c) => Err(self.error(
+                Some(c.span()),
+                format!(
+                    "`{field}`: `{}` is not a valid cookie name (letters, digits, - and _)",
+                    c.get_ref()
+                ),
+            )),
+        }
+    }
+
+    /// The `[[service]]` tables: names unique and URL-safe, each host
+    /// claimed once, at most one service without hosts.
+    fn services(
+        &self,
+        span: Range<usize>,
+        raw: Vec<RawService>,
+    ) -> Result<Vec<ServiceConfig>, ConfigError> {
+        if raw.is_empty() {
+            return Err(self.error(Some(span), "`service` lists no services"));
+        }
+        let mut out: Vec<ServiceConfig> = Vec::with_capacity(raw.len());
+        let mut claimed = std::collections::HashMap::<String, usize>::new();
+        let mut catch_all: Option<usize> = None;
+        for r in raw {
+            let name_span = r.name.span();
+            let name = r.name.into_inner();
+            if !is_service_name(&name) {
+                return Err(self.error(
+                    Some(name_span),
+                    format!("`service.name`: `{name}` must be 1 to 128 letters, digits, `-`, `_` or `.`"),
+                ));
+            }
+            if out.iter().any(|s| s.name == name) {
+                return Err(self.error(
+                    Some(name_span),
+                    format!("`service.name`: a service named `{name}` is already listed"),
+                ));
+            }
+            let mut hosts = Vec::new();
+            match r.hosts {
+                None => {}
+                Some(list) if list.get_ref().is_empty() => {
+                    return Err(self.error(
+                        Some(list.span()),
+                        format!("`service.hosts` of `{name}` is empty; name at least one host, or leave `hosts` out to serve every host no other service names"),
+                    ))
+                }
+                Some(list) => {
+                    for h in list.into_inner() {
+                        let host = h.get_ref().trim().to_ascii_lowercase();
+                        let bare = |h: &str| {
+                            super::http1::valid_host(h.as_bytes())
+                                && super::http1::host_without_port(h.as_bytes()) == h.as_bytes()
+                        };
+                        if !bare(&host) {
+                            return Err(self.error(
+                                Some(h.span()),
+                                format!("`service.hosts`: `{}` is not a host name; expected e.g. \"checkout.example.com\" (no port, no scheme)", h.get_ref()),
+                            ));
+                        }
+                        if let Some(&other) = claimed.get(&host) {
+                            return Err(self.error(
+                                Some(h.span()),
+                                format!("`service.hosts`: `{host}` is already a host of `{}`", out.get(other).map_or(name.as_str(), |s| s.name.as_str())),
+                            ));
+                        }
+                        claimed.insert(host.clone(), out.len());
+                        hosts.push(host);
+                    }
+                }
+            }
+            if hosts.is_empty() {
+                if let Some(other) = catch_all {
+                    return Err(self.error(
+                        Some(name_span),
+                        format!("services `{}` and `{name}` both have no `hosts`; only one service may take every host no other names", out[other].name),
+                    ));
+                }
+                catch_all = Some(out.len());
+            }
+            let (Some(blue), Some(green)) = (r.blue, r.green) else {
+                return Err(self.error(
+                    Some(name_span),
+                    format!("service `{name}` needs `[service.blue]` and `[service.green]`, each with `upstreams = [...]`"),
+                ));
+            };
+            out.push(ServiceConfig {
+                initial_split: self.initial_split("service.initial_split", r.initial_split)?,
+                sticky_cookie: self.sticky_cookie("service.sticky_cookie", r.sticky_cookie)?,
+                blue: self.pool("service.blue", blue)?,
+                green: self.pool("service.green", green)?,
+                name,
+                hosts,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// A service name fits a URL path segment as it is.
+fn is_service_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && name != "."
+        && name != ".."
 }
 
 /// 1-based line and column (in characters) of a byte offset, and the line's text.
@@ -437,31 +621,6 @@ impl ProxyConfig {
                 format!("`admin_listen` and `listen` are both {listen}; use two ports"),
             ));
         }
-        let initial_split = match raw.initial_split {
-            None => Split::ZERO,
-            Some(s) => Split::from_percent(*s.get_ref()).ok_or_else(|| {
-                cx.error(
-                    Some(s.span()),
-                    format!(
-                        "`initial_split` is {}; expected a percentage from 0 to 100",
-                        s.get_ref()
-                    ),
-                )
-            })?,
-        };
-        let sticky_cookie = match raw.sticky_cookie {
-            None => None,
-            Some(c) if is_cookie_name(c.get_ref()) => Some(c.into_inner()),
-            Some(c) => {
-                return Err(cx.error(
-                    Some(c.span()),
-                    format!(
-                    "`sticky_cookie`: `{}` is not a valid cookie name (letters, digits, - and _)",
-                    c.get_ref()
-                ),
-                ))
-            }
-        };
         let connect_timeout = cx.duration(
             "connect_timeout",
             raw.connect_timeout,
@@ -494,8 +653,44 @@ impl ProxyConfig {
                 ))
             }
         };
-        let blue = cx.pool(Colour::Blue, raw.blue)?;
-        let green = cx.pool(Colour::Green, raw.green)?;
+        let services = match raw.service {
+            None => {
+                let (Some(blue), Some(green)) = (raw.blue, raw.green) else {
+                    return Err(cx.error(
+                        None,
+                        "no upstreams: give `[blue]` and `[green]` with `upstreams = [...]` each, \
+                         or one `[[service]]` table per service",
+                    ));
+                };
+                vec![ServiceConfig {
+                    name: DEFAULT_SERVICE.to_string(),
+                    hosts: Vec::new(),
+                    initial_split: cx.initial_split("initial_split", raw.initial_split)?,
+                    sticky_cookie: cx.sticky_cookie("sticky_cookie", raw.sticky_cookie)?,
+                    blue: cx.pool("blue", blue)?,
+                    green: cx.pool("green", green)?,
+                }]
+            }
+            Some(list) => {
+                let span = list.span();
+                let stray = [
+                    ("initial_split", raw.initial_split.map(|s| s.span())),
+                    ("sticky_cookie", raw.sticky_cookie.map(|s| s.span())),
+                    ("blue", raw.blue.map(|p| p.upstreams.span())),
+                    ("green", raw.green.map(|p| p.upstreams.span())),
+                ];
+                if let Some((key, at)) = stray.into_iter().find(|(_, at)| at.is_some()) {
+                    return Err(cx.error(
+                        at,
+                        format!(
+                            "`{key}` at the top level and `[[service]]` tables: with services, \
+                             each `[[service]]` has its own `{key}`"
+                        ),
+                    ));
+                }
+                cx.services(span, list.into_inner())?
+            }
+        };
         let health_probe = match raw.health_probe {
             None => None,
             Some(p) => {
@@ -548,15 +743,12 @@ impl ProxyConfig {
             listen,
             admin_listen,
             admin_token,
-            initial_split,
-            sticky_cookie,
             connect_timeout,
             request_timeout,
             metrics_window,
             workers,
-            blue,
-            green,
             health_probe,
+            services,
         })
     }
 
@@ -601,12 +793,9 @@ impl ProxyConfig {
         ProxyConfig::from_toml_str(&text, "<generated>")
     }
 
-    /// The upstreams of one colour.
-    pub fn upstreams(&self, colour: Colour) -> &[UpstreamUrl] {
-        match colour {
-            Colour::Blue => &self.blue,
-            Colour::Green => &self.green,
-        }
+    /// The service named `name`.
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
     }
 }
 
@@ -654,12 +843,16 @@ interval = "2s"
 timeout = "1s"
 "#;
         let c = ProxyConfig::from_toml_str(text, "proxy.toml").unwrap();
-        assert_eq!(c.initial_split.basis_points(), 1250);
-        assert_eq!(c.blue.len(), 2);
-        assert_eq!(c.blue[1].as_str(), "http://127.0.0.1:9002");
-        assert_eq!(c.green[0].authority().as_str(), "localhost:9003");
+        let [s] = c.services.as_slice() else {
+            panic!("one service")
+        };
+        assert_eq!((s.name.as_str(), s.hosts.len()), (DEFAULT_SERVICE, 0));
+        assert_eq!(s.initial_split.basis_points(), 1250);
+        assert_eq!(s.blue.len(), 2);
+        assert_eq!(s.blue[1].as_str(), "http://127.0.0.1:9002");
+        assert_eq!(s.green[0].authority().as_str(), "localhost:9003");
         assert_eq!(c.admin_token.as_deref(), Some("secret"));
-        assert_eq!(c.sticky_cookie.as_deref(), Some("cutover-colour"));
+        assert_eq!(s.sticky_cookie.as_deref(), Some("cutover-colour"));
         assert_eq!(c.workers, Some(2));
         let p = c.health_probe.unwrap();
         assert_eq!(
@@ -673,10 +866,14 @@ timeout = "1s"
         let c = ProxyConfig::from_toml_str(MINIMAL, "p.toml").unwrap();
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
-        assert_eq!(c.initial_split, Split::ZERO);
+        assert_eq!(c.services[0].initial_split, Split::ZERO);
         assert_eq!(c.request_timeout, Duration::from_secs(30));
         assert_eq!(c.metrics_window, Duration::from_secs(60));
-        assert!(c.health_probe.is_none() && c.sticky_cookie.is_none() && c.admin_token.is_none());
+        assert!(
+            c.health_probe.is_none()
+                && c.services[0].sticky_cookie.is_none()
+                && c.admin_token.is_none()
+        );
         assert_eq!(c.workers, None);
         let c =
             ProxyConfig::for_upstreams(&["http://127.0.0.1:1"], &["http://127.0.0.1:2"]).unwrap();
@@ -762,11 +959,110 @@ timeout = "1s"
             Err((6, 19, "at least 1")),
         );
         check(&format!("{MINIMAL}[health_probe]\n"), Ok(()));
-        check(
-            "[blue]\nupstreams = [\"http://h:1\"]\n",
-            Err((1, 1, "missing field `green`")),
-        );
+        let e = ProxyConfig::from_toml_str("[blue]\nupstreams = [\"http://h:1\"]\n", "p.toml")
+            .unwrap_err();
+        assert!(e.message.contains("give `[blue]` and `[green]`"), "{e}");
         check("listen = \n", Err((1, 10, "")));
+    }
+
+    const TWO: &str = r#"
+[[service]]
+name = "checkout"
+hosts = ["Checkout.example.com", "shop.example.com"]
+initial_split = 5
+[service.blue]
+upstreams = ["http://127.0.0.1:9001"]
+[service.green]
+upstreams = ["http://127.0.0.1:9002"]
+
+[[service]]
+name = "search"
+sticky_cookie = "c"
+[service.blue]
+upstreams = ["http://127.0.0.1:9003"]
+[service.green]
+upstreams = ["http://127.0.0.1:9004"]
+"#;
+
+    #[test]
+    fn services_parse_with_their_own_pools_and_hosts() {
+        let c = ProxyConfig::from_toml_str(TWO, "p.toml").unwrap();
+        assert_eq!(c.services.len(), 2);
+        let checkout = c.service("checkout").unwrap();
+        assert_eq!(checkout.hosts, ["checkout.example.com", "shop.example.com"]);
+        assert_eq!(checkout.initial_split.basis_points(), 500);
+        let search = c.service("search").unwrap();
+        assert!(search.hosts.is_empty());
+        assert_eq!(search.sticky_cookie.as_deref(), Some("c"));
+        assert_eq!(search.green[0].as_str(), "http://127.0.0.1:9004");
+    }
+
+    #[test]
+    fn service_errors_name_line_and_column() {
+        let edit = |from: &str, to: &str| TWO.replacen(from, to, 1);
+        check(
+            &edit("name = \"search\"", "name = \"checkout\""),
+            Err((12, 8, "already listed")),
+        );
+        check(
+            &edit("name = \"search\"", "name = \"a/b\""),
+            Err((12, 8, "letters, digits")),
+        );
+        check(
+            &edit(
+                "name = \"search\"",
+                "name = \"search\"\nhosts = [\"shop.example.com\"]",
+            ),
+            Err((13, 10, "already a host of `checkout`")),
+        );
+        check(
+            &edit("\"shop.example.com\"", "\"shop.example.com:80\""),
+            Err((4, 34, "not a host name")),
+        );
+        check(
+            &edit(
+                "hosts = [\"Checkout.example.com\", \"shop.example.com\"]",
+                "",
+            ),
+            Err((12, 8, "both have no `hosts`")),
+        );
+        check(
+            &edit(
+                "hosts = [\"Checkout.example.com\", \"shop.example.com\"]",
+                "hosts = []",
+            ),
+            Err((4, 9, "is empty")),
+        );
+        check(
+            &format!("initial_split = 3\n{TWO}"),
+            Err((1, 17, "each `[[service]]` has its own")),
+        );
+        check(
+            &format!("{TWO}[blue]\nupstreams = [\"http://h:1\"]\n"),
+            Err((19, 13, "each `[[service]]` has its own")),
+        );
+        check(
+            &edit(
+                "[service.green]\nupstreams = [\"http://127.0.0.1:9002\"]",
+                "",
+            ),
+            Err((3, 8, "needs `[service.blue]` and `[service.green]`")),
+        );
+        check(
+            &edit("initial_split = 5", "initial_split = 500"),
+            Err((5, 17, "from 0 to 100")),
+        );
+        check(
+            &edit(
+                "upstreams = [\"http://127.0.0.1:9001\"]",
+                "upstreams = [\"127.0.0.1:9001\"]",
+            ),
+            Err((
+                7,
+                14,
+                "`service.blue.upstreams`: `127.0.0.1:9001`: missing scheme",
+            )),
+        );
     }
 
     #[test]

@@ -51,7 +51,7 @@ use tokio::time::{Instant, Sleep};
 use super::balancer::Upstream;
 use super::http1::{self, Chunks, Framing, RequestError, MAX_HEAD, MAX_HEADERS};
 use super::upstream::UpstreamPool;
-use super::Shared;
+use super::{Service, Shared};
 use crate::api::Colour;
 use crate::server::{Phase, Signal};
 
@@ -192,6 +192,7 @@ impl Deadline {
 
 /// One request, decided from its head.
 struct Exchange<'s> {
+    service: &'s Service,
     colour: Colour,
     upstream: &'s Upstream,
     set_cookie: bool,
@@ -208,6 +209,8 @@ struct Exchange<'s> {
 enum Refused {
     Request(RequestError),
     Connect,
+    /// No service has this host (and none takes every host).
+    NoService(String),
 }
 
 /// Serves one client connection's requests in turn.
@@ -271,6 +274,11 @@ async fn serve(
                         405,
                         "Method Not Allowed",
                         "cutover: CONNECT is not supported\n".to_string(),
+                    ),
+                    Refused::NoService(host) => (
+                        404,
+                        "Not Found",
+                        format!("cutover: no service here for host `{host}`\n"),
                     ),
                     Refused::Request(e) => {
                         let (status, reason) = e.status();
@@ -407,8 +415,14 @@ fn decide<'s>(
             h.name
         ))));
     }
-    let (colour, set_cookie) = choose_colour(shared, req.headers);
-    let upstream = shared.pools[colour.index()].pick();
+    let service = shared.route(host).ok_or_else(|| {
+        Refused::NoService(
+            host.map(|h| http1::lossy(h).into_owned())
+                .unwrap_or_default(),
+        )
+    })?;
+    let (colour, set_cookie) = choose_colour(service, req.headers);
+    let upstream = service.pools[colour.index()].pick();
 
     up_head.clear();
     up_head.extend_from_slice(method.as_bytes());
@@ -461,6 +475,7 @@ fn decide<'s>(
         "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
     );
     Ok(Exchange {
+        service,
         colour,
         upstream,
         set_cookie,
@@ -501,9 +516,9 @@ fn request_field(name: &str) -> RequestField {
 }
 
 /// The colour for a request, and whether to (re)set the sticky cookie.
-fn choose_colour(shared: &Shared, headers: &[httparse::Header<'_>]) -> (Colour, bool) {
-    let Some(cookie) = &shared.config.sticky_cookie else {
-        return (shared.split.next(), false);
+fn choose_colour(service: &Service, headers: &[httparse::Header<'_>]) -> (Colour, bool) {
+    let Some(cookie) = &service.config.sticky_cookie else {
+        return (service.split.next(), false);
     };
     let named = headers
         .iter()
@@ -511,7 +526,7 @@ fn choose_colour(shared: &Shared, headers: &[httparse::Header<'_>]) -> (Colour, 
         .find_map(|h| cookie_colour(h.value, cookie.as_bytes()));
     match named {
         Some(colour) => {
-            let split = shared.split.get();
+            let split = service.split.get();
             let share = match colour {
                 Colour::Green => split.basis_points(),
                 Colour::Blue => split.blue_basis_points(),
@@ -522,7 +537,7 @@ fn choose_colour(shared: &Shared, headers: &[httparse::Header<'_>]) -> (Colour, 
                 (colour, false)
             }
         }
-        None => (shared.split.next(), true),
+        None => (service.split.next(), true),
     }
 }
 
@@ -847,15 +862,12 @@ async fn respond(
     deadline: &mut Deadline,
     start: Instant,
 ) -> Outcome {
-    match deadline
-        .run(read_response(ur, ubuf, out, x, shared, keep))
-        .await
-    {
+    match deadline.run(read_response(ur, ubuf, out, x, keep)).await {
         None => Outcome::TimedOut,
         Some(Err(e)) => Outcome::NoResponse(e),
         Some(Ok(head)) => {
             head_out.store(true, Relaxed);
-            let now = record(shared, x, head.status, start);
+            let now = record(x, head.status, start);
             let idle = shared.config.request_timeout;
             let relayed = relay(ur, ubuf, cw, out, &head, deadline, now, idle).await;
             Outcome::Relayed(head, relayed)
@@ -932,7 +944,6 @@ async fn read_response(
     ubuf: &mut Buf,
     out: &mut Vec<u8>,
     x: &Exchange<'_>,
-    shared: &Shared,
     keep: &AtomicBool,
 ) -> Result<ResponseHead, NoResponse> {
     let mut after_bytes = false;
@@ -956,7 +967,7 @@ async fn read_response(
                         ubuf.consume(n);
                         continue;
                     }
-                    let head = client_head(&resp, x, shared, keep.load(Relaxed), out)?;
+                    let head = client_head(&resp, x, keep.load(Relaxed), out)?;
                     ubuf.consume(n);
                     return Ok(head);
                 }
@@ -982,7 +993,6 @@ async fn read_response(
 fn client_head(
     resp: &httparse::Response<'_, '_>,
     x: &Exchange<'_>,
-    shared: &Shared,
     client_keep_wanted: bool,
     out: &mut Vec<u8>,
 ) -> Result<ResponseHead, NoResponse> {
@@ -1026,7 +1036,7 @@ fn client_head(
             http1::push_field(out, h.name.as_bytes(), h.value);
         }
     }
-    colour_fields(out, x, shared);
+    colour_fields(out, x);
     if !client_keep {
         out.extend_from_slice(b"Connection: close\r\n");
     } else if x.client_minor == 0 {
@@ -1043,14 +1053,14 @@ fn client_head(
 }
 
 /// `X-Cutover-Colour`, and the sticky cookie when it is to be set.
-fn colour_fields(out: &mut Vec<u8>, x: &Exchange<'_>, shared: &Shared) {
+fn colour_fields(out: &mut Vec<u8>, x: &Exchange<'_>) {
     http1::push_field(
         out,
         b"X-Cutover-Colour",
-        shared.colour_header[x.colour.index()].as_bytes(),
+        x.service.colour_header[x.colour.index()].as_bytes(),
     );
     if x.set_cookie {
-        if let Some(cookies) = &shared.set_cookie {
+        if let Some(cookies) = &x.service.set_cookie {
             http1::push_field(out, b"Set-Cookie", cookies[x.colour.index()].as_bytes());
         }
     }
@@ -1137,9 +1147,9 @@ async fn relay(
 }
 
 /// Counts a response in the metrics; returns the time it came.
-fn record(shared: &Shared, x: &Exchange<'_>, status: u16, start: Instant) -> Instant {
+fn record(x: &Exchange<'_>, status: u16, start: Instant) -> Instant {
     let now = Instant::now();
-    shared
+    x.service
         .metrics
         .record(x.colour, (500..600).contains(&status), now - start, now);
     now
@@ -1166,7 +1176,7 @@ async fn answer_error(
     start: Instant,
     answer: Answer,
 ) -> After {
-    let now = record(shared, x, answer.status, start);
+    let now = record(x, answer.status, start);
     let body = format!(
         "cutover: {} upstream {} {}\n",
         x.colour, x.upstream.url, answer.why
@@ -1178,7 +1188,7 @@ async fn answer_error(
     };
     let keep = x.client_persistent && answer.body_consumed;
     out.clear();
-    write_error(out, answer.status, reason, &body, Some((x, shared)), keep);
+    write_error(out, answer.status, reason, &body, Some(x), keep);
     deadline.set(now + shared.config.request_timeout);
     match deadline.run(client.write_all(out)).await {
         Some(Ok(())) => After::keep_if(keep),
@@ -1192,7 +1202,7 @@ fn write_error(
     status: u16,
     reason: &str,
     body: &str,
-    colour: Option<(&Exchange<'_>, &Shared)>,
+    colour: Option<&Exchange<'_>>,
     keep: bool,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -1202,8 +1212,8 @@ fn write_error(
     out.extend_from_slice(b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
     http1::push_decimal(out, body.len() as u64);
     out.extend_from_slice(b"\r\n");
-    if let Some((x, shared)) = colour {
-        colour_fields(out, x, shared);
+    if let Some(x) = colour {
+        colour_fields(out, x);
         if keep && x.client_minor == 0 {
             out.extend_from_slice(b"Connection: keep-alive\r\n");
         }

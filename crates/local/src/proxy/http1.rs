@@ -193,6 +193,22 @@ pub fn valid_host(value: &[u8]) -> bool {
     })
 }
 
+/// The host part of a valid `host[:port]`, without the port (an IPv6
+/// literal keeps its brackets).
+pub fn host_without_port(value: &[u8]) -> &[u8] {
+    if value.first() == Some(&b'[') {
+        let end = value
+            .iter()
+            .position(|&b| b == b']')
+            .map_or(value.len(), |e| e + 1);
+        return &value[..end];
+    }
+    match value.iter().rposition(|&b| b == b':') {
+        Some(i) => &value[..i],
+        None => value,
+    }
+}
+
 /// `Content-Length`, `Transfer-Encoding` and `Host`: fields the proxy
 /// itself reads to frame and route a message.
 fn frames_the_message(name: &[u8]) -> bool {

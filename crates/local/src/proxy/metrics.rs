@@ -20,6 +20,9 @@
 //! window (what its slots say), which is exact when latencies do not drift
 //! within one bucket.
 //!
+//! A bucket's histogram and slot counters are allocated by its first
+//! request: a service without traffic keeps a few KB.
+//!
 //! Recording is lock-free: six relaxed `fetch_add`s into the current
 //! bucket. The only lock is taken once per bucket per lap of the ring, by
 //! the first request that lands in a bucket still holding an old epoch; it
@@ -92,9 +95,10 @@ struct Bucket {
     errors: AtomicU64,
     latency_sum_us: AtomicU64,
     counts: OnceLock<Box<[AtomicU32]>>,
-    /// Requests and 5xx per slot of the bucket.
-    slot_requests: [AtomicU32; SLOTS as usize],
-    slot_errors: [AtomicU32; SLOTS as usize],
+    /// Requests per slot of the bucket, then 5xx per slot; allocated by
+    /// the first request, like `counts`, so that a service without traffic
+    /// costs a few KB (a proxy may front thousands).
+    slots: OnceLock<Box<[AtomicU32]>>,
     rollover: Mutex<()>,
 }
 
@@ -106,8 +110,7 @@ impl Bucket {
             errors: AtomicU64::new(0),
             latency_sum_us: AtomicU64::new(0),
             counts: OnceLock::new(),
-            slot_requests: std::array::from_fn(|_| AtomicU32::new(0)),
-            slot_errors: std::array::from_fn(|_| AtomicU32::new(0)),
+            slots: OnceLock::new(),
             rollover: Mutex::new(()),
         }
     }
@@ -115,6 +118,11 @@ impl Bucket {
     fn counts(&self) -> &[AtomicU32] {
         self.counts
             .get_or_init(|| (0..COUNTS_LEN).map(|_| AtomicU32::new(0)).collect())
+    }
+
+    fn slots(&self) -> &[AtomicU32] {
+        self.slots
+            .get_or_init(|| (0..2 * SLOTS).map(|_| AtomicU32::new(0)).collect())
     }
 
     /// Makes this bucket hold `epoch`, clearing what it held before.
@@ -127,8 +135,10 @@ impl Bucket {
         self.requests.store(0, Relaxed);
         self.errors.store(0, Relaxed);
         self.latency_sum_us.store(0, Relaxed);
-        for c in self.slot_requests.iter().chain(self.slot_errors.iter()) {
-            c.store(0, Relaxed);
+        if let Some(slots) = self.slots.get() {
+            for c in slots.iter() {
+                c.store(0, Relaxed);
+            }
         }
         if let Some(counts) = self.counts.get() {
             for c in counts.iter() {
@@ -294,11 +304,12 @@ impl Metrics {
         }
         let us = (latency.as_micros().min(u128::from(MAX_LATENCY_US)) as u64).max(1);
         let within = (slot % SLOTS) as usize;
+        let slots = b.slots();
         b.requests.fetch_add(1, Relaxed);
-        b.slot_requests[within].fetch_add(1, Relaxed);
+        slots[within].fetch_add(1, Relaxed);
         if is_5xx {
             b.errors.fetch_add(1, Relaxed);
-            b.slot_errors[within].fetch_add(1, Relaxed);
+            slots[SLOTS as usize + within].fetch_add(1, Relaxed);
         }
         b.latency_sum_us.fetch_add(us, Relaxed);
         b.counts()[index_of(us)].fetch_add(1, Relaxed);
@@ -342,9 +353,15 @@ impl Metrics {
                 let sum = |c: &[AtomicU32]| -> u64 {
                     c[from..].iter().map(|c| u64::from(c.load(Relaxed))).sum()
                 };
-                let inside = sum(&b.slot_requests);
+                let (inside, failed) = match b.slots.get() {
+                    Some(s) => {
+                        let (req, err) = s.split_at(SLOTS as usize);
+                        (sum(req), sum(err))
+                    }
+                    None => (0, 0),
+                };
                 requests += inside;
-                errors += sum(&b.slot_errors);
+                errors += failed;
                 if all == 0 {
                     0.0
                 } else {

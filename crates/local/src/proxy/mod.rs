@@ -27,6 +27,7 @@ mod metrics;
 mod probe;
 mod upstream;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,7 +41,7 @@ use tokio::task::JoinHandle;
 use crate::api::{Colour, HealthReport, MetricsReport};
 use crate::server::{accept_each, dispatch, receive_each, serve, Shutdown, Signal};
 use balancer::{Pool, SplitState};
-pub use config::{ConfigError, HealthProbeConfig, ProxyConfig, UpstreamUrl};
+pub use config::{ConfigError, HealthProbeConfig, ProxyConfig, ServiceConfig, UpstreamUrl};
 use metrics::Metrics;
 
 /// Response header naming the colour that served the request.
@@ -49,6 +50,17 @@ pub static X_CUTOVER_COLOUR: HeaderName = HeaderName::from_static("x-cutover-col
 /// State shared by the data plane, the admin API and the probes.
 pub(crate) struct Shared {
     pub config: ProxyConfig,
+    /// In the configuration's order.
+    pub services: Vec<Service>,
+    /// Lowercase host (no port) to its index in `services`.
+    by_host: HashMap<Box<[u8]>, usize>,
+    /// The service without `hosts`, if any: every other host goes there.
+    catch_all: Option<usize>,
+}
+
+/// One service: its split, pools and metrics.
+pub(crate) struct Service {
+    pub config: ServiceConfig,
     pub split: SplitState,
     /// Indexed by [`Colour`]: blue, green.
     pub pools: [Pool; 2],
@@ -58,21 +70,22 @@ pub(crate) struct Shared {
     set_cookie: Option<[HeaderValue; 2]>,
 }
 
-impl Shared {
-    fn new(config: ProxyConfig) -> Shared {
+impl Service {
+    /// `first_slot`: the slot of its first upstream among every service's.
+    fn new(config: ServiceConfig, metrics_window: Duration, first_slot: usize) -> Service {
         let set_cookie = config.sticky_cookie.as_ref().map(|name| {
             Colour::BOTH.map(|c| {
                 HeaderValue::from_str(&format!("{name}={c}; Path=/; HttpOnly; SameSite=Lax"))
                     .expect("validated cookie name")
             })
         });
-        Shared {
+        Service {
             split: SplitState::new(config.initial_split),
             pools: [
-                Pool::new(Colour::Blue, &config.blue, 0),
-                Pool::new(Colour::Green, &config.green, config.blue.len()),
+                Pool::new(Colour::Blue, &config.blue, first_slot),
+                Pool::new(Colour::Green, &config.green, first_slot + config.blue.len()),
             ],
-            metrics: Metrics::new(config.metrics_window),
+            metrics: Metrics::new(metrics_window),
             colour_header: [
                 HeaderValue::from_static("blue"),
                 HeaderValue::from_static("green"),
@@ -82,9 +95,70 @@ impl Shared {
         }
     }
 
-    /// Every upstream, blue first.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Its upstreams, blue first.
     pub fn upstreams(&self) -> impl Iterator<Item = &balancer::Upstream> {
         self.pools.iter().flat_map(|p| p.upstreams.iter())
+    }
+}
+
+impl Shared {
+    fn new(config: ProxyConfig) -> Shared {
+        let mut services = Vec::with_capacity(config.services.len());
+        let (mut by_host, mut catch_all, mut slot) = (HashMap::new(), None, 0);
+        for (i, s) in config.services.iter().enumerate() {
+            for h in &s.hosts {
+                by_host.insert(h.as_bytes().into(), i);
+            }
+            if s.hosts.is_empty() {
+                catch_all = Some(i);
+            }
+            services.push(Service::new(s.clone(), config.metrics_window, slot));
+            slot += s.blue.len() + s.green.len();
+        }
+        Shared {
+            config,
+            services,
+            by_host,
+            catch_all,
+        }
+    }
+
+    /// The service for a request's `Host` (`host[:port]`, any case), or
+    /// the one without `hosts` when no other names it.
+    pub fn route(&self, host: Option<&[u8]>) -> Option<&Service> {
+        let found = host.and_then(|h| {
+            let h = http1::host_without_port(h);
+            if h.iter().any(u8::is_ascii_uppercase) {
+                self.by_host.get(h.to_ascii_lowercase().as_slice())
+            } else {
+                self.by_host.get(h)
+            }
+        });
+        found
+            .or(self.catch_all.as_ref())
+            .map(|&i| &self.services[i])
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name() == name)
+    }
+
+    /// The service the unprefixed admin paths (`/split`) mean: the only
+    /// one there is.
+    pub fn only_service(&self) -> Option<&Service> {
+        match self.services.as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
+    /// Every upstream of every service, in slot order.
+    pub fn upstreams(&self) -> impl Iterator<Item = &balancer::Upstream> {
+        self.services.iter().flat_map(Service::upstreams)
     }
 
     /// A fresh set of connection pools, one per upstream, indexed by
@@ -258,24 +332,33 @@ impl ProxyHandle {
         &self.shared.config
     }
 
-    /// The split in force.
+    /// The split in force (of the first service).
     pub fn split(&self) -> Split {
-        self.shared.split.get()
+        self.first().split.get()
     }
 
     /// Sets the split directly (the admin API's `PUT /split` in-process).
     pub fn set_split(&self, split: Split) {
-        self.shared.split.set(split);
+        self.first().split.set(split);
     }
 
-    /// What `GET /metrics?window=…` reports.
+    /// What `GET /metrics?window=…` reports (of the first service).
     pub fn metrics(&self, window: Duration) -> MetricsReport {
-        admin::metrics_report(&self.shared, window, &[])
+        admin::metrics_report(self.first(), window, &[])
     }
 
-    /// What `GET /health` reports.
+    /// What `GET /health` reports (of the first service).
     pub fn health(&self) -> HealthReport {
-        admin::health_report(&self.shared)
+        admin::health_report(self.shared.config.health_probe.as_ref(), self.first())
+    }
+
+    /// The split of the service named `name`, if there is one.
+    pub fn service_split(&self, name: &str) -> Option<Split> {
+        self.shared.service(name).map(|s| s.split.get())
+    }
+
+    fn first(&self) -> &Service {
+        &self.shared.services[0]
     }
 
     /// Stops accepting, lets in-flight requests finish (at most
@@ -338,7 +421,7 @@ mod tests {
             .unwrap();
         let mut config = ProxyConfig::for_upstreams(&[&blue.url()], &[&green.url()]).unwrap();
         config.workers = Some(2);
-        config.initial_split = Split::from_percent(25.0).unwrap();
+        config.services[0].initial_split = Split::from_percent(25.0).unwrap();
         let proxy = start(config).await.unwrap();
         // Several clients, so that both threads get connections.
         let clients: Vec<TestClient> = (0..4)

@@ -50,17 +50,23 @@ pub fn spawn_all(shared: &Arc<Shared>, shutdown: &Shutdown) -> Vec<JoinHandle<()
         .pool_max_idle_per_host(1)
         .build(connector);
     let mut tasks = Vec::new();
-    for (pool, p) in shared.pools.iter().enumerate() {
-        for index in 0..p.upstreams.len() {
-            let (shared, cfg, client, signal) = (
-                shared.clone(),
-                cfg.clone(),
-                client.clone(),
-                shutdown.signal(),
-            );
-            tasks.push(tokio::spawn(probe_loop(
-                shared, pool, index, cfg, client, signal,
-            )));
+    for (service, s) in shared.services.iter().enumerate() {
+        for (pool, p) in s.pools.iter().enumerate() {
+            for index in 0..p.upstreams.len() {
+                let (shared, cfg, client, signal) = (
+                    shared.clone(),
+                    cfg.clone(),
+                    client.clone(),
+                    shutdown.signal(),
+                );
+                tasks.push(tokio::spawn(probe_loop(
+                    shared,
+                    [service, pool, index],
+                    cfg,
+                    client,
+                    signal,
+                )));
+            }
         }
     }
     tasks
@@ -68,13 +74,12 @@ pub fn spawn_all(shared: &Arc<Shared>, shutdown: &Shutdown) -> Vec<JoinHandle<()
 
 async fn probe_loop(
     shared: Arc<Shared>,
-    pool: usize,
-    index: usize,
+    [service, pool, index]: [usize; 3],
     cfg: HealthProbeConfig,
     client: ProbeClient,
     mut signal: Signal,
 ) {
-    let upstream = &shared.pools[pool].upstreams[index];
+    let upstream = &shared.services[service].pools[pool].upstreams[index];
     let uri: Uri = match format!("{}{}", upstream.url, cfg.path).parse() {
         Ok(uri) => uri,
         Err(e) => {
