@@ -687,6 +687,29 @@ impl Check for HealthCheck {
 /// How much of a body the http check reads.
 const HTTP_BODY_LIMIT: usize = 1 << 20;
 
+/// The connection pool the `http` checks of the process share (one per
+/// connect timeout): thousands of rollouts then hold the connections their
+/// calls in flight need, not one or more each.
+fn http_check_client(connect_timeout: Duration) -> Client<HttpConnector, Empty<Bytes>> {
+    type Pools = std::collections::HashMap<Duration, Client<HttpConnector, Empty<Bytes>>>;
+    static CLIENTS: std::sync::Mutex<Option<Pools>> = std::sync::Mutex::new(None);
+    let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+    clients
+        .get_or_insert_with(Pools::new)
+        .entry(connect_timeout)
+        .or_insert_with(|| {
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(connect_timeout));
+            connector.set_nodelay(true);
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector)
+        })
+        .clone()
+}
+
 struct HttpCheck {
     name: String,
     url: Result<Uri, String>,
@@ -709,14 +732,7 @@ impl HttpCheck {
                 )),
                 _ => Err(format!("`{url}`: expected an http:// URL with a host")),
             });
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let client = http_check_client(timeout);
         HttpCheck {
             name,
             url: parsed,

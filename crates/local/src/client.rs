@@ -41,6 +41,32 @@ impl std::fmt::Debug for AdminClient {
     }
 }
 
+/// The connection pool every admin client of the process shares: ten
+/// thousand rollouts against one proxy (`cutover serve`) then hold as many
+/// connections as they have calls in flight, not one each (which took
+/// hundreds of MB). A connection whose runtime is gone is closed, and the
+/// pool skips closed connections.
+fn shared_client() -> Client<HttpConnector, Full<Bytes>> {
+    static CLIENT: std::sync::OnceLock<Client<HttpConnector, Full<Bytes>>> =
+        std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(Duration::from_secs(3)));
+            connector.set_nodelay(true);
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                // Below the admin server's 30 s, after which it closes an
+                // idle connection: at an equal timeout, a call every 30 s
+                // (a plan's analysis interval) raced the server's close and
+                // failed with "connection closed before message completed".
+                .pool_idle_timeout(Duration::from_secs(15))
+                .build(connector)
+        })
+        .clone()
+}
+
 /// Default time limit for one admin call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -86,14 +112,7 @@ impl AdminClient {
                     })
             })
             .transpose()?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(3)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let client = shared_client();
         Ok(AdminClient {
             base,
             token,
