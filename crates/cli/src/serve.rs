@@ -334,8 +334,19 @@ pub async fn serve(settings: ServeSettings) -> Exit {
             }
         }
     };
-    let store = match open_store(&store_choice).await {
-        Ok(s) => s,
+    let metrics = Arc::new(Metrics::new());
+    let store: Arc<dyn cutover_engine::store::Store> = match open_store(&store_choice).await {
+        Ok(s) => {
+            let kind = match &store_choice {
+                StoreChoice::Sqlite(_) => "sqlite",
+                StoreChoice::Dynamodb { .. } => "dynamodb",
+            };
+            Arc::new(cutover_engine::store::MeteredStore::new(
+                s,
+                kind,
+                metrics.clone(),
+            ))
+        }
         Err(e) => return e,
     };
     let catalog = Arc::new(Catalog {
@@ -348,7 +359,6 @@ pub async fn serve(settings: ServeSettings) -> Exit {
         return Exit::Usage(e);
     }
 
-    let metrics = Arc::new(Metrics::new());
     let progress = Progress::new(Output::Text, "").labelled();
     let api_slot: Arc<Mutex<Option<Arc<Api>>>> = Arc::default();
     let observer = {

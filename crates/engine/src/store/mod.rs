@@ -9,6 +9,7 @@
 
 pub mod conformance;
 pub mod faults;
+mod metered;
 mod sqlite;
 
 use std::time::Duration;
@@ -17,6 +18,7 @@ use async_trait::async_trait;
 use cutover_core::{Command, Timestamp};
 use serde::{Deserialize, Serialize};
 
+pub use metered::MeteredStore;
 pub use sqlite::SqliteStore;
 
 /// One rollout as stored.
