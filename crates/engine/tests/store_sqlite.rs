@@ -390,3 +390,92 @@ async fn a_read_only_handle_reads_while_a_writer_writes_and_refuses_to_write() {
     assert!(err.to_string().contains("missing.db"), "{err}");
     assert!(!missing.exists(), "a read-only open creates nothing");
 }
+
+/// Commits through one handle are written in groups (one transaction for
+/// whatever queued while the previous one was written). A refused commit
+/// in a group, stale or re-activating a second rollout of a service,
+/// leaves the others in it written, and each caller gets its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_commits_each_get_their_own_answer() {
+    let open = backend();
+    let store = Arc::new(open());
+    const N: usize = 200;
+    for i in 0..N {
+        let id = format!("r{i}");
+        store
+            .create(
+                &id,
+                &format!("svc-{i}"),
+                "start",
+                true,
+                Timestamp::from_millis(1),
+            )
+            .await
+            .unwrap();
+    }
+    store
+        .create("other", "svc-0", "done", false, Timestamp::from_millis(1))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = format!("r{i}");
+            // Every tenth commit is stale: it expects a version never written.
+            let expected = if i % 10 == 3 { 7 } else { 1 };
+            store
+                .update(
+                    &id,
+                    expected,
+                    &format!("next-{i}"),
+                    true,
+                    Timestamp::from_millis(2),
+                )
+                .await
+        }));
+    }
+    // And one that would make a second rollout of svc-0 active.
+    let clash = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .update("other", 1, "again", true, Timestamp::from_millis(2))
+                .await
+        })
+    };
+    for (i, t) in tasks.into_iter().enumerate() {
+        let got = t.await.unwrap();
+        if i % 10 == 3 {
+            assert_eq!(
+                got.unwrap_err(),
+                StoreError::Conflict {
+                    id: format!("r{i}"),
+                    expected: 7,
+                    found: Some(1)
+                }
+            );
+        } else {
+            let r = got.unwrap();
+            assert_eq!(
+                (r.version, r.state.as_str()),
+                (2, format!("next-{i}").as_str())
+            );
+        }
+    }
+    assert_eq!(
+        clash.await.unwrap().unwrap_err(),
+        StoreError::ActiveExists {
+            service: "svc-0".into(),
+            id: "r0".into()
+        }
+    );
+    // What the answers said is what another connection reads.
+    let other = open();
+    for i in 0..N {
+        let r = other.load(&format!("r{i}")).await.unwrap().unwrap();
+        assert_eq!(r.version, if i % 10 == 3 { 1 } else { 2 }, "r{i}");
+    }
+    let r = other.load("other").await.unwrap().unwrap();
+    assert_eq!((r.version, r.active), (1, false));
+}

@@ -19,7 +19,7 @@ use cutover_core::{Command, Timestamp};
 use serde::{Deserialize, Serialize};
 
 pub use metered::MeteredStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{Journal, SqliteStore};
 
 /// One rollout as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,7 +99,7 @@ pub struct PostedCommand {
     pub posted_at: Timestamp,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
     #[error(
         "service `{service}` already has an active rollout `{id}`; wait for it to end or abort it"

@@ -93,6 +93,20 @@ CREATE TABLE IF NOT EXISTS events (
 const ROLLOUT_COLUMNS: &str =
     "id, service, version, active, state, created_at, updated_at, written_by";
 
+/// SQLite's journal, for [`SqliteStore::open_with_journal`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Journal {
+    /// `journal_mode=DELETE`, `synchronous=FULL`: what cutover runs.
+    Rollback,
+    /// `journal_mode=WAL`, `synchronous=FULL`: durable too, but maps its
+    /// `-shm` file (a SIGBUS if it is cut under the process).
+    Wal,
+    /// `journal_mode=WAL`, `synchronous=NORMAL`: a commit may be lost on
+    /// power failure after it returned, which breaks "persisted before
+    /// acted on".
+    WalNormal,
+}
+
 /// A [`Store`] in one SQLite file.
 ///
 /// Cheap to clone; clones share one connection. Open the same file again
@@ -100,6 +114,8 @@ const ROLLOUT_COLUMNS: &str =
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// Commits waiting for the group writer (see [`SqliteStore::commit`]).
+    queue: Arc<Mutex<CommitQueue>>,
     path: Arc<PathBuf>,
     /// The opened file's identity, checked before every call.
     identity: Option<FileId>,
@@ -129,6 +145,14 @@ impl SqliteStore {
     /// schema. A database left in WAL mode by an earlier cutover is
     /// switched back, which needs no other process to have it open.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with_journal(path, Journal::Rollback)
+    }
+
+    /// [`SqliteStore::open`] with the journal mode given. Only
+    /// [`Journal::Rollback`] is what cutover runs; [`Journal::Wal`] is
+    /// here to measure what it would change (`cargo run --release -p
+    /// cutover-engine --example sqlite_journal`).
+    pub fn open_with_journal(path: &Path, journal: Journal) -> Result<SqliteStore, StoreError> {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             StoreError::Backend(format!("sqlite database {}: {what}: {e}", path.display()))
         };
@@ -141,10 +165,17 @@ impl SqliteStore {
             .map_err(|e| fail("cannot set busy_timeout", &e))?;
         conn.pragma_update(None, "mmap_size", 0)
             .map_err(|e| fail("cannot set mmap_size=0", &e))?;
+        let (want, synchronous) = match journal {
+            Journal::Rollback => ("delete", "FULL"),
+            Journal::Wal => ("wal", "FULL"),
+            Journal::WalNormal => ("wal", "NORMAL"),
+        };
         let mode: String = conn
-            .query_row("PRAGMA journal_mode = DELETE", [], |row| row.get(0))
+            .query_row(&format!("PRAGMA journal_mode = {want}"), [], |row| {
+                row.get(0)
+            })
             .map_err(|e| fail("cannot switch to the rollback journal", &e))?;
-        if !mode.eq_ignore_ascii_case("delete") {
+        if !mode.eq_ignore_ascii_case(want) {
             return Err(fail(
                 "cannot switch to the rollback journal",
                 &format!(
@@ -152,8 +183,8 @@ impl SqliteStore {
                 ),
             ));
         }
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(|e| fail("cannot set synchronous=FULL", &e))?;
+        conn.pragma_update(None, "synchronous", synchronous)
+            .map_err(|e| fail("cannot set synchronous", &e))?;
         migrate(&mut conn).map_err(|e| match e {
             MigrateError::Sql(e) => fail("cannot create the schema", &e),
             MigrateError::TooNew(v) => fail(
@@ -166,6 +197,7 @@ impl SqliteStore {
         let identity = file_id(path).map_err(|e| fail("cannot stat", &e))?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            queue: Arc::default(),
             path: Arc::new(path.to_path_buf()),
             identity: Some(identity),
             read_only: false,
@@ -217,6 +249,7 @@ impl SqliteStore {
             .map_err(|e| fail("cannot open read-only", &e))?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            queue: Arc::default(),
             path: Arc::new(path.to_path_buf()),
             identity: Some(identity),
             read_only: true,
@@ -266,13 +299,7 @@ impl SqliteStore {
             let mut conn = conn
                 .lock()
                 .map_err(|_| fail(&"connection unusable after a panic in an earlier call"))?;
-            if let Some(opened) = identity {
-                match file_id(&path) {
-                    Ok(now) if now == opened => {}
-                    Ok(_) => return Err(fail(&"the file was replaced by another one since it was opened; refusing to use a database no other process sees")),
-                    Err(e) => return Err(fail(&format!("the file is gone since it was opened ({e}); refusing to use a database no other process sees"))),
-                }
-            }
+            check_identity(&path, identity).map_err(|e| fail(&e))?;
             f(&mut conn).map_err(|e| match e {
                 Failure::Store(e) => e,
                 Failure::Sql(e) => fail(&e),
@@ -281,6 +308,192 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| fail2(&e))?
+    }
+}
+
+/// A commit waiting for the group writer, and where its answer goes.
+struct QueuedCommit {
+    id: String,
+    expected_version: u64,
+    state: String,
+    active: bool,
+    now: Timestamp,
+    writer: String,
+    events: Vec<EventRecord>,
+    reply: tokio::sync::oneshot::Sender<Result<RolloutRecord, StoreError>>,
+}
+
+#[derive(Default)]
+struct CommitQueue {
+    waiting: Vec<QueuedCommit>,
+    /// A writer is running: it takes what waits before it stops.
+    writing: bool,
+}
+
+impl std::fmt::Debug for CommitQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommitQueue")
+            .field("waiting", &self.waiting.len())
+            .field("writing", &self.writing)
+            .finish()
+    }
+}
+
+/// Clears `writing` however the writer ends (a panic included), failing
+/// what still waits, so a later commit starts a new writer.
+struct WriterDone<'a>(&'a Mutex<CommitQueue>);
+
+impl Drop for WriterDone<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            q.writing = false;
+            q.waiting.clear(); // their callers get "the writer stopped"
+        }
+    }
+}
+
+/// The group writer: writes what waits, one transaction per batch, until
+/// nothing does.
+fn write_commits(
+    conn: &Mutex<Connection>,
+    queue: &Mutex<CommitQueue>,
+    path: &Path,
+    identity: Option<FileId>,
+) {
+    let _done = WriterDone(queue);
+    loop {
+        let batch = {
+            let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+            if q.waiting.is_empty() {
+                q.writing = false;
+                return;
+            }
+            std::mem::take(&mut q.waiting)
+        };
+        let fail = |e: &dyn std::fmt::Display| {
+            StoreError::Backend(format!(
+                "sqlite database {}: update rollout: {e}",
+                path.display()
+            ))
+        };
+        let to_store = |e: Failure| match e {
+            Failure::Store(e) => e,
+            Failure::Sql(e) => fail(&e),
+            Failure::Data(msg) => fail(&msg),
+        };
+        let results: Result<Vec<Result<RolloutRecord, StoreError>>, StoreError> = (|| {
+            let mut conn = conn
+                .lock()
+                .map_err(|_| fail(&"connection unusable after a panic in an earlier call"))?;
+            check_identity(path, identity).map_err(|e| fail(&e))?;
+            let mut tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| fail(&e))?;
+            let mut results = Vec::with_capacity(batch.len());
+            for c in &batch {
+                let mut sp = tx.savepoint().map_err(|e| fail(&e))?;
+                match commit_one(&sp, c) {
+                    Ok(record) => {
+                        sp.commit().map_err(|e| fail(&e))?;
+                        results.push(Ok(record));
+                    }
+                    Err(e) => {
+                        sp.rollback().map_err(|e| fail(&e))?;
+                        drop(sp);
+                        results.push(Err(to_store(e)));
+                    }
+                }
+            }
+            tx.commit().map_err(|e| fail(&e))?;
+            Ok(results)
+        })();
+        match results {
+            Ok(results) => {
+                for (c, r) in batch.into_iter().zip(results) {
+                    let _ = c.reply.send(r);
+                }
+            }
+            // Nothing of the batch was written.
+            Err(e) => {
+                for c in batch {
+                    let _ = c.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The path still names the file that was opened.
+fn check_identity(path: &Path, identity: Option<FileId>) -> Result<(), String> {
+    let Some(opened) = identity else {
+        return Ok(());
+    };
+    match file_id(path) {
+        Ok(now) if now == opened => Ok(()),
+        Ok(_) => Err("the file was replaced by another one since it was opened; refusing to use a database no other process sees".into()),
+        Err(e) => Err(format!("the file is gone since it was opened ({e}); refusing to use a database no other process sees")),
+    }
+}
+
+/// One commit, inside the group writer's transaction.
+fn commit_one(tx: &Connection, c: &QueuedCommit) -> Result<RolloutRecord, Failure> {
+    let at = to_sql(c.now.as_millis(), "timestamp")?;
+    let sql = format!(
+        "UPDATE rollouts SET version = version + 1, state = ?3, active = ?4, updated_at = ?5,
+                written_by = ?6
+         WHERE id = ?1 AND version = ?2 RETURNING {ROLLOUT_COLUMNS}"
+    );
+    // A version beyond i64 cannot be stored, so it cannot match.
+    let expected = i64::try_from(c.expected_version).unwrap_or(-1);
+    let updated = query_rollouts(
+        tx,
+        &sql,
+        params![c.id, expected, c.state, c.active, at, c.writer],
+    );
+    match updated {
+        Ok(mut rows) => match rows.pop() {
+            Some(record) => {
+                append_events(tx, &record.id, &c.events)?;
+                Ok(record)
+            }
+            None => {
+                let found: Option<i64> = tx
+                    .query_row(
+                        "SELECT version FROM rollouts WHERE id = ?1",
+                        [&c.id],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                let found = match found {
+                    Some(v) => Some(from_sql(v, "version", &format!("rollouts row `{}`", c.id))?),
+                    None => None,
+                };
+                Err(StoreError::Conflict {
+                    id: c.id.clone(),
+                    expected: c.expected_version,
+                    found,
+                }
+                .into())
+            }
+        },
+        Err(Failure::Sql(e)) if constraint(&e) == Some(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE) => {
+            // Re-activating while another rollout of the service is active.
+            let existing: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT a.service, a.id FROM rollouts r
+                     JOIN rollouts a ON a.service = r.service AND a.active = 1
+                     WHERE r.id = ?1",
+                    [&c.id],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            match existing {
+                Some((service, id)) => Err(StoreError::ActiveExists { service, id }.into()),
+                None => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -545,79 +758,44 @@ impl Store for SqliteStore {
     }
 
     /// `Conflict` with `found: None` if there is no rollout `id` at all.
+    /// Commits are grouped: while one transaction is being written, the
+    /// commits that arrive queue up, and the next transaction writes all of
+    /// them, each under its own savepoint (so one refused commit does not
+    /// undo the others), with one fsync for the lot. Each caller's answer
+    /// still comes only once its change is durable.
     async fn commit(
         &self,
         id: &str,
         expected_version: u64,
         change: Change<'_>,
     ) -> Result<RolloutRecord, StoreError> {
-        let (id, state, writer) = (
-            id.to_owned(),
-            change.state.to_owned(),
-            change.writer.to_owned(),
-        );
-        let (active, now, events) = (change.active, change.now, change.events.to_vec());
-        self.with_conn("update rollout", move |conn| {
-            let at = to_sql(now.as_millis(), "timestamp")?;
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let sql = format!(
-                "UPDATE rollouts SET version = version + 1, state = ?3, active = ?4, updated_at = ?5,
-                        written_by = ?6
-                 WHERE id = ?1 AND version = ?2 RETURNING {ROLLOUT_COLUMNS}"
-            );
-            // A version beyond i64 cannot be stored, so it cannot match.
-            let expected = i64::try_from(expected_version).unwrap_or(-1);
-            let updated =
-                query_rollouts(&tx, &sql, params![id, expected, state, active, at, writer]);
-            match updated {
-                Ok(mut rows) => match rows.pop() {
-                    Some(record) => {
-                        append_events(&tx, &record.id, &events)?;
-                        tx.commit()?;
-                        Ok(record)
-                    }
-                    None => {
-                        let found: Option<i64> = tx
-                            .query_row("SELECT version FROM rollouts WHERE id = ?1", [&id], |row| {
-                                row.get(0)
-                            })
-                            .optional()?;
-                        let found = match found {
-                            Some(v) => {
-                                Some(from_sql(v, "version", &format!("rollouts row `{id}`"))?)
-                            }
-                            None => None,
-                        };
-                        Err(StoreError::Conflict {
-                            id,
-                            expected: expected_version,
-                            found,
-                        }
-                        .into())
-                    }
-                },
-                Err(Failure::Sql(e))
-                    if constraint(&e) == Some(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE) =>
-                {
-                    // Re-activating while another rollout of the service is active.
-                    let existing: Option<(String, String)> = tx
-                        .query_row(
-                            "SELECT a.service, a.id FROM rollouts r
-                             JOIN rollouts a ON a.service = r.service AND a.active = 1
-                             WHERE r.id = ?1",
-                            [&id],
-                            |row| Ok((row.get(0)?, row.get(1)?)),
-                        )
-                        .optional()?;
-                    match existing {
-                        Some((service, id)) => Err(StoreError::ActiveExists { service, id }.into()),
-                        None => Err(e.into()),
-                    }
-                }
-                Err(e) => Err(e),
-            }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let queued = QueuedCommit {
+            id: id.to_owned(),
+            expected_version,
+            state: change.state.to_owned(),
+            active: change.active,
+            now: change.now,
+            writer: change.writer.to_owned(),
+            events: change.events.to_vec(),
+            reply,
+        };
+        let start_writer = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.waiting.push(queued);
+            !std::mem::replace(&mut q.writing, true)
+        };
+        if start_writer {
+            let (conn, queue) = (self.conn.clone(), self.queue.clone());
+            let (path, identity) = (self.path.clone(), self.identity);
+            tokio::task::spawn_blocking(move || write_commits(&conn, &queue, &path, identity));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::Backend(format!(
+                "sqlite database {}: update rollout: the writer stopped before answering",
+                self.path.display()
+            )))
         })
-        .await
     }
 
     async fn list_active(&self) -> Result<Vec<RolloutRecord>, StoreError> {
@@ -926,11 +1104,7 @@ impl Store for SqliteStore {
 }
 
 /// Appends `events` to a rollout's log inside the caller's transaction.
-fn append_events(
-    tx: &rusqlite::Transaction<'_>,
-    id: &str,
-    events: &[EventRecord],
-) -> Result<(), Failure> {
+fn append_events(tx: &Connection, id: &str, events: &[EventRecord]) -> Result<(), Failure> {
     let mut stmt = tx
         .prepare_cached("INSERT INTO events (rollout_id, seq, at, body) VALUES (?1, ?2, ?3, ?4)")?;
     for e in events {
