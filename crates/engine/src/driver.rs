@@ -939,8 +939,20 @@ impl Driving<'_> {
             }
 
             // Sleep until the next timer, tick, store retry, command or stop.
+            // Under a controller nothing needs a tick: commands and a lost
+            // lease come through the feed, which wakes the driver, and the
+            // lease needs the driver only when the controller's renewals
+            // fall behind (then at two thirds of its life, see
+            // `keep_lease`). Ten thousand rollouts ticking twice a second
+            // cost a core.
             let now = self.now();
-            let mut wake = now.after(self.engine.options.tick);
+            let mut wake = match &self.feed {
+                Some(_) => self
+                    .lease_renewed()
+                    .after(self.engine.options.lease_ttl * 2 / 3)
+                    .max(now.after(self.engine.options.tick)),
+                None => now.after(self.engine.options.tick),
+            };
             if let Some(w) = self.rollout.next_wakeup() {
                 wake = wake.min(w);
             }
@@ -967,6 +979,13 @@ impl Driving<'_> {
                                 // The controller is gone: nobody keeps the lease.
                                 None => return Err(EngineError::LostLease(self.id.clone())),
                             },
+                            // Read by `keep_lease`, next.
+                            changed = feed.lease_lost.changed() => {
+                                if changed.is_err() {
+                                    // The controller is gone, as above.
+                                    return Err(EngineError::LostLease(self.id.clone()));
+                                }
+                            }
                             _ = stop => {}
                         }
                     }
