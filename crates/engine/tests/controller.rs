@@ -161,10 +161,18 @@ impl Fixture {
     /// A controller on a store that injects faults, whose router checks
     /// every write against the leases.
     fn faulty_controller(&self, holder: &str) -> (Arc<Controller>, Arc<FaultyStore<SqliteStore>>) {
+        self.faulty_controller_with(holder, Duration::from_secs(3))
+    }
+
+    fn faulty_controller_with(
+        &self,
+        holder: &str,
+        lease_ttl: Duration,
+    ) -> (Arc<Controller>, Arc<FaultyStore<SqliteStore>>) {
         let store = Arc::new(FaultyStore::new(SqliteStore::open(&self.path).unwrap()));
         let options = Options {
             tick: Duration::from_millis(200),
-            lease_ttl: Duration::from_secs(3),
+            lease_ttl,
             ..Options::default()
         };
         let engine = Arc::new(Engine::new(store.clone(), self.clock, holder, options));
@@ -480,4 +488,57 @@ async fn a_brief_store_failure_after_the_first_lease_ttl_is_retried_not_failed_s
     assert_every_write_leased(&f);
     stop.send(true).unwrap();
     task.await.unwrap();
+}
+
+/// A bulk renewal in flight when a stopping replica releases its leases
+/// lands after the release. It must not take them again: the other
+/// replica would then wait a whole TTL to take the rollouts over.
+#[tokio::test(start_paused = true)]
+async fn a_renewal_in_flight_when_a_replica_stops_does_not_keep_its_rollouts_from_the_others() {
+    let f = Fixture::new();
+    for i in 0..4 {
+        f.create(
+            &format!("svc{i}"),
+            "preset = \"linear\"\nincrement = 25\nhold = \"30s\"",
+        )
+        .await;
+    }
+    let ttl = Duration::from_secs(20);
+    let (a, store_a) = f.faulty_controller_with("a", ttl);
+    let (stop_a, task_a) = spawn(&a);
+    until("a drives them all", &f, || a.driven().len() == 4).await;
+    // a's renewals now take 3 s to reach the store; stop a during one.
+    store_a
+        .renewal_delay_ms
+        .store(3_000, std::sync::atomic::Ordering::SeqCst);
+    until("a renewal in flight", &f, || {
+        store_a
+            .renewals_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+    })
+    .await;
+    stop_a.send(true).unwrap();
+    task_a.await.unwrap();
+    assert_eq!(
+        store_a
+            .renewals_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the renewal landed after a's drivers released their leases"
+    );
+    // b starts once a has stopped and its renewal has landed.
+    let started = f.clock.now();
+    let b = f.controller_with("b", ttl);
+    let (stop_b, task_b) = spawn(&b);
+    until("b drives them all", &f, || b.driven().len() == 4).await;
+    let waited = f.clock.now().since(started);
+    // Its first scan; not the rest of a 20 s lease the renewal re-took.
+    assert!(
+        waited < Duration::from_secs(2),
+        "b took a's rollouts over {waited:?} after it started"
+    );
+    assert_every_write_leased(&f);
+    stop_b.send(true).unwrap();
+    task_b.await.unwrap();
 }

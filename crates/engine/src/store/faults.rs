@@ -4,7 +4,7 @@
 //! flips while the code under test runs; with every switch off it is the
 //! store it wraps.
 
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,6 +24,11 @@ pub struct FaultyStore<S> {
     /// Bulk lease renewals fail (one lease at a time still works): a
     /// controller's renewal is broken or too slow for its many leases.
     pub fail_renewals: AtomicBool,
+    /// Bulk lease renewals take this long (ms) before they reach the
+    /// store: a renewal in flight while its holder releases the lease.
+    pub renewal_delay_ms: AtomicU64,
+    /// Bulk renewals begun and not yet answered.
+    pub renewals_in_flight: AtomicUsize,
 }
 
 impl<S: Store> FaultyStore<S> {
@@ -34,6 +39,8 @@ impl<S: Store> FaultyStore<S> {
             fail_claims: AtomicBool::new(false),
             lose_next_reply: AtomicBool::new(false),
             fail_renewals: AtomicBool::new(false),
+            renewal_delay_ms: AtomicU64::new(0),
+            renewals_in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -192,6 +199,13 @@ impl<S: Store> Store for FaultyStore<S> {
         if self.fail_renewals.load(SeqCst) {
             return Err(StoreError::Backend("bulk renewal failed (injected)".into()));
         }
-        self.inner.renew_leases(names, holder, now, ttl).await
+        self.renewals_in_flight.fetch_add(1, SeqCst);
+        let delay = self.renewal_delay_ms.load(SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        let renewed = self.inner.renew_leases(names, holder, now, ttl).await;
+        self.renewals_in_flight.fetch_sub(1, SeqCst);
+        renewed
     }
 }
