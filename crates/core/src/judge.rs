@@ -903,6 +903,14 @@ impl fmt::Display for Judgement {
         if n.margin != 1.0 {
             write!(f, " (margin {})", n.margin)?;
         }
+        if let Some(bound) = n.baseline_bound {
+            // Blue serves nothing (100 % green): say what green is held to.
+            write!(
+                f,
+                "; with blue serving nothing, green is compared with blue's rate before the last shift, at most {} %",
+                number(bound * 100.0)
+            )?;
+        }
         let detect = number(n.detect_ratio);
         match self {
             Judgement::Fail(_) => Ok(()),

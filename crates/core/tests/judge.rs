@@ -1012,12 +1012,27 @@ fn green_alone_is_compared_with_the_bound_of_blue_s_rate() {
         blue_requests: 10_000,
         blue_failures: 100,
     });
+    let text = test.judge(false).to_string();
+    assert!(!text.contains("blue serving nothing"), "{text}");
     test.observe_green_only(400, 4);
     let bound = test
         .judge(false)
         .figures()
         .baseline_bound
         .unwrap_or(f64::NAN);
+    // Where blue serves nothing, the verdict says what green is held to.
+    let text = test.judge(false).to_string();
+    let said: f64 = text
+        .split("with blue serving nothing, green is compared with blue's rate before the last shift, at most ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    // Two significant figures, as every number in a detail.
+    assert!(
+        (said / (bound * 100.0) - 1.0).abs() < 0.05,
+        "{said} vs {bound}: {text}"
+    );
     let mu = bound * 10_000.0;
     assert!(mu > 100.0 && mu < 150.0, "{mu}");
     let residual = mu - 100.0 - 100.0 * (mu / 100.0).ln() - 100f64.ln();
