@@ -101,6 +101,10 @@ pub struct MetricsReport {
     /// Counts since the proxy started.
     pub totals: Totals,
     pub uptime_ms: u64,
+    /// Set when the window asked for was longer than the proxy keeps: what
+    /// was asked and what the figures cover instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl MetricsReport {

@@ -721,3 +721,27 @@ async fn a_host_no_service_names_gets_404_when_none_takes_every_host() {
     assert_eq!(blue.served().0, 1);
     p.shutdown_within(Duration::from_secs(1)).await;
 }
+
+/// A window longer than the proxy keeps is not cut short without a word:
+/// the answer says what was asked and what the figures cover.
+#[tokio::test]
+async fn a_metrics_window_past_what_the_proxy_keeps_is_answered_with_a_note() {
+    let (blue, green) = (demo("blue").await, demo("green").await);
+    let p = proxy(&[&blue.url()], &[&green.url()], "metrics_window = \"1m\"").await;
+    let c = client();
+    let long = get(&c, &format!("{}/metrics?window=10d", p.admin_url()), &[]).await;
+    assert_eq!(long.status, StatusCode::OK, "{}", long.body);
+    let long: serde_json::Value = serde_json::from_str(&long.body).unwrap();
+    assert_eq!(long["window"], "1m");
+    assert_eq!(
+        long["note"],
+        "window 240h is longer than this proxy keeps (metrics_window = 1m): the figures cover 1m"
+    );
+    let short = get(&c, &format!("{}/metrics?window=30s", p.admin_url()), &[]).await;
+    let short: serde_json::Value = serde_json::from_str(&short.body).unwrap();
+    assert_eq!(
+        (short["window"].as_str(), short.get("note")),
+        (Some("30s"), None)
+    );
+    p.shutdown_within(Duration::from_secs(1)).await;
+}

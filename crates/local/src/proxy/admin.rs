@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | `GET /split` | `{"split_bp": 1000, "split_percent": 10.0}` |
 //! | `PUT /split` with `{"split_percent": 12.5}` or `{"split_bp": 1250}` | the new split, as above |
-//! | `GET /metrics?window=30s&percentile=99.5` | per-colour requests, 5xx, error rate, latency percentiles over the window (capped at `metrics_window`), totals since start |
+//! | `GET /metrics?window=30s&percentile=99.5` | per-colour requests, 5xx, error rate, latency percentiles over the window (capped at `metrics_window`, with a `note` saying so), totals since start |
 //! | `GET /metrics/prometheus` | the same in Prometheus text format |
 //! | `GET /health` | per upstream: colour, url, probe state, last probe, consecutive failures |
 //! | `GET /services` | every service: name, hosts, split |
@@ -84,13 +84,15 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Ful
             let (name, endpoint) = rest.split_once('/').map_or((rest, ""), |(n, e)| (n, e));
             match shared.service(name) {
                 Some(s) => (Some(s), format!("/{endpoint}")),
-                None => return error(
-                    StatusCode::NOT_FOUND,
-                    format!(
+                None => {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        format!(
                         "no service `{name}` in this proxy; it has {} (GET /services lists them)",
                         names(&shared)
                     ),
-                ),
+                    )
+                }
             }
         }
         None => (shared.only_service(), path.clone()),
@@ -155,10 +157,18 @@ async fn service_endpoint(
         }
         (&Method::PUT, "/split") => put_split(service, req).await,
         (&Method::GET | &Method::HEAD, "/metrics") => match parse_metrics_query(service, query) {
-            Ok((window, percentiles)) => json(
-                StatusCode::OK,
-                &metrics_report(service, window, &percentiles),
-            ),
+            Ok((window, percentiles)) => {
+                let mut report = metrics_report(service, window, &percentiles);
+                if window > service.metrics.max_window() {
+                    report.note = Some(format!(
+                        "window {} is longer than this proxy keeps (metrics_window = {}): the figures cover {}",
+                        Human(window),
+                        Human(service.metrics.max_window()),
+                        report.window
+                    ));
+                }
+                json(StatusCode::OK, &report)
+            }
             Err(e) => error(StatusCode::BAD_REQUEST, e),
         },
         (&Method::GET | &Method::HEAD, "/metrics/prometheus") => {
@@ -285,7 +295,8 @@ fn parse_metrics_query(shared: &Service, query: &str) -> Result<(Duration, Vec<f
             }
         }
     }
-    Ok((shared.metrics.clamp_window(window), percentiles))
+    // As asked: the report says what it covers, and when that is less.
+    Ok((window, percentiles))
 }
 
 /// What `GET /metrics` reports.
@@ -307,6 +318,7 @@ pub fn metrics_report(shared: &Service, window: Duration, percentiles: &[f64]) -
             green: m.totals(Colour::Green),
         },
         uptime_ms: m.uptime(now).as_millis() as u64,
+        note: None,
     }
 }
 
@@ -408,7 +420,7 @@ fn prometheus(shared: &Shared, services: &[Service], window: Duration) -> String
     let _ = writeln!(
         out,
         "# HELP cutover_window_latency_seconds Latency to the upstream's response head over the last {}.",
-        Human(window)
+        reports.first().map_or_else(|| Human(window).to_string(), |r| r.1.window.clone())
     );
     let _ = writeln!(out, "# TYPE cutover_window_latency_seconds gauge");
     for (label, report, _) in &reports {
