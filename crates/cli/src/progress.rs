@@ -120,7 +120,9 @@ impl Progress {
             );
         }
         state.latest = Some(rollout.clone());
-        if self.tty {
+        // Not for a rollout just created: what starts it prints its own
+        // lines first, and the ticker draws the status line from then on.
+        if self.tty && rollout.phase != cutover_core::Phase::Pending {
             let line = status_line(rollout, cutover_engine::Clock::system().now());
             let _ = write!(out, "{}", fit(&line, terminal_width()));
             state.status_shown = true;

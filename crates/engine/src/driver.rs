@@ -325,7 +325,8 @@ impl Engine {
         mut rollout: Rollout,
     ) -> Result<RolloutRecord, EngineError> {
         let now = self.clock.now();
-        let events = encode_events(&rollout.take_events());
+        let taken = rollout.take_events();
+        let events = encode_events(&taken);
         let state = rollout.to_snapshot();
         // This call's own mark, so that a create landed with its answer
         // lost is told apart from another call's (even in this process).
@@ -341,7 +342,7 @@ impl Engine {
             writer: &writer,
             now,
         };
-        match self
+        let created = match self
             .store_call(self.store.create_rollout(id, &rollout.plan.service, change))
             .await
         {
@@ -358,7 +359,13 @@ impl Engine {
                 }
             }
             Err(e) => Err(e.into()),
+        };
+        // The first events are persisted like any later ones: observers
+        // (progress, `--output json`, event streams) see them too.
+        if let (Ok(_), Some(observer)) = (&created, &self.observer) {
+            observer(id, &rollout, &taken);
         }
+        created
     }
 
     /// Loads a rollout snapshot.
