@@ -263,6 +263,15 @@ fn bad_input_exits_2_naming_file_line_and_column() {
             &["--store-timeout", "50ms"][..],
             "store timeout 50ms must be from 100ms to 10m",
         ),
+        // A zero lease once let a second process take over a live driver.
+        (
+            &["--lease-ttl", "0s"][..],
+            "lease TTL 0s must be from 1s to 1h",
+        ),
+        (
+            &["--lease-ttl", "1s", "--tick", "500ms"][..],
+            "lease TTL 1s must be at least three ticks (1s500ms)",
+        ),
     ] {
         let mut args = vec!["run", local.as_str(), "--store", store.to_str().unwrap()];
         args.extend_from_slice(flags);
@@ -1199,4 +1208,45 @@ async fn a_plan_moves_one_service_of_the_shipped_many_service_proxy_and_no_other
     assert!(get("/", "anything.example.com").ends_with("hello from search-blue\n"));
     let _ = proxy.kill();
     let _ = proxy.wait();
+}
+
+/// `run --output json` prints one line per event, as it happens, the same
+/// events `history` has: never the whole snapshot per transition.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_with_json_output_prints_one_line_per_event() {
+    let stage = Stage::new().await;
+    let plan =
+        stage.plan("steps = [{ split = 20, hold = \"300ms\" }, { split = 100, hold = \"300ms\" }]");
+    let o = tokio::task::spawn_blocking({
+        let plan = plan.clone();
+        move || cutover(&["run", plan.to_str().unwrap(), "--output", "json"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let lines: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("`{l}`: {e}")))
+        .collect();
+    let seqs: Vec<u64> = lines.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "{lines:?}"
+    );
+    let s = status(&plan).unwrap();
+    assert_eq!(
+        Some(seqs.len() as u64),
+        s["events"].as_u64(),
+        "every event, once"
+    );
+    assert!(lines
+        .iter()
+        .all(|e| e["rollout"] == s["id"] && e.get("plan").is_none()));
+    assert_eq!(lines.last().unwrap()["phase"], "succeeded");
+    let h = cutover(&["history", plan.to_str().unwrap(), "--output", "json"]);
+    assert_eq!(
+        String::from_utf8_lossy(&h.stdout),
+        String::from_utf8_lossy(&o.stdout)
+    );
 }

@@ -733,6 +733,35 @@ async fn a_real_prometheus_scrapes_the_metrics() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(value, "0.2", "the candidate's share as the router has it");
+    // Every family docs/serve.md lists is exposed, with what this rollout
+    // has made of them so far.
+    let (status, text) = http(addr, "GET", "/metrics", None, None);
+    assert_eq!(status, 200);
+    for family in [
+        "cutover_rollouts",
+        "cutover_split_ratio",
+        "cutover_verdicts",
+        "cutover_rollbacks",
+        "cutover_step_duration_seconds",
+        "cutover_adapter_call_seconds",
+        "cutover_adapter_errors",
+        "cutover_lease_takeovers",
+        "cutover_trigger_events",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "{family} missing:\n{text}"
+        );
+    }
+    for sample in [
+        "cutover_rollouts{phase=\"holding\"} 1",
+        "cutover_split_ratio{service=\"web\"} 0.2",
+        "cutover_lease_takeovers_total 0",
+        "cutover_adapter_call_seconds_count{adapter=\"router:local\",operation=\"apply\"} 1",
+        "cutover_adapter_call_seconds_count{adapter=\"store:sqlite\",operation=\"create\"} 1",
+    ] {
+        assert!(text.contains(sample), "no `{sample}` in:\n{text}");
+    }
     let _ = prom.kill();
     let _ = prom.wait();
     let (code, log) = tokio::task::spawn_blocking(move || serve.stop())

@@ -542,3 +542,44 @@ async fn a_renewal_in_flight_when_a_replica_stops_does_not_keep_its_rollouts_fro
     stop_b.send(true).unwrap();
     task_b.await.unwrap();
 }
+
+/// `max_rollouts` bounds how many rollouts one controller drives at once:
+/// the rest wait for a free place, and every one still ends as planned.
+#[tokio::test(start_paused = true)]
+async fn no_more_rollouts_are_driven_at_once_than_max_rollouts() {
+    let f = Fixture::new();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(
+            f.create(&format!("svc{i}"), "preset = \"canary\"\nhold = \"3s\"")
+                .await,
+        );
+    }
+    let engine = f.engine_with("c1", Duration::from_secs(3));
+    let factory = Arc::new(Factory {
+        world: f.world.clone(),
+        writer: "c1".into(),
+        clock: f.clock,
+        db: Some(f.path.clone()),
+    });
+    let options = ControllerOptions {
+        scan_interval: Duration::from_millis(500),
+        max_rollouts: 2,
+        ..ControllerOptions::default()
+    };
+    let c = Arc::new(Controller::new(engine, factory, options));
+    let (stop, task) = spawn(&c);
+    let mut most = 0;
+    until("all end", &f, || {
+        most = most.max(c.driven().len());
+        assert!(c.driven().len() <= 2, "driving {:?}", c.driven());
+        f.world.writes.lock().unwrap().len() == 12 && c.driven().is_empty()
+    })
+    .await;
+    assert_eq!(most, 2, "two at a time");
+    for id in &ids {
+        assert_eq!(phase(&f, id).await, Phase::Succeeded, "{id}");
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}

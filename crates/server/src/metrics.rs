@@ -118,13 +118,13 @@ impl Metrics {
         });
         registry.register(
             "adapter_call_seconds",
-            "Latency of router, check and platform calls",
+            "Latency of router, check, platform and store calls",
             adapter_seconds.clone(),
         );
         let adapter_errors = Family::<AdapterLabel, Counter>::default();
         registry.register(
             "adapter_errors",
-            "Router, check and platform calls that failed",
+            "Router, check, platform and store calls that failed",
             adapter_errors.clone(),
         );
         let takeovers = Counter::default();
