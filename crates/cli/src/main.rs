@@ -58,6 +58,10 @@ pub enum Exit {
     Usage(String),
     /// 1: anything else: an adapter or store failure, a failed rollout.
     Internal(String),
+    /// 4: the store could not record for its deadline, so all traffic was
+    /// sent to the live target and the run stopped; the message says where
+    /// traffic is as the router confirmed it.
+    StoreFailSafe(String),
 }
 
 impl Exit {
@@ -66,7 +70,7 @@ impl Exit {
         match self {
             Exit::Ok => "ok".into(),
             Exit::RolledBack => "rolled back".into(),
-            Exit::Usage(m) | Exit::Internal(m) => m.clone(),
+            Exit::Usage(m) | Exit::Internal(m) | Exit::StoreFailSafe(m) => m.clone(),
         }
     }
 
@@ -76,6 +80,7 @@ impl Exit {
             Exit::Internal(_) => 1,
             Exit::Usage(_) => 2,
             Exit::RolledBack => 3,
+            Exit::StoreFailSafe(_) => 4,
         }
     }
 }
@@ -92,7 +97,7 @@ fn main() -> ExitCode {
     };
     match &exit {
         Exit::Usage(m) => eprintln!("error: {m}"),
-        Exit::Internal(m) => eprintln!("error: {m}"),
+        Exit::Internal(m) | Exit::StoreFailSafe(m) => eprintln!("error: {m}"),
         Exit::Ok | Exit::RolledBack => {}
     }
     ExitCode::from(exit.code())

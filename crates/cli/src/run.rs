@@ -182,6 +182,7 @@ async fn run_inner(args: RunArgs, retry: bool) -> Result<Exit, Exit> {
             );
             Err(Exit::Internal("interrupted".into()))
         }
+        Err(e @ EngineError::StoreUnavailable { .. }) => Err(Exit::StoreFailSafe(e.to_string())),
         Err(e) => Err(Exit::Internal(e.to_string())),
     }
 }

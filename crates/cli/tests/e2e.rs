@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use cutover_core::Split;
 use cutover_local::{DemoAppConfig, DemoAppHandle, ProxyConfig, ProxyHandle};
 use serde_json::Value;
 
@@ -1249,4 +1250,77 @@ async fn run_with_json_output_prints_one_line_per_event() {
         String::from_utf8_lossy(&h.stdout),
         String::from_utf8_lossy(&o.stdout)
     );
+}
+
+/// A second `run` of a plan another live process drives says so at once,
+/// naming that process, and only watches; the first keeps its rollout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_run_says_which_live_process_drives_the_rollout() {
+    let stage = Stage::new().await;
+    let plan =
+        stage.plan("steps = [{ split = 10, hold = \"2m\" }, { split = 100, hold = \"1s\" }]");
+    let mut first = spawn_run(&plan, &[]);
+    let p = plan.clone();
+    let held =
+        tokio::task::spawn_blocking(move || wait_for(&p, "holding", |s| s["phase"] == "holding"))
+            .await
+            .unwrap();
+    let mut second = spawn_run(&plan, &[]);
+    let out = second.stdout.take().unwrap();
+    let said = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(out).lines() {
+            let line = line.unwrap();
+            let done = line.contains("not by this process");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        seen.join("\n")
+    })
+    .await
+    .unwrap();
+    let holder = held["written_by"].as_str().unwrap();
+    assert!(
+        said.contains(&format!("is driven by `{holder}`, not by this process")),
+        "{said}"
+    );
+    second.kill().unwrap();
+    let _ = second.wait();
+    // The first still drives it: an abort from outside ends it, rolled back.
+    let o = cutover(&["abort", plan.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let status = tokio::task::spawn_blocking(move || first.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(3));
+    assert_eq!(stage.proxy.split(), Split::ZERO);
+}
+
+/// The SQLite file deleted under a running `run`: it notices, sends all
+/// traffic to the live target, and exits 4 saying where traffic is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_deleted_under_a_run_ends_it_with_all_traffic_on_live_and_exit_4() {
+    let stage = Stage::new().await;
+    let plan =
+        stage.plan("steps = [{ split = 30, hold = \"2m\" }, { split = 100, hold = \"1s\" }]");
+    let child = spawn_run(&plan, &["--tick", "100ms", "--lease-ttl", "3s"]);
+    let p = plan.clone();
+    tokio::task::spawn_blocking(move || wait_for(&p, "holding", |s| s["phase"] == "holding"))
+        .await
+        .unwrap();
+    assert_eq!(stage.proxy.split().percent(), 30.0);
+    std::fs::remove_file(stage.store()).unwrap();
+    let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(code(&o), 4, "{}", text(&o));
+    assert!(
+        text(&o).contains("sent all traffic to the live target"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(stage.proxy.split(), Split::ZERO);
 }
