@@ -117,32 +117,11 @@ fi
 mkdir -p "$OUT/plans" "$OUT/proxies" "$OUT/create" "$OUT/events"
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=eu-west-1
 
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for _ in $(seq 30); do
-        local alive=0
-        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        [ $alive = 0 ] && break
-        sleep 0.1
-    done
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
-    PIDS=()
-}
-trap cleanup EXIT
-trap 'echo "bench/failover.sh: interrupted; raw output so far: $OUT" >&2; exit 130' INT TERM
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+stop_all_on_exit bench/failover.sh "$OUT"
 
-wait_tcp() { # port name
-    local i
-    for i in $(seq 300); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "$2 did not listen on port $1"
-}
 now_ms() { date +%s%3N; }
-log() { echo "[$(date -u +%H:%M:%S)] $*"; }
 # CPU seconds (user + system) used so far by processes (all their threads,
 # those that have ended included).
 cpu_s() {

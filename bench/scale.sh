@@ -62,24 +62,9 @@ PLANNED_MS=$(awk -v h="$hold_s" -v b="$bake_s" -v n="$n_steps" 'BEGIN { print (h
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 mkdir -p "$OUT/plans"
 STORE_FILE=$OUT/cutover.db
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    PIDS=()
-}
-trap cleanup EXIT
-trap 'echo "bench/scale.sh: interrupted; raw output so far: $OUT" >&2; exit 130' INT TERM
-wait_tcp() { # port name
-    local i
-    for i in $(seq 600); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "$2 did not listen on port $1"
-}
-log() { echo "[$(date -u +%H:%M:%S)] $*"; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+stop_all_on_exit bench/scale.sh "$OUT"
 
 # 1. The proxy and the plans.
 steps=""
