@@ -197,6 +197,10 @@ def summarise_ddb(op, req):
             extra["writer"] = vals[":writer"].get("S")
         if op == "DeleteItem" and ":holder" in vals:
             extra["writer"] = vals[":holder"].get("S")
+        # A lease renewal: an update conditioned on its holder.
+        if op == "UpdateItem" and ":holder" in vals and ":expires" in vals:
+            extra["holder"] = vals[":holder"].get("S")
+            extra["expires_at"] = int(vals[":expires"].get("N", 0))
     elif op == "TransactWriteItems":
         for t in req.get("TransactItems", []):
             for kind, body in t.items():
@@ -481,9 +485,10 @@ def lease_spans(ddb, kill_ms, victim):
     """Per rollout id, who held its lease when: [pid, start, end, how it ended].
 
     From the successful lease writes in the store log: a PutItem by the
-    holder renews (end = its expires_at), by another pid takes over (only
-    possible once the lease expired or was released: checked), a DeleteItem
-    releases."""
+    holder, or an UpdateItem renewal (which only its holder can make),
+    renews (end = its expires_at, never earlier), by another pid takes over
+    (only possible once the lease expired or was released: checked), a
+    DeleteItem releases."""
     spans = {}
     taken_early = []
     for e in ddb:
@@ -496,9 +501,13 @@ def lease_spans(ddb, kill_ms, victim):
             rid, pid, t = m.group(1), str(e["pid"]), e["t"]
             ss = spans.setdefault(rid, [])
             cur = ss[-1] if ss and ss[-1][3] is None else None
+            if e["op"] == "UpdateItem" and "expires_at" in e:
+                if cur and cur[0] == pid:
+                    cur[2] = max(cur[2], e["expires_at"])
+                continue
             if e["op"] == "PutItem":
                 if cur and cur[0] == pid:
-                    cur[2] = e["expires_at"]
+                    cur[2] = max(cur[2], e["expires_at"])
                     continue
                 if cur:
                     if t < cur[2]:
@@ -585,12 +594,16 @@ def analyse(out):
         ptr = {pid: 0 for pid in printed}
         who = []
         for e in evs:
-            if e["seq"] == 1:
-                who.append("create")
-                continue
             key = (clock(e["at"]), e["message"])
             hit = [pid for pid in printed
                    if ptr[pid] < len(printed[pid].get(rid, [])) and printed[pid][rid][ptr[pid]] == key]
+            if e["seq"] == 1:
+                # Written by whoever created it (the API's replica prints
+                # it too); not a driver's.
+                for p in hit:
+                    ptr[p] += 1
+                who.append("create")
+                continue
             if len(hit) > 1:
                 problems.append("%s seq %d printed by %s" % (rid, e["seq"], ", ".join(name_of(p) for p in hit)))
             for p in hit:
@@ -687,7 +700,7 @@ def analyse(out):
     worst = {}
     renew_gaps = {}
     for e in ddb:
-        if e["op"] == "PutItem" and e.get("holder") and e["status"] == 200:
+        if e["op"] in ("PutItem", "UpdateItem") and e.get("holder") and e["status"] == 200:
             for it in e.get("items", []):
                 renew_gaps.setdefault((it, e["pid"]), []).append(e["t"])
     for (it, pid), ts in renew_gaps.items():
