@@ -109,6 +109,19 @@ fn wait_for(plan: &Path, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
     }
 }
 
+/// `cutover run PLAN EXTRA...` to its end, off the async runtime (the
+/// proxy and apps of the test run on it meanwhile).
+async fn run_to_end(plan: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["run".to_string(), plan.to_str().unwrap().to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cutover(&args)
+    })
+    .await
+    .unwrap()
+}
+
 fn spawn_run(plan: &Path, extra: &[&str]) -> Child {
     Command::new(BIN)
         .arg("run")
@@ -288,12 +301,7 @@ async fn a_run_succeeds_and_a_failing_green_is_rolled_back_with_exit_3() {
     let stage = Stage::new().await;
     let plan =
         stage.plan("steps = [{ split = 20, hold = \"400ms\" }, { split = 100, hold = \"400ms\" }]");
-    let o = tokio::task::spawn_blocking({
-        let plan = plan.clone();
-        move || cutover(&["run", plan.to_str().unwrap()])
-    })
-    .await
-    .unwrap();
+    let o = run_to_end(&plan, &[]).await;
     assert_eq!(code(&o), 0, "{}", text(&o));
     assert!(text(&o).contains("succeeded"), "{}", text(&o));
     assert_eq!(stage.proxy.split().percent(), 100.0);
@@ -305,12 +313,7 @@ async fn a_run_succeeds_and_a_failing_green_is_rolled_back_with_exit_3() {
 
     // The same plan again: green already holds everything, so nothing may
     // move, least of all backwards to 0 % (it once restarted from 0 %).
-    let o = tokio::task::spawn_blocking({
-        let plan = plan.clone();
-        move || cutover(&["run", plan.to_str().unwrap()])
-    })
-    .await
-    .unwrap();
+    let o = run_to_end(&plan, &[]).await;
     assert_eq!(code(&o), 2, "{}", text(&o));
     assert!(
         text(&o).contains(
@@ -325,12 +328,7 @@ async fn a_run_succeeds_and_a_failing_green_is_rolled_back_with_exit_3() {
     // in front: green answers 500 to real requests.
     stage.proxy.set_split(cutover_core::Split::ZERO);
     stage.green.set_fail_ratio(1.0);
-    let o = tokio::task::spawn_blocking({
-        let plan = plan.clone();
-        move || cutover(&["run", plan.to_str().unwrap()])
-    })
-    .await
-    .unwrap();
+    let o = run_to_end(&plan, &[]).await;
     assert_eq!(code(&o), 3, "{}", text(&o));
     assert_eq!(stage.proxy.split().percent(), 0.0);
     let h = cutover(&["history", plan.to_str().unwrap()]);
@@ -1167,12 +1165,7 @@ async fn a_plan_moves_one_service_of_the_shipped_many_service_proxy_and_no_other
         ),
     )
     .unwrap();
-    let o = tokio::task::spawn_blocking({
-        let plan = plan.clone();
-        move || cutover(&["run", plan.to_str().unwrap()])
-    })
-    .await
-    .unwrap();
+    let o = run_to_end(&plan, &[]).await;
     assert_eq!(code(&o), 0, "{}", text(&o));
     assert!(text(&o).contains("succeeded"), "{}", text(&o));
 
@@ -1218,12 +1211,7 @@ async fn run_with_json_output_prints_one_line_per_event() {
     let stage = Stage::new().await;
     let plan =
         stage.plan("steps = [{ split = 20, hold = \"300ms\" }, { split = 100, hold = \"300ms\" }]");
-    let o = tokio::task::spawn_blocking({
-        let plan = plan.clone();
-        move || cutover(&["run", plan.to_str().unwrap(), "--output", "json"])
-    })
-    .await
-    .unwrap();
+    let o = run_to_end(&plan, &["--output", "json"]).await;
     assert_eq!(code(&o), 0, "{}", text(&o));
     let lines: Vec<Value> = String::from_utf8_lossy(&o.stdout)
         .lines()
