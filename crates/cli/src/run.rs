@@ -344,8 +344,26 @@ pub async fn proxy(config: &Path) -> Exit {
         Ok(h) => h,
         Err(e) => return Exit::Internal(e.to_string()),
     };
+    let services = &handle.config().services;
+    let fronts = match services.as_slice() {
+        [_] => String::new(),
+        many => {
+            let names: Vec<&str> = many.iter().take(5).map(|s| s.name.as_str()).collect();
+            let more = many.len().saturating_sub(names.len());
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            format!(
+                "; {} services ({}{more}), each under /services/NAME/",
+                many.len(),
+                names.join(", ")
+            )
+        }
+    };
     outln!(
-        "proxy listening on http://{}; admin API on http://{}",
+        "proxy listening on http://{}; admin API on http://{}{fronts}",
         handle.data_addr(),
         handle.admin_addr()
     );

@@ -1150,7 +1150,10 @@ async fn a_plan_moves_one_service_of_the_shipped_many_service_proxy_and_no_other
         &mut first,
     )
     .unwrap();
-    assert!(first.contains("proxy listening"), "{first}");
+    assert!(
+        first.contains("proxy listening") && first.contains("2 services (checkout, search)"),
+        "{first}"
+    );
 
     let plan = dir.path().join("checkout.toml");
     std::fs::write(
