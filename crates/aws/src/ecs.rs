@@ -202,18 +202,18 @@ impl EcsPlatform {
         &self,
         base_arn: &str,
         image: &str,
+        container: &str,
     ) -> Result<String, AdapterError> {
         let (base, tags) = self.describe_task_definition(base_arn).await?;
-        let container = &self.config.container;
         let mut containers = base.container_definitions.clone().unwrap_or_default();
         let Some(target) = containers
             .iter_mut()
-            .find(|c| c.name.as_deref() == Some(container.as_str()))
+            .find(|c| c.name.as_deref() == Some(container))
         else {
             let names: Vec<_> = containers.iter().filter_map(|c| c.name.clone()).collect();
             return Err(AdapterError::permanent(format!(
                 "task definition `{base_arn}` has no container `{container}` (it has {names:?}); \
-                 check `[platform] container`"
+                 check `[platform] container` (one name per colour: `container = {{ blue = \"...\", green = \"...\" }}`)"
             )));
         };
         if target.image.as_deref() == Some(image) {
@@ -459,7 +459,9 @@ impl Platform for EcsPlatform {
                         "ECS service `{idle_name}` has no task definition"
                     ))
                 })?;
-                self.register_with_image(base, image).await?
+                let idle = self.live.other();
+                let container = self.config.container_of(idle == Colour::Green);
+                self.register_with_image(base, image, container).await?
             }
         };
         tracing::info!(service = idle_name, task_definition = %task_definition, desired, "updating the idle service");

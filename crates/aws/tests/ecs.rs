@@ -103,6 +103,129 @@ async fn the_next_deploy_goes_to_blue_with_a_given_task_definition() {
     assert_eq!(f.service(&f.config.green_service).await.desired_count, 3);
 }
 
+/// The reference's own set-up names the containers after their colours
+/// (`blue-app`, `green-app`). With one name per colour in the plan, a
+/// deploy to green and the next one, to blue, each replace the image of
+/// their own service's container (one name for both failed the second).
+#[tokio::test]
+async fn each_colour_s_container_may_have_its_own_name() {
+    use common::fixtures::ecs_container;
+    let f = fixture(None).await;
+    let own = |family: &str, name: &str, image: &str| {
+        let (ecs, family, name, image) = (
+            f.ecs.clone(),
+            family.to_string(),
+            name.to_string(),
+            image.to_string(),
+        );
+        async move {
+            ecs.register_task_definition()
+                .family(&family)
+                .cpu("256")
+                .memory("512")
+                .container_definitions(ecs_container(&name, &image))
+                .send()
+                .await
+                .unwrap()
+                .task_definition
+                .unwrap()
+                .task_definition_arn
+                .unwrap()
+        }
+    };
+    let blue_def = own(&f.config.blue_service, "blue-app", "registry/app:v1").await;
+    let green_def = own(&f.config.green_service, "green-app", "registry/app:v0").await;
+    for (service, def) in [
+        (&f.config.blue_service, &blue_def),
+        (&f.config.green_service, &green_def),
+    ] {
+        f.ecs
+            .update_service()
+            .cluster(&f.config.cluster)
+            .service(service)
+            .task_definition(def)
+            .send()
+            .await
+            .unwrap();
+    }
+    let text = format!(
+        "[service]\nname = \"web\"\n[router]\nkind = \"local\"\nadmin_url = \"http://127.0.0.1:1\"\n\
+         [strategy]\npreset = \"all-at-once\"\nhold = \"1m\"\n\
+         [platform]\nkind = \"ecs\"\ncluster = \"{}\"\nblue_service = \"{}\"\ngreen_service = \"{}\"\n\
+         container = {{ blue = \"blue-app\", green = \"green-app\" }}\nready_deadline = \"10s\"\n",
+        f.config.cluster, f.config.blue_service, f.config.green_service
+    );
+    let plan = cutover_core::plan::parse(&text, "web.toml").unwrap();
+    let Some(cutover_core::plan::PlatformConfig::Ecs(config)) = plan.platform else {
+        panic!("an ecs platform")
+    };
+    let image_of = |def: String, name: &'static str| {
+        let f = &f;
+        async move {
+            let d = f.task_definition(&def).await;
+            d.container_definitions
+                .unwrap()
+                .into_iter()
+                .find(|c| c.name.as_deref() == Some(name))
+                .and_then(|c| c.image)
+        }
+    };
+
+    // Blue is live: v2 goes on green, into `green-app`.
+    EcsPlatform::new(&config, &f.sdk, NewVersion::Image("registry/app:v2".into()))
+        .with_live(live_colour(Split::ZERO))
+        .with_poll_interval(Duration::from_millis(50))
+        .prepare(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let green = f
+        .service(&config.green_service)
+        .await
+        .task_definition
+        .unwrap();
+    assert_eq!(
+        image_of(green, "green-app").await.as_deref(),
+        Some("registry/app:v2")
+    );
+
+    // Green is live now: v3 goes on blue, into `blue-app`.
+    f.ecs
+        .update_service()
+        .cluster(&config.cluster)
+        .service(&config.green_service)
+        .desired_count(3)
+        .send()
+        .await
+        .unwrap();
+    EcsPlatform::new(&config, &f.sdk, NewVersion::Image("registry/app:v3".into()))
+        .with_live(live_colour(Split::FULL))
+        .with_poll_interval(Duration::from_millis(50))
+        .prepare(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let blue = f
+        .service(&config.blue_service)
+        .await
+        .task_definition
+        .unwrap();
+    assert_eq!(
+        image_of(blue, "blue-app").await.as_deref(),
+        Some("registry/app:v3")
+    );
+
+    // One name for both: the deploy to blue cannot find `green-app` there.
+    let mut one = config.clone();
+    one.green_container = None;
+    one.container = "green-app".into();
+    let err = EcsPlatform::new(&one, &f.sdk, NewVersion::Image("registry/app:v4".into()))
+        .with_live(live_colour(Split::FULL))
+        .prepare(Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("no container `green-app`"), "{err}");
+    assert!(err.message.contains("one name per colour"), "{err}");
+}
+
 #[tokio::test]
 async fn clear_errors_for_a_missing_container_or_service() {
     let f = fixture(None).await;

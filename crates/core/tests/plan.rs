@@ -619,3 +619,43 @@ fn the_sequential_error_rate_check_takes_the_judges_settings_and_refuses_bad_one
         "longer than 30d",
     );
 }
+
+/// `[platform] container` takes one name for both colours or one per
+/// colour (the reference names them `blue-app` and `green-app`); swapping
+/// the colours swaps them too.
+#[test]
+fn an_ecs_container_may_be_named_per_colour() {
+    let with = |container: &str| {
+        format!(
+            "{ALB}[platform]\nkind = \"ecs\"\ncluster = \"c\"\nblue_service = \"web-blue\"\ngreen_service = \"web-green\"\n{container}\n"
+        )
+    };
+    let ecs = |p: &plan::Plan| match &p.platform {
+        Some(cutover_core::plan::PlatformConfig::Ecs(e)) => (
+            e.container_of(false).to_string(),
+            e.container_of(true).to_string(),
+        ),
+        other => panic!("{other:?}"),
+    };
+    let p = plan::parse(&with("container = \"app\""), "p.toml").unwrap();
+    assert_eq!(ecs(&p), ("app".into(), "app".into()));
+    let p = plan::parse(
+        &with("container = { blue = \"blue-app\", green = \"green-app\" }"),
+        "p.toml",
+    )
+    .unwrap();
+    assert_eq!(ecs(&p), ("blue-app".into(), "green-app".into()));
+    assert_eq!(
+        ecs(&p.with_colours_swapped()),
+        ("green-app".into(), "blue-app".into())
+    );
+    for bad in [
+        "container = { blue = \"blue-app\" }",
+        "container = { blue = \"a\", green = \"b\", red = \"c\" }",
+        "container = \"\"",
+    ] {
+        let e = plan::parse(&with(bad), "p.toml").unwrap_err();
+        assert!(e.line > 0, "{bad}: {e}");
+        assert!(e.message.contains("platform `ecs`"), "{bad}: {e}");
+    }
+}

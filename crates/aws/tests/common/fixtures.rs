@@ -713,6 +713,7 @@ impl Ecs {
                 blue_service: blue_family,
                 green_service: green_family,
                 container: "app".into(),
+                green_container: None,
                 ready_deadline: Duration::from_secs(10),
                 scale_down_after,
             },

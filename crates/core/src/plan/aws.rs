@@ -93,14 +93,29 @@ pub struct EcsPlatform {
     pub cluster: String,
     pub blue_service: String,
     pub green_service: String,
-    /// The container whose image is replaced.
+    /// The container whose image is replaced: blue's, and green's too
+    /// unless `green_container` names another (`container = { blue =
+    /// "blue-app", green = "green-app" }` in the plan).
     pub container: String,
+    /// Green's container, when its name differs from blue's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub green_container: Option<String>,
     /// How long the idle colour may take to be steady with healthy targets.
     #[serde(with = "crate::time::serde_duration")]
     pub ready_deadline: Duration,
     /// Scale the old colour to 0 this long after the bake; `None`: keep it.
     #[serde(default, with = "super::opt_duration")]
     pub scale_down_after: Option<Duration>,
+}
+
+impl EcsPlatform {
+    /// The container whose image is replaced on one colour's service.
+    pub fn container_of(&self, green: bool) -> &str {
+        match (&self.green_container, green) {
+            (Some(g), true) => g,
+            _ => &self.container,
+        }
+    }
 }
 
 /// `[trigger] kind = "ecs-events"`: ECS task state changes through SQS.

@@ -562,6 +562,9 @@ impl Plan {
         }
         if let Some(PlatformConfig::Ecs(e)) = &mut plan.platform {
             std::mem::swap(&mut e.blue_service, &mut e.green_service);
+            if let Some(green) = e.green_container.take() {
+                e.green_container = Some(std::mem::replace(&mut e.container, green));
+            }
         }
         let swap = |s: &mut String| {
             for (b, g) in &pairs {

@@ -200,9 +200,35 @@ struct RawEcsPlatform {
     cluster: String,
     blue_service: String,
     green_service: String,
-    container: String,
+    /// `"app"`, or one name per colour: `{ blue = "blue-app", green =
+    /// "green-app" }` (read in [`container_names`]).
+    container: toml::Value,
     ready_deadline: Option<String>,
     scale_down_after: Option<String>,
+}
+
+/// `[platform] container`: blue's name and, when it differs, green's.
+fn container_names(value: &toml::Value) -> Result<(String, Option<String>), String> {
+    const EXPECTED: &str = "expected a container name, e.g. \"app\", or one per colour, e.g. { blue = \"blue-app\", green = \"green-app\" }";
+    let name = |v: Option<&toml::Value>| match v.and_then(toml::Value::as_str) {
+        Some(n) if !n.trim().is_empty() => Ok(n.to_string()),
+        _ => Err(format!("`container`: {EXPECTED}")),
+    };
+    match value {
+        toml::Value::String(_) => Ok((name(Some(value))?, None)),
+        toml::Value::Table(t) => {
+            if let Some(k) = t.keys().find(|k| *k != "blue" && *k != "green") {
+                return Err(format!("`container`: unknown key `{k}`; {EXPECTED}"));
+            }
+            let (blue, green) = (name(t.get("blue"))?, name(t.get("green"))?);
+            Ok(if blue == green {
+                (blue, None)
+            } else {
+                (blue, Some(green))
+            })
+        }
+        _ => Err(format!("`container`: {EXPECTED}")),
+    }
 }
 
 #[derive(Deserialize)]
@@ -1495,11 +1521,13 @@ impl Cx<'_> {
                 };
                 let scale_down_after =
                     optional_duration(&r.scale_down_after, "scale_down_after", &bad)?;
+                let (container, green_container) = container_names(&r.container).map_err(bad)?;
                 Ok(Some(PlatformConfig::Ecs(EcsPlatform {
                     cluster: r.cluster,
                     blue_service: r.blue_service,
                     green_service: r.green_service,
-                    container: r.container,
+                    container,
+                    green_container,
                     ready_deadline,
                     scale_down_after,
                 })))
