@@ -216,7 +216,8 @@ pub fn policy(plan: &Plan) -> Value {
             | CheckConfig::SequentialErrorRate { .. }
             | CheckConfig::Latency { .. }
             | CheckConfig::Health
-            | CheckConfig::Http { .. } => {}
+            | CheckConfig::Http { .. }
+            | CheckConfig::Prometheus(_) => {}
             CheckConfig::TargetHealth { .. } => b.allow(
                 "ElbDescribe",
                 &["elasticloadbalancing:DescribeTargetHealth"],

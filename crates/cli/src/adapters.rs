@@ -34,11 +34,7 @@ pub async fn build(plan: &Plan) -> Result<Adapters, Exit> {
     };
     let needs_aws = local.is_none()
         || plan.platform.is_some()
-        || plan
-            .analysis
-            .checks
-            .iter()
-            .any(|c| !cutover_core::plan::LOCAL_CHECKS.contains(&c.config.kind()));
+        || plan.analysis.checks.iter().any(|c| c.config.reads_aws());
     let sdk = if needs_aws {
         Some(sdk(plan).await?)
     } else {

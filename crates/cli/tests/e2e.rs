@@ -1315,3 +1315,149 @@ async fn a_store_deleted_under_a_run_ends_it_with_all_traffic_on_live_and_exit_4
     );
     assert_eq!(stage.proxy.split(), Split::ZERO);
 }
+
+/// A plan judged by one `prometheus` check whose TOML body is `check`,
+/// reading `prom`, under `steps`.
+fn prometheus_plan(stage: &Stage, name: &str, steps: &str, prom: &str, check: &str) -> PathBuf {
+    let path = stage.dir.path().join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "[service]\nname = \"web\"\n[router]\nkind = \"local\"\nadmin_url = \"http://{}\"\n\
+             [strategy]\nsteps = {steps}\n[analysis]\ninterval = \"500ms\"\nwait_for_data = \"1m\"\n\
+             [[analysis.checks]]\nkind = \"prometheus\"\nurl = \"{prom}\"\n{check}\n\
+             [store]\nkind = \"sqlite\"\npath = \"{}\"\n",
+            stage.proxy.admin_addr(),
+            stage.store().display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The `prometheus` check as a user runs it, against a real Prometheus
+/// scraping the proxy's `/metrics/prometheus` every second, under 200
+/// req/s: the sequential judge on the counters promotes a healthy green
+/// and rolls one failing 30 % back within a few scrapes; a threshold on a
+/// query with a colour label rolls it back too; and a query Prometheus
+/// refuses is refused before any traffic moves.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prometheus_check_judges_green_from_a_real_prometheus_scraping_the_proxy() {
+    use cutover_testkit::prometheus::{Prometheus, Target};
+    let stage = Stage::new().await;
+    let prom = Prometheus::start(
+        stage.dir.path(),
+        "1s",
+        &[Target {
+            job: "proxy",
+            addr: stage.proxy.admin_addr(),
+            path: "/metrics/prometheus",
+        }],
+    );
+    prom.wait_for_series("cutover_requests_total");
+    let url = prom.url();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = steady_load(stage.proxy.data_addr(), 200, stop.clone());
+    let counters = "requests = 'sum(cutover_requests_total{colour=\"${colour}\"})'\n\
+                    failures = 'sum(cutover_responses_5xx_total{colour=\"${colour}\"})'\n\
+                    scrape_interval = \"1s\"\ndetect_points = 5\n";
+
+    let healthy = prometheus_plan(
+        &stage,
+        "healthy.toml",
+        "[{ split = 50, hold = \"2s\" }, { split = 100, hold = \"2s\" }]",
+        &url,
+        counters,
+    );
+    let o = tokio::task::spawn_blocking({
+        let path = healthy.clone();
+        move || cutover(&["run", path.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let h = text(&cutover(&["history", healthy.to_str().unwrap()]));
+    assert!(
+        h.contains("no evidence green fails more often than blue"),
+        "{h}"
+    );
+    assert!(
+        h.contains("counting from the first scrape after the split took effect"),
+        "{h}"
+    );
+    assert!(!h.contains("inconclusive"), "{h}");
+    assert_eq!(stage.proxy.split().percent(), 100.0);
+
+    // The next release fails 30 % of its requests.
+    stage.proxy.set_split(Split::ZERO);
+    let before = stage.green.served().1;
+    stage.green.set_fail_ratio(0.3);
+    let bad = prometheus_plan(
+        &stage,
+        "bad.toml",
+        "[{ split = 10, hold = \"1m\" }, { split = 100, hold = \"1s\" }]",
+        &url,
+        counters,
+    );
+    let o = tokio::task::spawn_blocking({
+        let path = bad.clone();
+        move || cutover(&["run", path.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code(&o), 3, "{}", text(&o));
+    assert_eq!(stage.proxy.split().percent(), 0.0);
+    let h = text(&cutover(&["history", bad.to_str().unwrap()]));
+    assert!(h.contains("green fails more often than blue"), "{h}");
+    let failed = stage.green.served().1 - before;
+    eprintln!("FIGURE prometheus sequential judge: green failed {failed} requests before 0 %");
+    assert!(failed <= 150, "{failed} failed requests: {h}");
+
+    // One query for both colours, told apart by its `colour` label.
+    let threshold = prometheus_plan(
+        &stage,
+        "threshold.toml",
+        "[{ split = 10, hold = \"1m\" }, { split = 100, hold = \"1s\" }]",
+        &url,
+        "query = 'sum by (colour) (rate(cutover_responses_5xx_total[3s])) / \
+         sum by (colour) (rate(cutover_requests_total[3s]))'\n\
+         colour_label = \"colour\"\nmax = 0.05\n",
+    );
+    let o = tokio::task::spawn_blocking({
+        let path = threshold.clone();
+        move || cutover(&["run", path.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().unwrap();
+    assert_eq!(code(&o), 3, "{}", text(&o));
+    assert_eq!(stage.proxy.split().percent(), 0.0);
+    let s = status(&threshold).unwrap();
+    let obs = &s["last_analysis"]["observations"][0];
+    assert!(
+        obs["detail"].as_str().unwrap().contains("> max 0.05"),
+        "{s}"
+    );
+    assert!(
+        obs["numbers"]["green.value"].as_f64().unwrap() > 0.05,
+        "{s}"
+    );
+
+    // A query Prometheus cannot parse: refused before traffic moves.
+    let broken = prometheus_plan(
+        &stage,
+        "broken.toml",
+        "[{ split = 10, hold = \"1m\" }, { split = 100, hold = \"1s\" }]",
+        &url,
+        "query = 'sum(rate(cutover_requests_total{colour=\"${colour}\"}[1m]'\nmax = 1\n",
+    );
+    let o = cutover(&["run", broken.to_str().unwrap()]);
+    assert_ne!(code(&o), 0, "{}", text(&o));
+    assert!(
+        text(&o).contains("refuses `query`: bad_data (400)"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(stage.proxy.split().percent(), 0.0);
+}

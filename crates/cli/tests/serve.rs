@@ -672,9 +672,6 @@ async fn serve_finishes_what_a_killed_run_left_and_a_stopped_replica_hands_over_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_real_prometheus_scrapes_the_metrics() {
-    let prometheus = which("prometheus").expect(
-        "the `prometheus` binary (Debian package `prometheus`; .ci/run installs it) is needed",
-    );
     let stage = Stage::new().await;
     let (dir, plans, store) = plans_dir();
     write_plan(&plans, "web.toml", "web", &stage, &store, "1m");
@@ -690,48 +687,19 @@ async fn a_real_prometheus_scrapes_the_metrics() {
         Some(r#"{"service":"web"}"#),
     );
     assert_eq!(s, 201, "{body}");
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: cutover\n    static_configs:\n      - targets: ['{addr}']\n"),
-    )
-    .unwrap();
-    let web = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let web_addr = web.local_addr().unwrap();
-    drop(web);
-    let mut prom = Command::new(prometheus)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address={web_addr}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let prom = cutover_testkit::prometheus::Prometheus::start(
+        dir.path(),
+        "1s",
+        &[cutover_testkit::prometheus::Target {
+            job: "cutover",
+            addr,
+            path: "/metrics",
+        }],
+    );
     // Ask Prometheus itself for the series it scraped.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let value = loop {
-        if let Ok(mut s) = TcpStream::connect(web_addr) {
-            let q = "/api/v1/query?query=cutover_split_ratio%7Bservice%3D%22web%22%7D";
-            let _ = write!(
-                s,
-                "GET {q} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            );
-            let mut out = String::new();
-            let _ = s.read_to_string(&mut out);
-            if let Some((_, body)) = out.split_once("\r\n\r\n") {
-                if let Ok(v) = serde_json::from_str::<Value>(body) {
-                    if let Some(r) = v["data"]["result"].as_array().and_then(|r| r.first()) {
-                        break r["value"][1].as_str().unwrap().to_string();
-                    }
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "Prometheus never had the series");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let body = prom.wait_for_series("cutover_split_ratio%7Bservice%3D%22web%22%7D");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let value = v["data"]["result"][0]["value"][1].as_str().unwrap();
     assert_eq!(value, "0.2", "the candidate's share as the router has it");
     // Every family docs/serve.md lists is exposed, with what this rollout
     // has made of them so far.
@@ -762,18 +730,9 @@ async fn a_real_prometheus_scrapes_the_metrics() {
     ] {
         assert!(text.contains(sample), "no `{sample}` in:\n{text}");
     }
-    let _ = prom.kill();
-    let _ = prom.wait();
+    drop(prom);
     let (code, log) = tokio::task::spawn_blocking(move || serve.stop())
         .await
         .unwrap();
     assert_eq!(code, 0, "{log}");
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
 }

@@ -659,3 +659,93 @@ fn an_ecs_container_may_be_named_per_colour() {
         assert!(e.message.contains("platform `ecs`"), "{bad}: {e}");
     }
 }
+
+/// `prometheus`: counters for the sequential test or a value against
+/// thresholds; each query names its colour, and a mistake is refused where
+/// it is written.
+#[test]
+fn a_prometheus_check_is_sequential_on_counters_or_a_threshold_on_a_value() {
+    use cutover_core::plan::PrometheusJudge;
+    let head = "[strategy]\npreset = \"canary\"\n[[analysis.checks]]\nkind = \"prometheus\"\n\
+                url = \"http://prom:9090/\"\n";
+    let p = ok(&format!(
+        "{head}requests = 'sum(http_requests_total{{version=\"${{colour}}\"}})'\n\
+         failures = 'sum(http_requests_total{{version=\"${{colour}}\",code=~\"5..\"}})'\n\
+         colours = {{ blue = \"v1\", green = \"v2\" }}\nalpha = 0.05\n"
+    ));
+    let c = &p.analysis.checks[0];
+    assert_eq!(c.name, "prometheus");
+    assert!(!c.config.reads_aws());
+    assert_eq!(c.config.judge_settings().unwrap().alpha, 0.05);
+    let CheckConfig::Prometheus(prom) = &c.config else {
+        panic!("{c:?}")
+    };
+    assert_eq!(prom.url, "http://prom:9090");
+    assert_eq!(
+        (prom.blue_value.as_str(), prom.green_value.as_str()),
+        ("v1", "v2")
+    );
+    assert_eq!(prom.timeout, Duration::from_secs(5));
+    assert!(matches!(
+        prom.judge,
+        PrometheusJudge::SequentialErrorRate { scrape_interval, .. } if scrape_interval == Duration::from_secs(15)
+    ));
+    // The candidate is blue's side once the colours are swapped.
+    let swapped = p.with_colours_swapped();
+    let CheckConfig::Prometheus(s) = &swapped.analysis.checks[0].config else {
+        panic!()
+    };
+    assert_eq!(
+        (s.blue_value.as_str(), s.green_value.as_str()),
+        ("v2", "v1")
+    );
+
+    let p = ok(&format!(
+        "{head}query = 'sum by (pool) (rate(errors_total[1m]))'\ncolour_label = \"pool\"\n\
+         max = 0.5\nmax_ratio_to_blue = 2\n"
+    ));
+    let CheckConfig::Prometheus(prom) = &p.analysis.checks[0].config else {
+        panic!()
+    };
+    assert_eq!(
+        prom.judge,
+        PrometheusJudge::Threshold {
+            query: "sum by (pool) (rate(errors_total[1m]))".into(),
+            max: Some(0.5),
+            min: None,
+            max_ratio_to_blue: Some(2.0),
+        }
+    );
+    assert_eq!(p.analysis.checks[0].config.judge_settings(), None);
+
+    for (body, want) in [
+        ("query = 'up'\nmax = 1\n", "`query` does not say which colour it is about: put `${colour}`"),
+        ("query = 'x{c=\"${colour}\"}'\n", "give a threshold for `query`"),
+        ("query = 'x{c=\"${colour}\"}'\nmax = 1\nalpha = 0.1\n", "`alpha` belongs to the sequential test"),
+        ("requests = 'a{c=\"${colour}\"}'\nfailures = 'b{c=\"${colour}\"}'\nmax = 1\n", "`max` belongs to a threshold"),
+        ("requests = 'a{c=\"${colour}\"}'\n", "`requests` needs `failures` too"),
+        ("requests = 'a'\nfailures = 'b'\nquery = 'c'\n", "not both"),
+        ("", "give `requests` and `failures`"),
+        ("query = 'x{c=\"${colour}\"}'\nmin = 2\nmax = 1\n", "`min` = 2 is above `max` = 1"),
+        ("query = 'x{c=\"${colour}\"}'\nmax_ratio_to_blue = 0\n", "`max_ratio_to_blue` must be above 0"),
+        ("query = 'x'\ncolour_label = \"1pool\"\nmax = 1\n", "`colour_label` `1pool` is not a Prometheus label name"),
+        ("query = 'x{c=\"${colour}\"}'\nmax = 1\ncolours = { blue = \"a\", green = \"a\" }\n", "blue and green are both `a`"),
+        ("query = 'x{c=\"${colour}\"}'\nmax = 1\ncolours = { blue = \"a\\\"\", green = \"b\" }\n", "without quotes"),
+        ("requests = 'a{c=\"${colour}\"}'\nfailures = 'b{c=\"${colour}\"}'\nscrape_interval = \"0s\"\n", "`scrape_interval` must be above zero"),
+        ("requests = 'a{c=\"${colour}\"}'\nfailures = 'b{c=\"${colour}\"}'\nmargin = 0.5\n", "`margin` must be at least 1"),
+        ("query = 'x{c=\"${colour}\"}'\nmax = 1\nwindow = \"1m\"\n", "unknown field `window`"),
+    ] {
+        err(&format!("{head}{body}"), 3, want);
+    }
+    err(
+        "[strategy]\npreset = \"canary\"\n[[analysis.checks]]\nkind = \"prometheus\"\nurl = \"https://prom\"\nquery = 'x{c=\"${colour}\"}'\nmax = 1\n",
+        3,
+        "`url` must be an http:// URL",
+    );
+    err(
+        "[strategy]\npreset = \"all-at-once\"\n[[analysis.checks]]\nkind = \"prometheus\"\nurl = \"http://prom\"\n\
+         requests = 'a{c=\"${colour}\"}'\nfailures = 'b{c=\"${colour}\"}'\n",
+        3,
+        "needs a first step below 100 %",
+    );
+}

@@ -1,5 +1,6 @@
 //! The local checks: the engine's `Check`s over the proxy's admin API
-//! (`error-rate`, `latency`, `health`) and a plain HTTP probe (`http`).
+//! (`error-rate`, `sequential-error-rate`, `latency`, `health`), a plain
+//! HTTP probe (`http`), and PromQL ([`crate::prometheus`]).
 //!
 //! Every check answers with an [`Observation`] whose detail carries the
 //! numbers behind the verdict. When the proxy cannot be asked (down, wrong
@@ -28,12 +29,16 @@ use crate::client::AdminClient;
 use crate::util::{error_chain, excerpt};
 
 /// Builds the check described by `spec`, if it is one this crate provides:
-/// `http` always; `error-rate`, `latency` and `health`, which read the
+/// `http` and `prometheus` always; `error-rate`, `sequential-error-rate`,
+/// `latency` and `health`, which read the
 /// proxy's admin API, only with a local `router` (its URL and token). A
 /// check whose settings are unusable (bad URL) answers `error` saying why,
 /// and refuses in `preflight`.
 pub fn build_check(spec: &CheckSpec, router: Option<&LocalRouter>) -> Option<Arc<dyn Check>> {
     let name = spec.name.clone();
+    if let CheckConfig::Prometheus(p) = &spec.config {
+        return Some(crate::prometheus::build(name, p));
+    }
     if let CheckConfig::Http {
         url,
         body_contains,
@@ -100,7 +105,7 @@ pub fn build_check(spec: &CheckSpec, router: Option<&LocalRouter>) -> Option<Arc
 }
 
 /// Numbers as people write them: `1`, `7.14`, `0.5`.
-fn num(x: f64) -> String {
+pub(crate) fn num(x: f64) -> String {
     if !x.is_finite() {
         return x.to_string();
     }
@@ -345,7 +350,7 @@ const PROXY_START_NOISE_MS: u64 = 5_000;
 
 /// One batch into the test: against blue within it, or, at 100 % green
 /// (blue serves nothing), against the bound on blue's rate from before.
-fn observe(test: &mut SequentialErrorRate, b: Batch, full: bool) {
+pub(crate) fn observe(test: &mut SequentialErrorRate, b: Batch, full: bool) {
     if full && b.blue_requests == 0 && b.green_requests > 0 {
         test.observe_green_only(b.green_requests, b.green_failures);
     } else {
@@ -690,7 +695,7 @@ const HTTP_BODY_LIMIT: usize = 1 << 20;
 /// The connection pool the `http` checks of the process share (one per
 /// connect timeout): thousands of rollouts then hold the connections their
 /// calls in flight need, not one or more each.
-fn http_check_client(connect_timeout: Duration) -> Client<HttpConnector, Empty<Bytes>> {
+pub(crate) fn http_check_client(connect_timeout: Duration) -> Client<HttpConnector, Empty<Bytes>> {
     type Pools = std::collections::HashMap<Duration, Client<HttpConnector, Empty<Bytes>>>;
     static CLIENTS: std::sync::Mutex<Option<Pools>> = std::sync::Mutex::new(None);
     let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());

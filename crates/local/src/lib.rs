@@ -15,6 +15,7 @@ pub mod api;
 pub mod checks;
 mod client;
 pub mod demo_app;
+pub mod prometheus;
 pub mod proxy;
 mod router;
 mod server;

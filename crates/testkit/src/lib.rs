@@ -1,6 +1,6 @@
 //! Test support shared by the adapter crates' tests: [`Driven`], a
 //! rollout driven by the real engine that a test can follow commit by
-//! commit, and [`FaultProxy`].
+//! commit, [`FaultProxy`], and a real Prometheus ([`prometheus::Prometheus`]).
 //!
 //! [`FaultProxy`] is an HTTP/1.1 proxy on loopback that sits between an
 //! adapter and the real server behind it (moto_server, the embedded proxy's
@@ -20,6 +20,7 @@
 //!   `GetChange`, `GetHostedZone`;
 //! - anything else: `METHOD /path` without the query, e.g. `PUT /split`.
 
+pub mod prometheus;
 mod rollout;
 
 pub use rollout::{figure, Driven};

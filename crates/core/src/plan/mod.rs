@@ -21,8 +21,8 @@ pub use aws::{
 
 pub use raw::{
     invalid_utf8_at, load_balancer_dimension, parse, parse_bytes, percentile_statistic,
-    target_group_dimension, PlanError, CHECKS, LOCAL_CHECKS, PLATFORMS, PRESETS, ROUTERS, STORES,
-    TRIGGERS,
+    target_group_dimension, PlanError, CHECKS, COLOUR_PLACEHOLDER, PLATFORMS, PRESETS, ROUTERS,
+    STORES, TRIGGERS,
 };
 pub use timeline::{Timeline, TimelineStep};
 
@@ -434,6 +434,56 @@ pub enum CheckConfig {
     /// Green's ECS service runs its desired count, and no green task stopped
     /// for a failure since the rollout started.
     EcsService { cluster: String, service: String },
+    /// Any Prometheus HTTP API, queried with PromQL per colour.
+    Prometheus(PrometheusCheck),
+}
+
+/// A `prometheus` check: where the API is, how a query names a colour, and
+/// what is judged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrometheusCheck {
+    /// The API's base, e.g. `http://prometheus:9090` (`/api/v1/query` is
+    /// appended).
+    pub url: String,
+    /// Sent as `Authorization: Bearer ...` when set.
+    pub token: Option<String>,
+    #[serde(with = "crate::time::serde_duration")]
+    pub timeout: Duration,
+    /// What stands for blue's and green's role in the queries: the text
+    /// `${colour}` is replaced by it, or, with `colour_label`, it is the
+    /// value of that label on the series of one colour.
+    pub blue_value: String,
+    pub green_value: String,
+    /// One query answers for both colours: its series are told apart by
+    /// this label.
+    pub colour_label: Option<String>,
+    pub judge: PrometheusJudge,
+}
+
+/// What a `prometheus` check makes of its queries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "judge", rename_all = "kebab-case")]
+pub enum PrometheusJudge {
+    /// Two counters per colour (requests served, requests failed), judged
+    /// like `sequential-error-rate` from what they grew by between looks,
+    /// counted from the first scrape after each split took effect.
+    SequentialErrorRate {
+        requests: String,
+        failures: String,
+        /// How often Prometheus scrapes the counters: a sample taken this
+        /// long after a shift was scraped after it.
+        #[serde(with = "crate::time::serde_duration")]
+        scrape_interval: Duration,
+        settings: crate::judge::Settings,
+    },
+    /// One value per colour against `max` and/or `min`, and/or at most
+    /// blue's value times `max_ratio_to_blue`.
+    Threshold {
+        query: String,
+        max: Option<f64>,
+        min: Option<f64>,
+        max_ratio_to_blue: Option<f64>,
+    },
 }
 
 impl CheckConfig {
@@ -445,7 +495,8 @@ impl CheckConfig {
             | CheckConfig::SequentialErrorRate { .. }
             | CheckConfig::Latency { .. }
             | CheckConfig::Health
-            | CheckConfig::Http { .. } => false,
+            | CheckConfig::Http { .. }
+            | CheckConfig::Prometheus(_) => false,
             CheckConfig::TargetHealth { .. }
             | CheckConfig::Cloudwatch { .. }
             | CheckConfig::AlbErrorRate { .. }
@@ -472,6 +523,10 @@ impl CheckConfig {
                 min_rate,
                 ..crate::judge::Settings::default()
             }),
+            CheckConfig::Prometheus(PrometheusCheck {
+                judge: PrometheusJudge::SequentialErrorRate { settings, .. },
+                ..
+            }) => Some(settings),
             _ => None,
         }
     }
@@ -489,6 +544,7 @@ impl CheckConfig {
             CheckConfig::AlbLatency { .. } => "alb-latency",
             CheckConfig::Alarm { .. } => "alarm",
             CheckConfig::EcsService { .. } => "ecs-service",
+            CheckConfig::Prometheus(_) => "prometheus",
         }
     }
 }
@@ -598,6 +654,7 @@ impl Plan {
                         c.blue_dimensions.values_mut().for_each(swap);
                     }
                 }
+                CheckConfig::Prometheus(p) => std::mem::swap(&mut p.blue_value, &mut p.green_value),
                 CheckConfig::EcsService { service, .. } => {
                     if let Some(PlatformConfig::Ecs(e)) = &self.platform {
                         if *service == e.green_service {

@@ -21,7 +21,8 @@ use super::{
 };
 use super::{
     Analysis, CheckConfig, CheckSpec, Judge, LocalRouter, OnAdapterFailure, OnDrift,
-    OnInconclusive, Plan, RollbackPolicy, RouterConfig, Step, StoreConfig, Strategy, Timeouts,
+    OnInconclusive, Plan, PrometheusCheck, PrometheusJudge, RollbackPolicy, RouterConfig, Step,
+    StoreConfig, Strategy, Timeouts,
 };
 use crate::time::{parse_duration, Human};
 use crate::Split;
@@ -66,14 +67,7 @@ pub const CHECKS: &[&str] = &[
     "alb-latency",
     "alarm",
     "ecs-service",
-];
-/// Checks that read the embedded proxy or plain HTTP.
-pub const LOCAL_CHECKS: &[&str] = &[
-    "error-rate",
-    "sequential-error-rate",
-    "latency",
-    "health",
-    "http",
+    "prometheus",
 ];
 pub const STORES: &[&str] = &["sqlite", "dynamodb"];
 pub const PLATFORMS: &[&str] = &["ecs"];
@@ -328,6 +322,36 @@ struct RawSequentialErrorRate {
     detect_ratio: Option<f64>,
     detect_points: Option<f64>,
     min_rate: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrometheus {
+    name: Option<String>,
+    url: String,
+    token: Option<String>,
+    timeout: Option<String>,
+    colours: Option<RawColourValues>,
+    colour_label: Option<String>,
+    requests: Option<String>,
+    failures: Option<String>,
+    scrape_interval: Option<String>,
+    alpha: Option<f64>,
+    margin: Option<f64>,
+    detect_ratio: Option<f64>,
+    detect_points: Option<f64>,
+    min_rate: Option<f64>,
+    query: Option<String>,
+    max: Option<f64>,
+    min: Option<f64>,
+    max_ratio_to_blue: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawColourValues {
+    blue: String,
+    green: String,
 }
 
 #[derive(Deserialize)]
@@ -1044,37 +1068,18 @@ impl Cx<'_> {
                 }
                 "sequential-error-rate" => {
                     let r: RawSequentialErrorRate = self.table(table, &what)?;
-                    if strategy
-                        .steps
-                        .first()
-                        .is_some_and(|s| s.split == Split::FULL)
-                    {
-                        return Err(bad(
-                            "needs a first step below 100 %: it compares green with blue \
-                             while both serve, and at 100 % blue serves nothing"
-                                .into(),
-                        ));
-                    }
-                    if analysis.judge == Judge::EndOfHold {
-                        return Err(bad(
-                            "needs `analysis.judge = \"continuous\"`: it judges what each colour \
-                             served between two looks at one split, and with `end-of-hold` every \
-                             look comes after a shift"
-                                .into(),
-                        ));
-                    }
-                    let d = crate::judge::Settings::default();
-                    let settings = crate::judge::Settings {
-                        alpha: r.alpha.unwrap_or(d.alpha),
-                        margin: r.margin.unwrap_or(d.margin),
-                        detect_ratio: r.detect_ratio.unwrap_or(d.detect_ratio),
-                        detect_points: r.detect_points.unwrap_or(d.detect_points),
-                        min_rate: r.min_rate.unwrap_or(d.min_rate),
-                        ..d
-                    };
-                    if let Err(e) = crate::judge::SequentialErrorRate::new(settings) {
-                        return Err(bad(format!("`{}` {}", e.field, e.reason)));
-                    }
+                    let settings = sequential_settings(
+                        strategy,
+                        analysis,
+                        [
+                            r.alpha,
+                            r.margin,
+                            r.detect_ratio,
+                            r.detect_points,
+                            r.min_rate,
+                        ],
+                        &bad,
+                    )?;
                     (
                         r.name,
                         CheckConfig::SequentialErrorRate {
@@ -1085,6 +1090,11 @@ impl Cx<'_> {
                             min_rate: settings.min_rate,
                         },
                     )
+                }
+                "prometheus" => {
+                    let r: RawPrometheus = self.table(table, &what)?;
+                    let name = r.name.clone();
+                    (name, prometheus_check(r, strategy, analysis, &dur, &bad)?)
                 }
                 "health" => {
                     let r: RawNamed = self.table(table, &what)?;
@@ -1612,6 +1622,245 @@ fn check_admin_url(url: &str) -> Result<(), String> {
 
 /// A check's `min_requests` as written, or `default`. 0 is refused rather
 /// than read as 1: a rate over no requests is no judgement.
+/// The sequential judge's settings from a check's keys (alpha, margin,
+/// detect_ratio, detect_points, min_rate; defaults for those not given),
+/// refused where the judge cannot work: a first step at 100 % or judging
+/// only at the end of holds.
+fn sequential_settings(
+    strategy: &Strategy,
+    analysis: &Analysis,
+    [alpha, margin, detect_ratio, detect_points, min_rate]: [Option<f64>; 5],
+    bad: &dyn Fn(String) -> PlanError,
+) -> Result<crate::judge::Settings, PlanError> {
+    if strategy
+        .steps
+        .first()
+        .is_some_and(|s| s.split == Split::FULL)
+    {
+        return Err(bad(
+            "needs a first step below 100 %: it compares green with blue \
+             while both serve, and at 100 % blue serves nothing"
+                .into(),
+        ));
+    }
+    if analysis.judge == Judge::EndOfHold {
+        return Err(bad(
+            "needs `analysis.judge = \"continuous\"`: it judges what each colour \
+             served between two looks at one split, and with `end-of-hold` every \
+             look comes after a shift"
+                .into(),
+        ));
+    }
+    let d = crate::judge::Settings::default();
+    let settings = crate::judge::Settings {
+        alpha: alpha.unwrap_or(d.alpha),
+        margin: margin.unwrap_or(d.margin),
+        detect_ratio: detect_ratio.unwrap_or(d.detect_ratio),
+        detect_points: detect_points.unwrap_or(d.detect_points),
+        min_rate: min_rate.unwrap_or(d.min_rate),
+        ..d
+    };
+    crate::judge::SequentialErrorRate::new(settings)
+        .map_err(|e| bad(format!("`{}` {}", e.field, e.reason)))?;
+    Ok(settings)
+}
+
+/// Reads a check's duration key (its text, its name, its default).
+type DurationKey<'a> = dyn Fn(&Option<String>, &str, Duration) -> Result<Duration, PlanError> + 'a;
+
+/// The text a query has where a colour's value goes.
+pub const COLOUR_PLACEHOLDER: &str = "${colour}";
+
+/// A `prometheus` check: counters for the sequential judge (`requests` and
+/// `failures`) or one `query` against thresholds, never both.
+fn prometheus_check(
+    r: RawPrometheus,
+    strategy: &Strategy,
+    analysis: &Analysis,
+    dur: &DurationKey,
+    bad: &dyn Fn(String) -> PlanError,
+) -> Result<CheckConfig, PlanError> {
+    let url = r.url.trim_end_matches('/').to_string();
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        bad(format!(
+            "`url` must be an http:// URL (the Prometheus API's base, e.g. \
+             \"http://prometheus:9090\"), not `{}`",
+            r.url
+        ))
+    })?;
+    if rest.is_empty() || rest.contains(['?', '#']) || rest.chars().any(char::is_whitespace) {
+        return Err(bad(format!(
+            "`url` `{}` is not the API's base: give scheme, host and optional path only",
+            r.url
+        )));
+    }
+    let timeout = dur(&r.timeout, "timeout", Duration::from_secs(5))?;
+    if timeout.is_zero() {
+        return Err(bad("`timeout` must be longer than zero".into()));
+    }
+    let (blue_value, green_value) = match r.colours {
+        Some(c) => (c.blue, c.green),
+        None => ("blue".to_string(), "green".to_string()),
+    };
+    for (key, v) in [
+        ("colours.blue", &blue_value),
+        ("colours.green", &green_value),
+    ] {
+        if v.is_empty() || v.contains(['"', '\\', '\'', '\n', '\r']) {
+            return Err(bad(format!(
+                "`{key}` `{}` must be a non-empty label value without quotes, backslashes or line breaks",
+                v.escape_debug()
+            )));
+        }
+    }
+    if blue_value == green_value {
+        return Err(bad(format!(
+            "`colours`: blue and green are both `{blue_value}`; each colour needs its own value"
+        )));
+    }
+    if let Some(label) = &r.colour_label {
+        let ok = label
+            .chars()
+            .enumerate()
+            .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+        if label.is_empty() || !ok {
+            return Err(bad(format!(
+                "`colour_label` `{}` is not a Prometheus label name",
+                label.escape_debug()
+            )));
+        }
+    }
+    let query = |key: &str, q: String| -> Result<String, PlanError> {
+        if q.trim().is_empty() {
+            return Err(bad(format!("`{key}` is empty")));
+        }
+        if r.colour_label.is_none() && !q.contains(COLOUR_PLACEHOLDER) {
+            return Err(bad(format!(
+                "`{key}` does not say which colour it is about: put `{COLOUR_PLACEHOLDER}` \
+                 where the colour's value goes (e.g. `version=\"{COLOUR_PLACEHOLDER}\"`), \
+                 or give `colour_label` for a query whose series carry the colour"
+            )));
+        }
+        Ok(q)
+    };
+    let sequential_keys = [
+        ("scrape_interval", r.scrape_interval.is_some()),
+        ("alpha", r.alpha.is_some()),
+        ("margin", r.margin.is_some()),
+        ("detect_ratio", r.detect_ratio.is_some()),
+        ("detect_points", r.detect_points.is_some()),
+        ("min_rate", r.min_rate.is_some()),
+    ];
+    let threshold_keys = [
+        ("max", r.max.is_some()),
+        ("min", r.min.is_some()),
+        ("max_ratio_to_blue", r.max_ratio_to_blue.is_some()),
+    ];
+    let given = |keys: &[(&'static str, bool)]| -> Vec<&'static str> {
+        keys.iter().filter(|k| k.1).map(|k| k.0).collect()
+    };
+    let judge = match (r.requests, r.failures, r.query) {
+        (Some(requests), Some(failures), None) => {
+            if let Some(k) = given(&threshold_keys).first() {
+                return Err(bad(format!(
+                    "`{k}` belongs to a threshold on `query`; `requests` and `failures` \
+                     are judged by the sequential test (`alpha`, `margin`, ...)"
+                )));
+            }
+            let scrape_interval = dur(
+                &r.scrape_interval,
+                "scrape_interval",
+                Duration::from_secs(15),
+            )?;
+            if scrape_interval.is_zero() || scrape_interval > Duration::from_secs(600) {
+                return Err(bad(
+                    "`scrape_interval` must be above zero and at most 10m".into()
+                ));
+            }
+            let settings = sequential_settings(
+                strategy,
+                analysis,
+                [
+                    r.alpha,
+                    r.margin,
+                    r.detect_ratio,
+                    r.detect_points,
+                    r.min_rate,
+                ],
+                bad,
+            )?;
+            PrometheusJudge::SequentialErrorRate {
+                requests: query("requests", requests)?,
+                failures: query("failures", failures)?,
+                scrape_interval,
+                settings,
+            }
+        }
+        (None, None, Some(q)) => {
+            if let Some(k) = given(&sequential_keys).first() {
+                return Err(bad(format!(
+                    "`{k}` belongs to the sequential test on `requests` and `failures`, \
+                     not to a threshold on `query`"
+                )));
+            }
+            for (key, v) in [
+                ("max", r.max),
+                ("min", r.min),
+                ("max_ratio_to_blue", r.max_ratio_to_blue),
+            ] {
+                if v.is_some_and(|v| !v.is_finite()) {
+                    return Err(bad(format!("`{key}` must be a finite number")));
+                }
+            }
+            if r.max_ratio_to_blue.is_some_and(|v| v <= 0.0) {
+                return Err(bad("`max_ratio_to_blue` must be above 0".into()));
+            }
+            if given(&threshold_keys).is_empty() {
+                return Err(bad(
+                    "give a threshold for `query`: `max`, `min`, `max_ratio_to_blue`, or several"
+                        .into(),
+                ));
+            }
+            if let (Some(min), Some(max)) = (r.min, r.max) {
+                if min > max {
+                    return Err(bad(format!("`min` = {min} is above `max` = {max}")));
+                }
+            }
+            PrometheusJudge::Threshold {
+                query: query("query", q)?,
+                max: r.max,
+                min: r.min,
+                max_ratio_to_blue: r.max_ratio_to_blue,
+            }
+        }
+        (None, None, None) => {
+            return Err(bad(
+                "give `requests` and `failures` (counters, judged by the sequential test) \
+                 or `query` (a value, judged against `max` / `min` / `max_ratio_to_blue`)"
+                    .into(),
+            ))
+        }
+        (Some(_), None, None) => return Err(bad("`requests` needs `failures` too".into())),
+        (None, Some(_), None) => return Err(bad("`failures` needs `requests` too".into())),
+        (_, _, Some(_)) => {
+            return Err(bad(
+                "give either `query` (a threshold) or `requests` and `failures` \
+                 (the sequential test), not both"
+                    .into(),
+            ))
+        }
+    };
+    Ok(CheckConfig::Prometheus(PrometheusCheck {
+        url,
+        token: r.token,
+        timeout,
+        blue_value,
+        green_value,
+        colour_label: r.colour_label,
+        judge,
+    }))
+}
+
 fn min_requests(
     given: Option<u64>,
     default: u64,
