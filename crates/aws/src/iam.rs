@@ -225,6 +225,7 @@ pub fn policy(plan: &Plan) -> Value {
             ),
             CheckConfig::Cloudwatch { .. }
             | CheckConfig::AlbErrorRate { .. }
+            | CheckConfig::AlbSequentialErrorRate { .. }
             | CheckConfig::AlbLatency { .. } => b.allow(
                 "CloudWatchMetrics",
                 &["cloudwatch:GetMetricData"],

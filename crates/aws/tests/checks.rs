@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_cloudwatch::types::{ComparisonOperator, StateValue, Statistic};
 use aws_sdk_ecs::types::{
@@ -108,6 +108,154 @@ impl Alb {
             .evaluate(&look())
             .await
     }
+}
+
+impl Alb {
+    /// The start of the minute `n` minutes before the one `now` is in.
+    fn minute(&self, n: u64) -> u64 {
+        let now = self.now.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        (now / 60 - n) * 60
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    async fn sequential(&self) -> Arc<dyn Check> {
+        let config = CheckConfig::AlbSequentialErrorRate {
+            load_balancer: self.lb.clone(),
+            target_group: self.green.clone(),
+            blue_load_balancer: self.lb.clone(),
+            blue_target_group: self.blue.clone(),
+            settle: Duration::from_secs(60),
+            settings: cutover_core::judge::Settings::default(),
+        };
+        let spec = CheckSpec {
+            name: "errors".into(),
+            config,
+        };
+        checks::build_check(&spec, &sdk().await).expect("an AWS check")
+    }
+}
+
+/// A look at `now` (seconds) at a 10 % split that took effect at `since`,
+/// in a hold that ends at `ends`.
+fn look_at(now: u64, since: u64, ends: u64) -> CheckContext {
+    let t = |s: u64| cutover_core::Timestamp(s * 1000);
+    CheckContext {
+        now: t(now),
+        started_at: Some(t(since)),
+        split: cutover_core::Split::from_percent(10.0).unwrap(),
+        split_since: t(since),
+        hold_ends_at: Some(t(ends)),
+        answer_by: t(now),
+    }
+}
+
+/// `alb-sequential-error-rate` on moto's CloudWatch: the minute the shift
+/// falls in is never counted (here green failed every request in it), the
+/// whole minutes after it are read once each, a minute after `settle`, and
+/// the evidence grows across looks until the step may pass; a green
+/// failing ten times as often as blue fails at its first minute.
+#[tokio::test]
+async fn alb_sequential_error_rate_counts_whole_settled_minutes_after_the_shift() {
+    let alb = Alb::new().await;
+    let m0 = alb.minute(20);
+    let shift = m0 + 10;
+    // The shift's own minute: mixed, and green failed all it served.
+    alb_traffic(
+        &alb.cw,
+        &alb.dims(&alb.green),
+        Alb::at(m0 + 30),
+        100.0,
+        Some(100.0),
+    )
+    .await;
+    alb_traffic(&alb.cw, &alb.dims(&alb.blue), Alb::at(m0 + 30), 900.0, None).await;
+    // Five healthy minutes after it: both fail 0.5 %.
+    for k in 1..=5 {
+        let m = m0 + 60 * k;
+        alb_traffic(
+            &alb.cw,
+            &alb.dims(&alb.green),
+            Alb::at(m + 5),
+            1000.0,
+            Some(5.0),
+        )
+        .await;
+        alb_traffic(
+            &alb.cw,
+            &alb.dims(&alb.blue),
+            Alb::at(m + 5),
+            9000.0,
+            Some(45.0),
+        )
+        .await;
+    }
+    let check = alb.sequential().await;
+    let ends = m0 + 600;
+    // Before the first whole minute has settled: nothing read yet, and
+    // nothing against green so far (mid-hold, that is a pass).
+    let o = check.evaluate(&look_at(m0 + 119, shift, ends)).await;
+    assert_verdict(
+        &o,
+        Verdict::Pass,
+        &["no evidence against green so far", "read 1m after it ends"],
+    );
+    assert_eq!(o.numbers["green.requests"], 0.0, "{o:?}");
+    // Minute 1 only: [m0+60, m0+120) settled at m0+180.
+    let o = check.evaluate(&look_at(m0 + 185, shift, ends)).await;
+    assert_verdict(&o, Verdict::Pass, &["so far"]);
+    assert_eq!(o.numbers["green.requests"], 1000.0, "{o:?}");
+    assert_eq!(o.numbers["green.failures"], 5.0, "{o:?}");
+    assert_eq!(o.numbers["blue.requests"], 9000.0, "{o:?}");
+    // The same look again reads nothing new.
+    let o = check.evaluate(&look_at(m0 + 190, shift, ends)).await;
+    assert_eq!(o.numbers["green.requests"], 1000.0, "{o:?}");
+    // Minutes 2 to 5, at the end of the hold: enough to pass.
+    let o = check.evaluate(&look_at(ends, shift, ends)).await;
+    assert_verdict(
+        &o,
+        Verdict::Pass,
+        &["no evidence green fails more often than blue"],
+    );
+    assert_eq!(o.numbers["green.requests"], 5000.0, "{o:?}");
+    assert_eq!(o.numbers["batches"], 5.0, "{o:?}");
+    // The state goes with the rollout: a new driver goes on from it.
+    let other = alb.sequential().await;
+    other.restore(&check.state().unwrap()).unwrap();
+    let o = other.evaluate(&look_at(ends + 5, shift, ends)).await;
+    assert_eq!(o.numbers["green.requests"], 5000.0, "{o:?}");
+
+    // A bad green: 5 % against blue's 0.5 %, from its first whole minute.
+    let bad = Alb::new().await;
+    let m0 = bad.minute(20);
+    alb_traffic(
+        &bad.cw,
+        &bad.dims(&bad.green),
+        Alb::at(m0 + 65),
+        1000.0,
+        Some(50.0),
+    )
+    .await;
+    alb_traffic(
+        &bad.cw,
+        &bad.dims(&bad.blue),
+        Alb::at(m0 + 65),
+        9000.0,
+        Some(45.0),
+    )
+    .await;
+    let o = bad
+        .sequential()
+        .await
+        .evaluate(&look_at(m0 + 185, m0 + 10, m0 + 600))
+        .await;
+    assert_verdict(
+        &o,
+        Verdict::Fail,
+        &["green fails more often than blue", "green 5.0 % (50/1000)"],
+    );
 }
 
 #[tokio::test]

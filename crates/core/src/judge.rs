@@ -633,6 +633,17 @@ impl SequentialErrorRate {
         );
     }
 
+    /// Adds one batch at a split: against blue within it, or, at 100 %
+    /// green (`full`), where blue serves nothing, against the bound on
+    /// blue's rate from before ([`Self::observe_green_only`]).
+    pub fn observe_at(&mut self, batch: Batch, full: bool) {
+        if full && batch.blue_requests == 0 && batch.green_requests > 0 {
+            self.observe_green_only(batch.green_requests, batch.green_failures);
+        } else {
+            self.observe(batch);
+        }
+    }
+
     /// Adds a batch in which only green served (a bake at 100 %), compared
     /// with an upper confidence bound of blue's pooled rate; see the
     /// module's docs. The bound is fixed at the first such batch. Before blue

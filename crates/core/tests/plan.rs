@@ -749,3 +749,93 @@ fn a_prometheus_check_is_sequential_on_counters_or_a_threshold_on_a_value() {
         "needs a first step below 100 %",
     );
 }
+
+/// `alb-sequential-error-rate` takes its target groups from router `alb`
+/// (green's against blue's), swaps them with the colours, and is refused
+/// without them elsewhere or when both are the same.
+#[test]
+fn the_alb_sequential_check_compares_the_routers_target_groups() {
+    let p = plan::parse(
+        &format!("{ALB}[[analysis.checks]]\nkind = \"alb-sequential-error-rate\"\nalpha = 0.02\n"),
+        "alb.toml",
+    )
+    .unwrap();
+    let c = &p.analysis.checks[0].config;
+    assert!(c.reads_aws());
+    assert_eq!(c.judge_settings().unwrap().alpha, 0.02);
+    let CheckConfig::AlbSequentialErrorRate {
+        load_balancer,
+        target_group,
+        blue_target_group,
+        settle,
+        ..
+    } = c
+    else {
+        panic!("{c:?}")
+    };
+    assert_eq!(load_balancer, "app/web/50dc6c495c0c9188");
+    assert_eq!(target_group, "targetgroup/green/943f017f100becff");
+    assert_eq!(blue_target_group, "targetgroup/blue/73e2d6bc24d8a067");
+    assert_eq!(*settle, Duration::from_secs(60));
+    let CheckConfig::AlbSequentialErrorRate {
+        blue_load_balancer, ..
+    } = c
+    else {
+        panic!()
+    };
+    assert_eq!(blue_load_balancer, "app/web/50dc6c495c0c9188", "one ALB");
+    let swapped = p.with_colours_swapped();
+    let CheckConfig::AlbSequentialErrorRate {
+        target_group,
+        blue_target_group,
+        ..
+    } = &swapped.analysis.checks[0].config
+    else {
+        panic!()
+    };
+    assert_eq!(target_group, "targetgroup/blue/73e2d6bc24d8a067");
+    assert_eq!(blue_target_group, "targetgroup/green/943f017f100becff");
+
+    for (body, want) in [
+        ("settle = \"20m\"\n", "`settle` must be at most 15m"),
+        (
+            "blue_target_group = \"targetgroup/green/943f017f100becff\"\n",
+            "are both",
+        ),
+        (
+            "target_group = \"green\"\n",
+            "not a CloudWatch dimension value",
+        ),
+        ("max_percent = 1\n", "unknown field `max_percent`"),
+    ] {
+        let e = plan::parse(
+            &format!("{ALB}[[analysis.checks]]\nkind = \"alb-sequential-error-rate\"\n{body}"),
+            "alb.toml",
+        )
+        .unwrap_err();
+        assert!(e.message.contains(want), "{e}");
+        assert_eq!(e.line, 14, "{e}");
+    }
+    err(
+        "[strategy]\npreset = \"canary\"\n[[analysis.checks]]\nkind = \"alb-sequential-error-rate\"\nload_balancer = \"app/a/1\"\ntarget_group = \"targetgroup/g/1\"\n",
+        3,
+        "give `blue_target_group`",
+    );
+    // Route53 between two load balancers: each colour its own, swapped too.
+    let p = ok("[strategy]\npreset = \"canary\"\n[[analysis.checks]]\nkind = \"alb-sequential-error-rate\"\n\
+                load_balancer = \"app/green/1\"\ntarget_group = \"targetgroup/web/1\"\n\
+                blue_load_balancer = \"app/blue/2\"\nblue_target_group = \"targetgroup/web/1\"\n");
+    let s = p.with_colours_swapped();
+    let CheckConfig::AlbSequentialErrorRate {
+        load_balancer,
+        blue_load_balancer,
+        ..
+    } = &s.analysis.checks[0].config
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (load_balancer.as_str(), blue_load_balancer.as_str()),
+        ("app/blue/2", "app/green/1")
+    );
+}

@@ -286,7 +286,7 @@ impl SequentialErrorRateCheck {
             let mut test = SequentialErrorRate::new(self.settings).map_err(|e| e.to_string())?;
             let note = match since_split {
                 Some(batch) => {
-                    observe(&mut test, batch, full);
+                    test.observe_at(batch, full);
                     "first look: counting from when the split took effect"
                 }
                 None => "first look: counting from now",
@@ -322,14 +322,13 @@ impl SequentialErrorRateCheck {
             // those since it took effect count.
             return Ok(Some(match since_split {
                 Some(batch) => {
-                    observe(&mut st.test, batch, full);
+                    st.test.observe_at(batch, full);
                     "the split changed since the last look: counting from when it took effect"
                 }
                 None => "the split changed since the last look: counting from now",
             }));
         }
-        observe(
-            &mut st.test,
+        st.test.observe_at(
             Batch {
                 green_requests: g,
                 green_failures: ge,
@@ -347,16 +346,6 @@ impl SequentialErrorRateCheck {
 /// call takes, and the two clocks' drift and rounding. A restart within it
 /// is still seen when its counts have not caught up with the old ones.
 const PROXY_START_NOISE_MS: u64 = 5_000;
-
-/// One batch into the test: against blue within it, or, at 100 % green
-/// (blue serves nothing), against the bound on blue's rate from before.
-pub(crate) fn observe(test: &mut SequentialErrorRate, b: Batch, full: bool) {
-    if full && b.blue_requests == 0 && b.green_requests > 0 {
-        test.observe_green_only(b.green_requests, b.green_failures);
-    } else {
-        test.observe(b);
-    }
-}
 
 #[async_trait]
 impl Check for SequentialErrorRateCheck {

@@ -33,7 +33,7 @@ use hyper::{Request, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 
-use crate::checks::{http_check_client, num, observe};
+use crate::checks::{http_check_client, num};
 use crate::util::{error_chain, excerpt};
 
 /// The largest answer read from Prometheus.
@@ -528,7 +528,7 @@ impl Check for Sequential {
                     st.counts = Some(now);
                     match difference(now, base) {
                         Some(batch) => {
-                            observe(&mut st.test, batch, full);
+                            st.test.observe_at(batch, full);
                             " (counting from the first scrape after the split took effect)".into()
                         }
                         None => {
@@ -543,7 +543,7 @@ impl Check for Sequential {
             st.counts = Some(now);
             match difference(now, then) {
                 Some(batch) => {
-                    observe(&mut st.test, batch, full);
+                    st.test.observe_at(batch, full);
                     String::new()
                 }
                 None => " (a counter went down since the last look, a restart: counting from now)"

@@ -74,7 +74,7 @@ pub fn window_bounds(
 
 /// One metric whose window value is wanted.
 #[derive(Clone, Debug)]
-struct Series {
+pub(crate) struct Series {
     namespace: String,
     metric: String,
     dimensions: BTreeMap<String, String>,
@@ -116,6 +116,30 @@ async fn read(
     start: SystemTime,
     end: SystemTime,
 ) -> Result<Vec<Option<f64>>, String> {
+    let per_series = read_periods(client, series, period, start, end).await?;
+    Ok(series
+        .iter()
+        .zip(per_series)
+        .map(|(s, f)| {
+            let values: Vec<Vec<f64>> = f
+                .into_iter()
+                .map(|stat| stat.into_values().collect())
+                .collect();
+            s.value(&values)
+        })
+        .collect())
+}
+
+/// Each series' datapoints over `[start, end)`, per statistic it needs, by
+/// the period's start (seconds since the epoch), in one GetMetricData call
+/// (following `NextToken`).
+pub(crate) async fn read_periods(
+    client: &aws_sdk_cloudwatch::Client,
+    series: &[Series],
+    period: Duration,
+    start: SystemTime,
+    end: SystemTime,
+) -> Result<Vec<Vec<BTreeMap<i64, f64>>>, String> {
     let period = i32::try_from(period.as_secs().max(1)).unwrap_or(i32::MAX);
     let mut queries = Vec::new();
     let mut slots = Vec::new(); // (series index, stat index) per query id
@@ -147,7 +171,7 @@ async fn read(
             slots.push((i, j));
         }
     }
-    let mut fetched: Vec<Vec<f64>> = vec![Vec::new(); queries.len()];
+    let mut fetched: Vec<BTreeMap<i64, f64>> = vec![BTreeMap::new(); queries.len()];
     let mut token = None;
     loop {
         let out = client
@@ -184,26 +208,24 @@ async fn read(
                     messages.join("; ")
                 ));
             }
-            fetched[k].extend_from_slice(r.values());
+            for (t, v) in r.timestamps().iter().zip(r.values()) {
+                fetched[k].insert(t.secs(), *v);
+            }
         }
         token = out.next_token().map(str::to_string);
         if token.is_none() {
             break;
         }
     }
-    let mut per_series: Vec<Vec<Vec<f64>>> = series
+    let mut per_series: Vec<Vec<BTreeMap<i64, f64>>> = series
         .iter()
-        .map(|s| vec![Vec::new(); s.stats().len()])
+        .map(|s| vec![BTreeMap::new(); s.stats().len()])
         .collect();
     for (k, values) in fetched.into_iter().enumerate() {
         let (i, j) = slots[k];
         per_series[i][j] = values;
     }
-    Ok(series
-        .iter()
-        .zip(per_series)
-        .map(|(s, f)| s.value(&f))
-        .collect())
+    Ok(per_series)
 }
 
 fn obs(name: &str, (verdict, detail): (Verdict, String)) -> Observation {
@@ -360,7 +382,11 @@ pub struct AlbErrorRateCheck {
     pub(crate) compare: Option<CompareToBlue>,
 }
 
-fn alb_series(dimensions: BTreeMap<String, String>, metric: &str, statistic: &str) -> Series {
+pub(crate) fn alb_series(
+    dimensions: BTreeMap<String, String>,
+    metric: &str,
+    statistic: &str,
+) -> Series {
     Series {
         namespace: ALB_NAMESPACE.into(),
         metric: metric.into(),
@@ -369,7 +395,7 @@ fn alb_series(dimensions: BTreeMap<String, String>, metric: &str, statistic: &st
     }
 }
 
-fn alb_dims(load_balancer: &str, target_group: &str) -> BTreeMap<String, String> {
+pub(crate) fn alb_dims(load_balancer: &str, target_group: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("LoadBalancer".to_string(), load_balancer.to_string()),
         ("TargetGroup".to_string(), target_group.to_string()),

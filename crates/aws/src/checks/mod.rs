@@ -6,6 +6,7 @@
 //! | `cloudwatch`     | CloudWatch GetMetricData                | [`metrics`]       |
 //! | `alb-error-rate` | GetMetricData, `AWS/ApplicationELB`     | [`metrics`]       |
 //! | `alb-latency`    | GetMetricData, `AWS/ApplicationELB`     | [`metrics`]       |
+//! | `alb-sequential-error-rate` | GetMetricData, `AWS/ApplicationELB` | [`alb_sequential`] |
 //! | `alarm`          | CloudWatch DescribeAlarms               | [`alarm`]         |
 //! | `ecs-service`    | ECS DescribeServices, ListTasks, DescribeTasks | [`ecs_service`] |
 //!
@@ -23,6 +24,7 @@
 //! fixed instant in tests.
 
 pub mod alarm;
+pub mod alb_sequential;
 pub mod ecs_service;
 pub mod metrics;
 pub mod target_health;
@@ -51,9 +53,10 @@ pub fn system_clock() -> Clock {
     Arc::new(SystemTime::now)
 }
 
-/// Builds the check described by `spec` if it is one of the six AWS
-/// kinds (`target-health`, `cloudwatch`, `alb-error-rate`, `alb-latency`,
-/// `alarm`, `ecs-service`); `None` for the others.
+/// Builds the check described by `spec` if it is one of the AWS kinds
+/// (`target-health`, `cloudwatch`, `alb-error-rate`,
+/// `alb-sequential-error-rate`, `alb-latency`, `alarm`, `ecs-service`);
+/// `None` for the others.
 pub fn build_check(spec: &CheckSpec, sdk: &aws_config::SdkConfig) -> Option<Arc<dyn Check>> {
     build_check_with_clock(spec, sdk, system_clock())
 }
@@ -120,6 +123,24 @@ pub fn build_check_with_clock(
             min_requests: *min_requests,
             window: *window,
             compare: compare.clone(),
+        }),
+        CheckConfig::AlbSequentialErrorRate {
+            load_balancer,
+            target_group,
+            blue_load_balancer,
+            blue_target_group,
+            settle,
+            settings,
+        } => Arc::new(alb_sequential::AlbSequentialCheck {
+            name,
+            client: aws_sdk_cloudwatch::Client::new(sdk),
+            load_balancer: load_balancer.clone(),
+            target_group: target_group.clone(),
+            blue_load_balancer: blue_load_balancer.clone(),
+            blue_target_group: blue_target_group.clone(),
+            settle: *settle,
+            settings: *settings,
+            state: std::sync::Mutex::new(None),
         }),
         CheckConfig::AlbLatency {
             load_balancer,

@@ -417,6 +417,22 @@ pub enum CheckConfig {
         /// Blue's `TargetGroup` dimension and ratio, to judge against blue.
         compare: Option<CompareToBlue>,
     },
+    /// HTTPCode_Target_5XX_Count and RequestCount of green's target group
+    /// against blue's, minute by minute, judged by the sequential test
+    /// ([`crate::judge`]) from the first whole minute after each shift.
+    AlbSequentialErrorRate {
+        load_balancer: String,
+        target_group: String,
+        /// Blue's load balancer: the same one with router `alb`, its own
+        /// with Route53 between two load balancers.
+        blue_load_balancer: String,
+        blue_target_group: String,
+        /// How long after a minute ends its datapoints are read: ALB
+        /// publishes a minute's counts with a delay.
+        #[serde(with = "crate::time::serde_duration")]
+        settle: Duration,
+        settings: crate::judge::Settings,
+    },
     /// TargetResponseTime pN of green's target group.
     AlbLatency {
         load_balancer: String,
@@ -500,6 +516,7 @@ impl CheckConfig {
             CheckConfig::TargetHealth { .. }
             | CheckConfig::Cloudwatch { .. }
             | CheckConfig::AlbErrorRate { .. }
+            | CheckConfig::AlbSequentialErrorRate { .. }
             | CheckConfig::AlbLatency { .. }
             | CheckConfig::Alarm { .. }
             | CheckConfig::EcsService { .. } => true,
@@ -526,7 +543,8 @@ impl CheckConfig {
             CheckConfig::Prometheus(PrometheusCheck {
                 judge: PrometheusJudge::SequentialErrorRate { settings, .. },
                 ..
-            }) => Some(settings),
+            })
+            | CheckConfig::AlbSequentialErrorRate { settings, .. } => Some(settings),
             _ => None,
         }
     }
@@ -541,6 +559,7 @@ impl CheckConfig {
             CheckConfig::TargetHealth { .. } => "target-health",
             CheckConfig::Cloudwatch { .. } => "cloudwatch",
             CheckConfig::AlbErrorRate { .. } => "alb-error-rate",
+            CheckConfig::AlbSequentialErrorRate { .. } => "alb-sequential-error-rate",
             CheckConfig::AlbLatency { .. } => "alb-latency",
             CheckConfig::Alarm { .. } => "alarm",
             CheckConfig::EcsService { .. } => "ecs-service",
@@ -653,6 +672,16 @@ impl Plan {
                     if let Some(c) = compare {
                         c.blue_dimensions.values_mut().for_each(swap);
                     }
+                }
+                CheckConfig::AlbSequentialErrorRate {
+                    load_balancer,
+                    target_group,
+                    blue_load_balancer,
+                    blue_target_group,
+                    ..
+                } => {
+                    std::mem::swap(load_balancer, blue_load_balancer);
+                    std::mem::swap(target_group, blue_target_group);
                 }
                 CheckConfig::Prometheus(p) => std::mem::swap(&mut p.blue_value, &mut p.green_value),
                 CheckConfig::EcsService { service, .. } => {

@@ -64,6 +64,7 @@ pub const CHECKS: &[&str] = &[
     "target-health",
     "cloudwatch",
     "alb-error-rate",
+    "alb-sequential-error-rate",
     "alb-latency",
     "alarm",
     "ecs-service",
@@ -165,6 +166,22 @@ struct RawAlbMetric {
     window: Option<String>,
     compare: Option<String>,
     max_ratio: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlbSequential {
+    name: Option<String>,
+    load_balancer: Option<String>,
+    target_group: Option<String>,
+    blue_load_balancer: Option<String>,
+    blue_target_group: Option<String>,
+    settle: Option<String>,
+    alpha: Option<f64>,
+    margin: Option<f64>,
+    detect_ratio: Option<f64>,
+    detect_points: Option<f64>,
+    min_rate: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -1301,6 +1318,66 @@ impl Cx<'_> {
                             },
                         )
                     }
+                }
+                "alb-sequential-error-rate" => {
+                    let r: RawAlbSequential = self.table(table, &what)?;
+                    let load_balancer = r
+                        .load_balancer
+                        .or_else(|| alb.and_then(|a| load_balancer_dimension(a.listener_arn.as_deref().or(a.rule_arn.as_deref())?)))
+                        .ok_or_else(|| bad("give `load_balancer` (e.g. \"app/my-alb/50dc6c495c0c9188\"); it defaults to the router's only with router `alb`".into()))?;
+                    let target_group = r
+                        .target_group
+                        .or_else(|| alb.and_then(|a| target_group_dimension(&a.green_target_group_arn)))
+                        .ok_or_else(|| bad("give `target_group` (e.g. \"targetgroup/green/943f017f100becff\"); it defaults to green's only with router `alb`".into()))?;
+                    let blue_target_group = r
+                        .blue_target_group
+                        .or_else(|| alb.and_then(|a| target_group_dimension(&a.blue_target_group_arn)))
+                        .ok_or_else(|| bad("give `blue_target_group`, the target group green is compared with; it defaults to blue's only with router `alb`".into()))?;
+                    let blue_load_balancer = r
+                        .blue_load_balancer
+                        .unwrap_or_else(|| load_balancer.clone());
+                    for (key, value, kind) in [
+                        ("load_balancer", &load_balancer, "app/"),
+                        ("target_group", &target_group, "targetgroup/"),
+                        ("blue_load_balancer", &blue_load_balancer, "app/"),
+                        ("blue_target_group", &blue_target_group, "targetgroup/"),
+                    ] {
+                        if !value.starts_with(kind)
+                            || value.chars().any(|c| c.is_whitespace() || c.is_control())
+                        {
+                            return Err(bad(format!("`{key}` `{}` is not a CloudWatch dimension value: it is written `{kind}NAME/ID`, without spaces", value.escape_debug())));
+                        }
+                    }
+                    if target_group == blue_target_group && load_balancer == blue_load_balancer {
+                        return Err(bad(format!("`target_group` and `blue_target_group` are both `{target_group}` on one load balancer: green is compared with another target group")));
+                    }
+                    let settle = dur(&r.settle, "settle", Duration::from_secs(60))?;
+                    if settle > Duration::from_secs(900) {
+                        return Err(bad("`settle` must be at most 15m".into()));
+                    }
+                    let settings = sequential_settings(
+                        strategy,
+                        analysis,
+                        [
+                            r.alpha,
+                            r.margin,
+                            r.detect_ratio,
+                            r.detect_points,
+                            r.min_rate,
+                        ],
+                        &bad,
+                    )?;
+                    (
+                        r.name,
+                        CheckConfig::AlbSequentialErrorRate {
+                            load_balancer,
+                            target_group,
+                            blue_load_balancer,
+                            blue_target_group,
+                            settle,
+                            settings,
+                        },
+                    )
                 }
                 "alarm" => {
                     let r: RawAlarm = self.table(table, &what)?;
